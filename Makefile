@@ -1,0 +1,30 @@
+# One command each: `make run` executes every notebook, `make test` runs every test.
+# Both create .venv and install requirements.txt on first use (or when it changes).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup run test lab refresh benchmark clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $(STAMP)
+
+run: $(STAMP)  ## execute every notebook headlessly, print a time table (tracked files untouched)
+	$(PY) tools/run_notebooks.py
+
+test: $(STAMP)  ## unit tests for helper + strict nbval over every notebook
+	$(PY) -m pytest
+
+lab: $(STAMP)  ## open the course in JupyterLab
+	$(VENV)/bin/jupyter lab notebooks/
+
+refresh: $(STAMP)  ## maintainers: re-execute notebooks in place and store their outputs
+	$(PY) tools/run_notebooks.py --write
+
+clean:  ## remove generated files (not the virtual environment)
+	rm -rf artifacts .pytest_cache

@@ -1,0 +1,139 @@
+"""Seeding, device choice, and a small training loop with a tqdm progress bar."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+__all__ = [
+    "History", "seed_everything", "pick_device", "train_one_epoch", "evaluate",
+    "predict", "fit", "new_history",
+]
+
+#: Per-epoch record: lists of plain floats/ints under these keys, safe to store
+#: in a checkpoint that loads with ``weights_only=True``.
+History = dict[str, list[Any]]
+HISTORY_KEYS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr")
+
+
+def new_history() -> History:
+    """An empty history with every key present."""
+    return {k: [] for k in HISTORY_KEYS}
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and PyTorch's global generators (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def pick_device(*, verbose: bool = True) -> torch.device:
+    """The best device here: CUDA, then Apple's MPS, then the CPU. Prints its choice."""
+    if torch.cuda.is_available():
+        device = torch.device("cuda")
+        label = f"cuda ({torch.cuda.get_device_name(0)})"
+    elif torch.backends.mps.is_available():
+        device, label = torch.device("mps"), "mps"
+    else:
+        device, label = torch.device("cpu"), "cpu"
+    if verbose:
+        print(f"Using device: {label}")
+    return device
+
+
+def _batch_stats(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
+    """Summed cross-entropy and number correct for one batch."""
+    loss = F.cross_entropy(logits, y, reduction="sum").item()
+    return loss, int((logits.argmax(1) == y).sum().item())
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device | str = "cpu",
+) -> tuple[float, float]:
+    """One pass over ``loader`` in train mode; returns (mean loss, accuracy)."""
+    model.train()
+    total_loss, correct, seen = 0.0, 0, 0
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        optimizer.zero_grad()
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        loss.backward()
+        optimizer.step()
+        total_loss += loss.item() * len(y)
+        correct += int((logits.argmax(1) == y).sum().item())
+        seen += len(y)
+    return total_loss / seen, correct / seen
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device | str = "cpu") -> tuple[float, float]:
+    """Mean loss and accuracy over ``loader`` in eval mode (no gradients)."""
+    model.eval()
+    total_loss, correct, seen = 0.0, 0, 0
+    for x, y in loader:
+        loss, right = _batch_stats(model(x.to(device)), y.to(device))
+        total_loss, correct, seen = total_loss + loss, correct + right, seen + len(y)
+    return total_loss / seen, correct / seen
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Logits for a batch of images, computed in eval mode, returned on the CPU."""
+    model.eval()
+    return model(x.to(device)).cpu()
+
+
+def fit(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    train_loader: DataLoader,
+    val_loader: DataLoader,
+    *,
+    epochs: int,
+    start_epoch: int = 0,
+    scheduler: Any | None = None,
+    device: torch.device | str = "cpu",
+    history: History | None = None,
+    on_epoch_end: Callable[[int, History], None] | None = None,
+    progress: bool | None = None,
+) -> History:
+    """Train from ``start_epoch + 1`` up to ``epochs`` (inclusive) and return the history.
+
+    After each epoch the scheduler steps (``ReduceLROnPlateau`` gets the
+    validation loss), the history grows by one row, and ``on_epoch_end(epoch,
+    history)`` runs: the place to save a checkpoint. ``history`` continues an
+    earlier run's record when resuming. The tqdm bar shows by default, unless
+    the environment variable ``TQDM_DISABLE=1`` was set when tqdm was imported
+    (the tests do so); ``progress=True`` or ``False`` overrides both.
+    """
+    history = new_history() if history is None else history
+    epoch_iter: Iterable[int] = range(start_epoch + 1, epochs + 1)
+    bar = tqdm(epoch_iter, desc="epochs", **({} if progress is None else {"disable": not progress}))
+    for epoch in bar:
+        lr = optimizer.param_groups[0]["lr"]
+        train_loss, train_acc = train_one_epoch(model, train_loader, optimizer, device)
+        val_loss, val_acc = evaluate(model, val_loader, device)
+        if scheduler is not None:
+            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                scheduler.step(val_loss)
+            else:
+                scheduler.step()
+        for key, value in zip(HISTORY_KEYS, (epoch, train_loss, train_acc, val_loss, val_acc, lr)):
+            history[key].append(value)
+        bar.set_postfix(loss=f"{train_loss:.3f}", val_acc=f"{val_acc:.3f}")
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, history)
+    return history

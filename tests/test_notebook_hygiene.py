@@ -1,0 +1,155 @@
+"""Checks on the notebooks as committed: nbval compares what is stored, so what is stored must be sound."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from helper.paths import REPO_ROOT
+
+NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
+MACHINE_SPECIFIC = re.compile(r"(/tmp/|/root/|/home/\w+|/Users/\w+|/work/|[A-Z]:\\\\|0x[0-9a-fA-F]{6,})")
+MAX_BYTES = 1_000_000
+
+
+def load(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def source(cell: dict) -> str:
+    return "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+
+
+def code_cells(nb: dict) -> list[dict]:
+    return [c for c in nb["cells"] if c["cell_type"] == "code" and source(c).strip()]
+
+
+def output_text(output: dict) -> str:
+    parts = [output.get("text", "")] if isinstance(output.get("text", ""), str) else output["text"]
+    parts = list(parts)
+    for mime, value in output.get("data", {}).items():
+        if mime.startswith("text/"):
+            parts.append("".join(value) if isinstance(value, list) else value)
+    if output.get("output_type") == "error":
+        parts += [output.get("evalue", "")] + output.get("traceback", [])
+    return "\n".join(parts)
+
+
+def raises(cell: dict) -> bool:
+    return "NBVAL_RAISES_EXCEPTION" in source(cell) or "raises-exception" in cell["metadata"].get("tags", [])
+
+
+def test_there_are_notebooks():
+    assert len(NOTEBOOKS) >= 1
+
+
+def test_notebooks_are_numbered_in_order():
+    numbers = []
+    for path in NOTEBOOKS:
+        match = re.fullmatch(r"(\d\d)_[a-z0-9_]+\.ipynb", path.name)
+        assert match, f"{path.name}: expected NN_lower_case_name.ipynb"
+        numbers.append(int(match.group(1)))
+    assert numbers == list(range(1, len(numbers) + 1))
+
+
+@pytest.fixture(params=NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def notebook(request) -> tuple[str, dict]:
+    return request.param.name, load(request.param)
+
+
+def test_size_under_limit():
+    for path in NOTEBOOKS:
+        assert path.stat().st_size < MAX_BYTES, f"{path.name} is {path.stat().st_size} bytes"
+
+
+def test_every_code_cell_executed_in_order(notebook):
+    name, nb = notebook
+    counts = [c["execution_count"] for c in code_cells(nb) if "NBVAL_SKIP" not in source(c)]
+    assert counts == list(range(1, len(counts) + 1)), f"{name}: execution counts {counts}"
+
+
+def test_errors_only_where_a_cell_is_marked_to_raise(notebook):
+    name, nb = notebook
+    for i, cell in enumerate(code_cells(nb)):
+        errors = [o for o in cell["outputs"] if o["output_type"] == "error"]
+        if raises(cell):
+            assert errors, f"{name} cell {i} is marked NBVAL_RAISES_EXCEPTION but stores no error"
+        else:
+            assert not errors, f"{name} cell {i} stores {errors[0]['ename']} but is not marked to raise"
+
+
+def test_outputs_hold_nothing_machine_specific(notebook):
+    name, nb = notebook
+    for i, cell in enumerate(code_cells(nb)):
+        for output in cell["outputs"]:
+            leak = MACHINE_SPECIFIC.search(output_text(output))
+            assert not leak, f"{name} cell {i} output shows {leak.group(0)!r}"
+            assert not {"image/svg+xml", "application/pdf"} & set(output.get("data", {})), \
+                f"{name} cell {i} stores SVG/PDF, which nbval compares byte for byte"
+
+
+def test_outputs_hold_no_progress_bars_or_widgets(notebook):
+    name, nb = notebook
+    for i, cell in enumerate(code_cells(nb)):
+        for output in cell["outputs"]:
+            assert "application/vnd.jupyter.widget-view+json" not in output.get("data", {}), f"{name} cell {i}"
+            assert "it/s]" not in output_text(output), f"{name} cell {i} stores a tqdm bar"
+
+
+def test_every_torch_load_states_weights_only(notebook):
+    name, nb = notebook
+    for i, cell in enumerate(code_cells(nb)):
+        code = source(cell)
+        for call in re.finditer(r"torch\.load\(", code):
+            depth, end = 0, call.end() - 1
+            for end in range(call.end() - 1, len(code)):
+                depth += {"(": 1, ")": -1}.get(code[end], 0)
+                if depth == 0:
+                    break
+            args = code[call.end():end]
+            assert "weights_only=" in args, f"{name} cell {i}: torch.load({args}) without weights_only="
+        if "weights_only=False" in code:
+            assert "trust" in code.lower(), (
+                f"{name} cell {i} uses weights_only=False without saying why the file is trusted")
+
+
+def test_house_skeleton(notebook):
+    name, nb = notebook
+    markdown = [source(c) for c in nb["cells"] if c["cell_type"] == "markdown"]
+    assert nb["cells"][0]["cell_type"] == "markdown" and markdown[0].startswith("# "), f"{name}: no title"
+    text = "\n".join(markdown)
+    for heading in ("## What you will learn", "## Summary", "## Exercises"):
+        assert heading in text, f"{name}: missing {heading!r}"
+    assert "<details>" in text, f"{name}: exercises need solutions a student can open"
+    run = 0
+    for i, cell in enumerate(nb["cells"]):
+        run = run + 1 if cell["cell_type"] == "code" else 0
+        assert run <= 2, f"{name} cell {i}: three code cells in a row with no sentence between them"
+        if cell["cell_type"] == "code":
+            assert source(cell).count("\n") < 30, f"{name} cell {i}: over 30 lines; split it"
+
+
+def test_kernel_is_plain_python3(notebook):
+    name, nb = notebook
+    assert nb["metadata"]["kernelspec"]["name"] == "python3", name
+
+
+def test_readme_lists_every_notebook():
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    missing = [p.name for p in NOTEBOOKS if p.name not in readme]
+    assert not missing, f"README.md does not list {missing}"
+
+
+def test_nothing_generated_is_committed():
+    try:
+        tracked = subprocess.run(["git", "ls-files", "artifacts", "*.pt", "*.pth", "*.safetensors"],
+                                 cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.split()
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout")
+    allowed = {f"data/{name}" for name in json.loads((REPO_ROOT / "data/manifest.json").read_text())["files"]}
+    assert set(tracked) <= allowed, f"generated files are tracked: {sorted(set(tracked) - allowed)}"

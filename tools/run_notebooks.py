@@ -1,0 +1,72 @@
+"""Execute every notebook in notebooks/ headlessly and print how long each took.
+
+    python tools/run_notebooks.py            # run all, leave tracked files untouched
+    python tools/run_notebooks.py 01 03      # only notebooks whose name starts so
+    python tools/run_notebooks.py --write    # maintainers: store fresh outputs in place
+
+Each notebook runs in its own kernel from the notebooks/ folder, as in
+JupyterLab, with TQDM_DISABLE=1 so stored outputs hold no progress-bar text.
+Exit status 1 if any notebook fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+
+
+def run_one(path: Path, *, write: bool, timeout: int) -> tuple[float, str]:
+    """Execute one notebook; return (seconds, "ok" or the first error line)."""
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(
+        nb, timeout=timeout, kernel_name="python3", record_timing=False,
+        resources={"metadata": {"path": str(path.parent)}},
+    )
+    start = time.perf_counter()
+    try:
+        client.execute()
+        status = "ok"
+    except CellExecutionError as exc:
+        status = "FAILED: " + next((l for l in str(exc).splitlines() if "Error" in l), "error")
+    seconds = time.perf_counter() - start
+    if write and status == "ok":
+        nbformat.write(nb, path)
+    return seconds, status
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("prefixes", nargs="*", help="run only notebooks whose file name starts with one of these")
+    parser.add_argument("--write", action="store_true", help="store the fresh outputs in the notebooks")
+    parser.add_argument("--timeout", type=int, default=300, help="seconds allowed per cell (default 300)")
+    args = parser.parse_args(argv)
+
+    os.environ["TQDM_DISABLE"] = "1"
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    paths = sorted(p for p in NOTEBOOKS.glob("*.ipynb")
+                   if not args.prefixes or p.name.startswith(tuple(args.prefixes)))
+    if not paths:
+        print("no notebooks matched", file=sys.stderr)
+        return 1
+    print(f"{'notebook':<44} {'seconds':>8}  status", flush=True)
+    total, failed = 0.0, 0
+    for path in paths:
+        seconds, status = run_one(path, write=args.write, timeout=args.timeout)
+        total += seconds
+        failed += status != "ok"
+        print(f"{path.name:<44} {seconds:8.1f}  {status}", flush=True)
+    print(f"{'total':<44} {total:8.1f}  {len(paths) - failed} ok, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
