@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -115,13 +116,16 @@ def fit(
     After each epoch the scheduler steps (``ReduceLROnPlateau`` gets the
     validation loss), the history grows by one row, and ``on_epoch_end(epoch,
     history)`` runs: the place to save a checkpoint. ``history`` continues an
-    earlier run's record when resuming. The tqdm bar shows by default, unless
-    the environment variable ``TQDM_DISABLE=1`` was set when tqdm was imported
-    (the tests do so); ``progress=True`` or ``False`` overrides both.
+    earlier run's record when resuming. The tqdm bar shows unless
+    ``progress=False`` or, by default, the environment variable
+    ``TQDM_DISABLE=1`` is set (the tests set it: a bar's timings would make
+    stored notebook outputs differ on every run).
     """
     history = new_history() if history is None else history
     epoch_iter: Iterable[int] = range(start_epoch + 1, epochs + 1)
-    bar = tqdm(epoch_iter, desc="epochs", **({} if progress is None else {"disable": not progress}))
+    if progress is None:  # tqdm.notebook ignores TQDM_DISABLE, so read it here
+        progress = os.environ.get("TQDM_DISABLE", "").lower() not in ("1", "true")
+    bar = tqdm(epoch_iter, desc="epochs", disable=not progress)
     for epoch in bar:
         lr = optimizer.param_groups[0]["lr"]
         train_loss, train_acc = train_one_epoch(model, train_loader, optimizer, device)

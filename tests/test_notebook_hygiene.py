@@ -102,10 +102,11 @@ def test_outputs_hold_no_progress_bars_or_widgets(notebook):
 
 
 def test_every_torch_load_states_weights_only(notebook):
+    """Cells that raise may show the lazy call as old tutorials write it; every other one says."""
     name, nb = notebook
     for i, cell in enumerate(code_cells(nb)):
         code = source(cell)
-        for call in re.finditer(r"torch\.load\(", code):
+        for call in re.finditer(r"torch\.load\(", code if not raises(cell) else ""):
             depth, end = 0, call.end() - 1
             for end in range(call.end() - 1, len(code)):
                 depth += {"(": 1, ")": -1}.get(code[end], 0)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -24,9 +25,29 @@ from nbclient.exceptions import CellExecutionError
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 
 
+RAISES = "NBVAL_RAISES_EXCEPTION"
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def expected_errors(nb: nbformat.NotebookNode) -> list[nbformat.NotebookNode]:
+    """The cells marked ``# NBVAL_RAISES_EXCEPTION``: they must raise."""
+    return [c for c in nb.cells if c.cell_type == "code" and RAISES in c.source]
+
+
+def set_raises_tag(cells: list[nbformat.NotebookNode], on: bool) -> None:
+    """Add or remove nbclient's ``raises-exception`` tag (nbval reads the comment; both at once warn)."""
+    for cell in cells:
+        tags = [t for t in cell.metadata.get("tags", []) if t != "raises-exception"]
+        cell.metadata["tags"] = tags + ["raises-exception"] if on else tags
+        if not cell.metadata["tags"]:
+            del cell.metadata["tags"]
+
+
 def run_one(path: Path, *, write: bool, timeout: int) -> tuple[float, str]:
-    """Execute one notebook; return (seconds, "ok" or the first error line)."""
+    """Execute one notebook; return (seconds, "ok" or what went wrong)."""
     nb = nbformat.read(path, as_version=4)
+    must_raise = expected_errors(nb)
+    set_raises_tag(must_raise, on=True)
     client = NotebookClient(
         nb, timeout=timeout, kernel_name="python3", record_timing=False,
         resources={"metadata": {"path": str(path.parent)}},
@@ -34,10 +55,13 @@ def run_one(path: Path, *, write: bool, timeout: int) -> tuple[float, str]:
     start = time.perf_counter()
     try:
         client.execute()
-        status = "ok"
+        silent = [nb.cells.index(c) for c in must_raise if not any(o.output_type == "error" for o in c.outputs)]
+        status = f"FAILED: cells {silent} are marked {RAISES} but did not raise" if silent else "ok"
     except CellExecutionError as exc:
-        status = "FAILED: " + next((l for l in str(exc).splitlines() if "Error" in l), "error")
+        text = ANSI.sub("", str(exc))
+        status = "FAILED: " + next((l for l in text.splitlines() if "Error" in l), "error")[:200]
     seconds = time.perf_counter() - start
+    set_raises_tag(must_raise, on=False)
     if write and status == "ok":
         nbformat.write(nb, path)
     return seconds, status
