@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 __all__ = [
     "History", "seed_everything", "pick_device", "train_one_epoch", "evaluate",
-    "predict", "fit", "new_history",
+    "predict", "fit", "new_history", "build_optimizer", "build_scheduler",
 ]
 
 #: Per-epoch record: lists of plain floats/ints under these keys, safe to store
@@ -28,6 +28,37 @@ HISTORY_KEYS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr")
 def new_history() -> History:
     """An empty history with every key present."""
     return {k: [] for k in HISTORY_KEYS}
+
+
+def build_optimizer(model: nn.Module, config: dict[str, Any]) -> torch.optim.Optimizer:
+    """An optimizer from plain data, e.g. ``{"name": "sgd", "lr": 0.05, "momentum": 0.9}``.
+
+    ``name`` is ``"sgd"`` or ``"adam"``; every other key is passed to its
+    constructor. Kept in a checkpoint, the dict lets a fresh process rebuild
+    the optimizer before loading its state.
+    """
+    classes = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}
+    kwargs = dict(config)
+    name = kwargs.pop("name", None)
+    if name not in classes:
+        raise ValueError(f"unknown optimizer {name!r}; expected one of {sorted(classes)}")
+    return classes[name](model.parameters(), **kwargs)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, config: dict[str, Any] | None) -> Any | None:
+    """An LR scheduler from plain data, e.g. ``{"name": "step", "step_size": 2, "gamma": 0.5}``.
+
+    ``name`` is ``"step"`` (StepLR) or ``"cosine"`` (CosineAnnealingLR);
+    ``None`` means no scheduler.
+    """
+    if config is None:
+        return None
+    classes = {"step": torch.optim.lr_scheduler.StepLR, "cosine": torch.optim.lr_scheduler.CosineAnnealingLR}
+    kwargs = dict(config)
+    name = kwargs.pop("name", None)
+    if name not in classes:
+        raise ValueError(f"unknown scheduler {name!r}; expected one of {sorted(classes)}")
+    return classes[name](optimizer, **kwargs)
 
 
 def seed_everything(seed: int) -> None:

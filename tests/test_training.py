@@ -83,3 +83,18 @@ def test_pick_device_prints_its_choice(monkeypatch, capsys):
     assert capsys.readouterr().out == "Using device: cpu\n"
     assert pick_device(verbose=False) == torch.device("cpu")
     assert capsys.readouterr().out == ""
+
+
+def test_build_optimizer_and_scheduler_from_plain_data():
+    model = build_model({"arch": "mlp"})
+    sgd = training.build_optimizer(model, {"name": "sgd", "lr": 0.05, "momentum": 0.9})
+    assert isinstance(sgd, torch.optim.SGD) and sgd.param_groups[0]["momentum"] == 0.9
+    adam = training.build_optimizer(model, {"name": "adam", "lr": 1e-3})
+    assert isinstance(adam, torch.optim.Adam) and adam.param_groups[0]["lr"] == 1e-3
+    step = training.build_scheduler(sgd, {"name": "step", "step_size": 2, "gamma": 0.5})
+    assert isinstance(step, torch.optim.lr_scheduler.StepLR) and step.gamma == 0.5
+    assert training.build_scheduler(sgd, None) is None
+    with pytest.raises(ValueError, match="unknown optimizer 'rmsprop'"):
+        training.build_optimizer(model, {"name": "rmsprop"})
+    with pytest.raises(ValueError, match="unknown scheduler"):
+        training.build_scheduler(sgd, {"name": "plateau"})
