@@ -79,6 +79,8 @@ def test_errors_only_where_a_cell_is_marked_to_raise(notebook):
         errors = [o for o in cell["outputs"] if o["output_type"] == "error"]
         if raises(cell):
             assert errors, f"{name} cell {i} is marked NBVAL_RAISES_EXCEPTION but stores no error"
+            assert "raises-exception" in cell["metadata"].get("tags", []), (
+                f"{name} cell {i} lacks the raises-exception tag: JupyterLab's Run All would stop there")
         else:
             assert not errors, f"{name} cell {i} stores {errors[0]['ename']} but is not marked to raise"
 

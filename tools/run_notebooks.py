@@ -34,20 +34,20 @@ def expected_errors(nb: nbformat.NotebookNode) -> list[nbformat.NotebookNode]:
     return [c for c in nb.cells if c.cell_type == "code" and RAISES in c.source]
 
 
-def set_raises_tag(cells: list[nbformat.NotebookNode], on: bool) -> None:
-    """Add or remove nbclient's ``raises-exception`` tag (nbval reads the comment; both at once warn)."""
+def tag_raises(cells: list[nbformat.NotebookNode]) -> None:
+    """Give each cell the ``raises-exception`` tag too: nbclient and JupyterLab's
+    "Run All" then carry on past it (the comment alone only tells nbval)."""
     for cell in cells:
-        tags = [t for t in cell.metadata.get("tags", []) if t != "raises-exception"]
-        cell.metadata["tags"] = tags + ["raises-exception"] if on else tags
-        if not cell.metadata["tags"]:
-            del cell.metadata["tags"]
+        tags = cell.metadata.setdefault("tags", [])
+        if "raises-exception" not in tags:
+            tags.append("raises-exception")
 
 
 def run_one(path: Path, *, write: bool, timeout: int) -> tuple[float, str]:
     """Execute one notebook; return (seconds, "ok" or what went wrong)."""
     nb = nbformat.read(path, as_version=4)
     must_raise = expected_errors(nb)
-    set_raises_tag(must_raise, on=True)
+    tag_raises(must_raise)
     client = NotebookClient(
         nb, timeout=timeout, kernel_name="python3", record_timing=False,
         resources={"metadata": {"path": str(path.parent)}},
@@ -63,7 +63,6 @@ def run_one(path: Path, *, write: bool, timeout: int) -> tuple[float, str]:
                        and c not in must_raise), "?")
         status = f"FAILED in cell {failed}: " + next((l for l in text.splitlines() if "Error" in l), "error")[:200]
     seconds = time.perf_counter() - start
-    set_raises_tag(must_raise, on=False)
     if write and status == "ok":
         nbformat.write(nb, path)
     return seconds, status
