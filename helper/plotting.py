@@ -11,6 +11,7 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 import torch
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from sklearn.metrics import ConfusionMatrixDisplay
 
@@ -72,7 +73,7 @@ def show_images(
         ax.axis("off")
         if i >= n:
             continue
-        ax.imshow(images[i].reshape(8, 8), cmap="gray_r", vmin=0, vmax=1)
+        ax.imshow(torch.as_tensor(images[i]).reshape(8, 8).numpy(), cmap="gray_r", vmin=0, vmax=1)
         title = f"y={int(labels[i])}"
         if predictions is not None:
             title += f" p={int(predictions[i])}"
@@ -86,11 +87,16 @@ def plot_confusion_matrix(
     y_pred: Sequence[int] | torch.Tensor,
     *,
     title: str | None = None,
+    ax: Axes | None = None,
 ) -> Figure:
-    """scikit-learn's ``ConfusionMatrixDisplay`` for true versus predicted digits."""
-    fig, ax = plt.subplots(figsize=(5, 4.5))
+    """scikit-learn's ``ConfusionMatrixDisplay`` for true versus predicted digits.
+
+    Draws on ``ax`` when given (to put several matrices side by side), else on a new figure.
+    """
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 4.5))
     ConfusionMatrixDisplay.from_predictions(y_true, y_pred, ax=ax, colorbar=False, cmap="Blues")
     if title:
         ax.set_title(title)
-    fig.tight_layout()
-    return fig
+    ax.figure.tight_layout()
+    return ax.figure

@@ -15,6 +15,7 @@ import json
 import os
 import sys
 import traceback
+import types
 from pathlib import Path
 
 
@@ -25,7 +26,9 @@ def cells(path: Path) -> list[str]:
 
 def run(path: Path) -> int:
     os.chdir(path.parent)
-    namespace: dict = {"__name__": "__main__"}
+    main = types.ModuleType("__main__")  # a kernel's namespace is the real __main__ module:
+    sys.modules["__main__"] = main       # classes defined in cells must pickle as __main__.X
+    namespace = main.__dict__
     for number, source in enumerate(cells(path), start=1):
         print(f"----- [{number}]", flush=True)
         if source.startswith("%%writefile"):
