@@ -23,6 +23,9 @@ test: $(STAMP)  ## unit tests for helper + strict nbval over every notebook
 lab: $(STAMP)  ## open the course in JupyterLab
 	$(VENV)/bin/jupyter lab notebooks/
 
+benchmark: $(STAMP)  ## time training and checkpoint save/load on this machine
+	$(PY) tools/benchmark.py
+
 refresh: $(STAMP)  ## maintainers: re-execute notebooks in place and store their outputs
 	$(PY) tools/run_notebooks.py --write
 
