@@ -57,8 +57,7 @@ def test_checkpoint_loads_with_plain_weights_only_torch_load(split, tmp_path):
     model, optimizer, scheduler, loaders = new_run(split)
     path = save_checkpoint(make_checkpoint(model, optimizer, scheduler, generator=loaders.generator),
                            tmp_path / "c.pt")
-    with torch.serialization.safe_globals([]):  # no allowlist at all
-        raw = torch.load(path, weights_only=True)
+    raw = torch.load(path, weights_only=True)  # no allowlist anywhere in this process
     assert set(ckpt.REQUIRED_KEYS) <= set(raw)
 
 

@@ -21,8 +21,12 @@ def load(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def joined(value: str | list[str]) -> str:
+    return "".join(value) if isinstance(value, list) else value
+
+
 def source(cell: dict) -> str:
-    return "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+    return joined(cell["source"])
 
 
 def code_cells(nb: dict) -> list[dict]:
@@ -30,11 +34,11 @@ def code_cells(nb: dict) -> list[dict]:
 
 
 def output_text(output: dict) -> str:
-    parts = [output.get("text", "")] if isinstance(output.get("text", ""), str) else output["text"]
-    parts = list(parts)
+    """All the text an output shows: stream text, text/* data, and an error's message and traceback."""
+    parts = [joined(output.get("text", ""))]
     for mime, value in output.get("data", {}).items():
         if mime.startswith("text/"):
-            parts.append("".join(value) if isinstance(value, list) else value)
+            parts.append(joined(value))
     if output.get("output_type") == "error":
         parts += [output.get("evalue", "")] + output.get("traceback", [])
     return "\n".join(parts)
