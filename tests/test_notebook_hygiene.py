@@ -107,22 +107,39 @@ def test_outputs_hold_no_progress_bars_or_widgets(notebook):
             assert "it/s]" not in output_text(output), f"{name} cell {i} stores a tqdm bar"
 
 
+def torch_load_arguments(code: str) -> list[str]:
+    """The argument text of each call of torch.load in ``code``."""
+    calls = []
+    for call in re.finditer(r"torch\.load\(", code):
+        depth = 0
+        for end in range(call.end() - 1, len(code)):
+            depth += {"(": 1, ")": -1}.get(code[end], 0)
+            if depth == 0:
+                break
+        calls.append(code[call.end():end])
+    return calls
+
+
 def test_every_torch_load_states_weights_only(notebook):
     """Cells that raise may show the lazy call as old tutorials write it; every other one says."""
     name, nb = notebook
     for i, cell in enumerate(code_cells(nb)):
         code = source(cell)
-        for call in re.finditer(r"torch\.load\(", code if not raises(cell) else ""):
-            depth, end = 0, call.end() - 1
-            for end in range(call.end() - 1, len(code)):
-                depth += {"(": 1, ")": -1}.get(code[end], 0)
-                if depth == 0:
-                    break
-            args = code[call.end():end]
-            assert "weights_only=" in args, f"{name} cell {i}: torch.load({args}) without weights_only="
+        if not raises(cell):
+            for args in torch_load_arguments(code):
+                assert "weights_only=" in args, f"{name} cell {i}: torch.load({args}) without weights_only="
         if "weights_only=False" in code:
             assert "trust" in code.lower(), (
                 f"{name} cell {i} uses weights_only=False without saying why the file is trusted")
+
+
+def test_python_code_states_weights_only_and_never_false():
+    for path in sorted(REPO_ROOT.glob("[!.]*/**/*.py")):
+        if ".venv" in path.parts or "artifacts" in path.parts:
+            continue
+        code = path.read_text(encoding="utf-8")
+        for args in torch_load_arguments(code):
+            assert re.search(r"weights_only=True", args), f"{path.name}: torch.load({args})"
 
 
 def test_house_skeleton(notebook):
