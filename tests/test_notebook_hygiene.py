@@ -135,8 +135,8 @@ def test_every_torch_load_states_weights_only(notebook):
 
 def test_python_code_states_weights_only_and_never_false():
     for path in sorted(REPO_ROOT.glob("[!.]*/**/*.py")):
-        if ".venv" in path.parts or "artifacts" in path.parts:
-            continue
+        if ".venv" in path.parts or "artifacts" in path.parts or path == Path(__file__).resolve():
+            continue  # (this file names the call in its messages)
         code = path.read_text(encoding="utf-8")
         for args in torch_load_arguments(code):
             assert re.search(r"weights_only=True", args), f"{path.name}: torch.load({args})"
