@@ -35,11 +35,13 @@ def run_cells():
 
 
 def test_run_notebooks_executes_and_writes_outputs(tmp_path, run_notebooks):
-    path = write_notebook(tmp_path / "ok.ipynb", "print(6 * 7)", "# NBVAL_RAISES_EXCEPTION\n1 / 0")
+    path = write_notebook(tmp_path / "ok.ipynb", "import sys\nprint(6 * 7)\nsys.stdout.flush()\nprint('more')",
+                          "# NBVAL_RAISES_EXCEPTION\n1 / 0")
     seconds, status = run_notebooks.run_one(path, write=True, timeout=60)
     assert status == "ok" and seconds > 0
     cells = nbformat.read(path, as_version=4).cells
-    assert cells[1]["outputs"][0]["text"] == "42\n" and cells[1]["execution_count"] == 1
+    assert cells[1]["outputs"] == [{"output_type": "stream", "name": "stdout", "text": "42\nmore\n"}]
+    assert cells[1]["execution_count"] == 1
     assert cells[2]["outputs"][0]["ename"] == "ZeroDivisionError"
     assert cells[2]["metadata"]["tags"] == ["raises-exception"]
 

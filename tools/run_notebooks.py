@@ -43,6 +43,26 @@ def tag_raises(cells: list[nbformat.NotebookNode]) -> None:
             tags.append("raises-exception")
 
 
+def merge_adjacent_streams(nb: nbformat.NotebookNode) -> None:
+    """Join back-to-back stdout (or stderr) outputs of a cell into one.
+
+    How a cell's printing is split into outputs depends on flush timing; nbval
+    joins them before comparing, and merging them here keeps stored notebooks
+    from changing from one refresh to the next.
+    """
+    for cell in nb.cells:
+        merged: list[nbformat.NotebookNode] = []
+        for output in cell.get("outputs", []):
+            previous = merged[-1] if merged else None
+            if (output.output_type == "stream" and previous is not None
+                    and previous.output_type == "stream" and previous.name == output.name):
+                previous.text += output.text
+            else:
+                merged.append(output)
+        if "outputs" in cell:
+            cell.outputs = merged
+
+
 def run_one(path: Path, *, write: bool, timeout: int) -> tuple[float, str]:
     """Execute one notebook; return (seconds, "ok" or what went wrong)."""
     nb = nbformat.read(path, as_version=4)
@@ -66,6 +86,7 @@ def run_one(path: Path, *, write: bool, timeout: int) -> tuple[float, str]:
         status = f"FAILED in cell {failed}: " + next((l for l in text.splitlines() if "Error" in l), "error")[:200]
     seconds = time.perf_counter() - start
     if write and status == "ok":
+        merge_adjacent_streams(nb)
         nbformat.write(nb, path)
     return seconds, status
 
