@@ -30,6 +30,15 @@ def new_history() -> History:
     return {k: [] for k in HISTORY_KEYS}
 
 
+def _from_plain_data(kind: str, classes: dict[str, Any], config: dict[str, Any], target: Any) -> Any:
+    """``classes[config["name"]](target, **other keys)``, with a clear error for an unknown name."""
+    kwargs = dict(config)
+    name = kwargs.pop("name", None)
+    if name not in classes:
+        raise ValueError(f"unknown {kind} {name!r}; expected one of {sorted(classes)}")
+    return classes[name](target, **kwargs)
+
+
 def build_optimizer(model: nn.Module, config: dict[str, Any]) -> torch.optim.Optimizer:
     """An optimizer from plain data, e.g. ``{"name": "sgd", "lr": 0.05, "momentum": 0.9}``.
 
@@ -38,11 +47,7 @@ def build_optimizer(model: nn.Module, config: dict[str, Any]) -> torch.optim.Opt
     the optimizer before loading its state.
     """
     classes = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}
-    kwargs = dict(config)
-    name = kwargs.pop("name", None)
-    if name not in classes:
-        raise ValueError(f"unknown optimizer {name!r}; expected one of {sorted(classes)}")
-    return classes[name](model.parameters(), **kwargs)
+    return _from_plain_data("optimizer", classes, config, model.parameters())
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, config: dict[str, Any] | None) -> Any | None:
@@ -54,11 +59,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: dict[str, Any] | N
     if config is None:
         return None
     classes = {"step": torch.optim.lr_scheduler.StepLR, "cosine": torch.optim.lr_scheduler.CosineAnnealingLR}
-    kwargs = dict(config)
-    name = kwargs.pop("name", None)
-    if name not in classes:
-        raise ValueError(f"unknown scheduler {name!r}; expected one of {sorted(classes)}")
-    return classes[name](optimizer, **kwargs)
+    return _from_plain_data("scheduler", classes, config, optimizer)
 
 
 def seed_everything(seed: int) -> None:

@@ -81,8 +81,9 @@ def run_one(path: Path, *, write: bool, timeout: int) -> tuple[float, str]:
         status = f"FAILED: cells {silent} are marked {RAISES} but did not raise" if silent else "ok"
     except CellExecutionError as exc:
         text = ANSI.sub("", str(exc))
-        failed = next((i for i, c in enumerate(nb.cells) if any(o.output_type == "error" for o in c.get("outputs", []))
-                       and c not in must_raise), "?")
+        expected = {id(c) for c in must_raise}
+        failed = next((i for i, c in enumerate(nb.cells) if id(c) not in expected
+                       and any(o.output_type == "error" for o in c.get("outputs", []))), "?")
         status = f"FAILED in cell {failed}: " + next((l for l in text.splitlines() if "Error" in l), "error")[:200]
     seconds = time.perf_counter() - start
     if write and status == "ok":
