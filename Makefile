@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test lab refresh benchmark clean
+.PHONY: setup run test test-portable lab refresh benchmark clean
 
 setup: $(STAMP)
 
@@ -19,6 +19,9 @@ run: $(STAMP)  ## execute every notebook headlessly, print a time table (tracked
 
 test: $(STAMP)  ## unit tests for helper + strict nbval over every notebook
 	$(PY) -m pytest
+
+test-portable: $(STAMP)  ## every notebook again under several CPU-kernel settings (vector units, threads)
+	$(PY) tools/test_portable.py --jobs 2
 
 lab: $(STAMP)  ## open the course in JupyterLab
 	$(VENV)/bin/jupyter lab notebooks/

@@ -44,8 +44,13 @@ def output_text(output: dict) -> str:
     return "\n".join(parts)
 
 
+def tags(cell: dict) -> list[str]:
+    return cell["metadata"].get("tags", [])
+
+
 def raises(cell: dict) -> bool:
-    return "NBVAL_RAISES_EXCEPTION" in source(cell) or "raises-exception" in cell["metadata"].get("tags", [])
+    """A cell that must raise carries the ``raises-exception`` tag (nbval, nbclient and JupyterLab honour it)."""
+    return "raises-exception" in tags(cell)
 
 
 def test_there_are_notebooks():
@@ -73,7 +78,7 @@ def test_size_under_limit():
 
 def test_every_code_cell_executed_in_order(notebook):
     name, nb = notebook
-    counts = [c["execution_count"] for c in code_cells(nb) if "NBVAL_SKIP" not in source(c)]
+    counts = [c["execution_count"] for c in code_cells(nb)]
     assert counts == list(range(1, len(counts) + 1)), f"{name}: execution counts {counts}"
 
 
@@ -82,11 +87,29 @@ def test_errors_only_where_a_cell_is_marked_to_raise(notebook):
     for i, cell in enumerate(code_cells(nb)):
         errors = [o for o in cell["outputs"] if o["output_type"] == "error"]
         if raises(cell):
-            assert errors, f"{name} cell {i} is marked NBVAL_RAISES_EXCEPTION but stores no error"
-            assert "raises-exception" in cell["metadata"].get("tags", []), (
-                f"{name} cell {i} lacks the raises-exception tag: JupyterLab's Run All would stop there")
+            assert errors, f"{name} cell {i} is tagged raises-exception but stores no error"
         else:
             assert not errors, f"{name} cell {i} stores {errors[0]['ename']} but is not marked to raise"
+
+
+def test_one_marker_per_purpose_and_no_skipped_cells(notebook):
+    """Cell tags only: no nbval comment markers beside them, and no cell that never runs."""
+    name, nb = notebook
+    for i, cell in enumerate(code_cells(nb)):
+        marker = re.search(r"^\s*#\s*(NBVAL_\w+|PYTEST_VALIDATE_\w+)", source(cell), re.MULTILINE)
+        assert not marker, f"{name} cell {i}: use a cell tag instead of the comment {marker.group(1)}"
+        assert not {"nbval-skip", "skip-execution"} & set(tags(cell)), f"{name} cell {i} is never run"
+
+
+def test_uncompared_cells_still_prove_something(notebook):
+    """A cell whose output nbval does not compare must assert, or say why it cannot."""
+    name, nb = notebook
+    for i, cell in enumerate(code_cells(nb)):
+        if "nbval-ignore-output" in tags(cell):
+            code = source(cell)
+            assert re.search(r"^\s*assert\b", code, re.MULTILINE) or "# not asserted:" in code, (
+                f"{name} cell {i} is tagged nbval-ignore-output but asserts nothing "
+                "and has no '# not asserted: <why>' comment")
 
 
 def test_outputs_hold_nothing_machine_specific(notebook):
@@ -149,13 +172,30 @@ def test_house_skeleton(notebook):
     text = "\n".join(markdown)
     for heading in ("## What you will learn", "## Summary", "## Exercises"):
         assert heading in text, f"{name}: missing {heading!r}"
-    assert "<details>" in text, f"{name}: exercises need solutions a student can open"
     run = 0
     for i, cell in enumerate(nb["cells"]):
-        run = run + 1 if cell["cell_type"] == "code" else 0
+        run = run + 1 if cell["cell_type"] == "code" and "solution" not in tags(cell) else 0
         assert run <= 2, f"{name} cell {i}: three code cells in a row with no sentence between them"
         if cell["cell_type"] == "code":
             assert source(cell).count("\n") < 30, f"{name} cell {i}: over 30 lines; split it"
+
+
+def test_exercise_solutions_are_cells_that_run(notebook):
+    """Solutions are collapsed code cells after the exercises, so CI runs them; no code hides in prose."""
+    name, nb = notebook
+    starts = [i for i, c in enumerate(nb["cells"]) if c["cell_type"] == "markdown" and "## Exercises" in source(c)]
+    assert starts, f"{name}: no ## Exercises"
+    solutions = [(i, c) for i, c in enumerate(nb["cells"]) if "solution" in tags(c)]
+    assert solutions, f"{name}: no cell tagged solution"
+    for i, cell in solutions:
+        assert cell["cell_type"] == "code" and i > starts[0], f"{name} cell {i}: a solution is a code cell after the exercises"
+        assert source(cell).startswith("# Solution"), f"{name} cell {i}: start a solution with '# Solution N: ...'"
+        assert cell["metadata"].get("jupyter", {}).get("source_hidden") is True, (
+            f"{name} cell {i}: collapse the solution (metadata jupyter.source_hidden) so students can try first")
+    for i, cell in enumerate(nb["cells"]):
+        if cell["cell_type"] == "markdown":
+            for block in re.findall(r"<details>(.*?)</details>", source(cell), re.DOTALL):
+                assert "```" not in block, f"{name} cell {i}: code in <details> never runs; put it in a solution cell"
 
 
 def test_kernel_is_plain_python3(notebook):

@@ -1,4 +1,4 @@
-"""The notebook runners behind `make run` and tools/run_cells.py must report failures, not hide them."""
+"""The tools behind `make run` and `make test-portable` must report failures, not hide them."""
 
 import importlib.util
 from pathlib import Path
@@ -18,7 +18,10 @@ def load_tool(name: str):
 
 
 def write_notebook(path: Path, *sources: str) -> Path:
-    nb = new_notebook(cells=[new_markdown_cell("# t")] + [new_code_cell(s) for s in sources],
+    """A notebook of code cells; a source starting with ``!raise\n`` becomes a cell tagged raises-exception."""
+    cells = [new_code_cell(s.removeprefix("!raise\n"), metadata={"tags": ["raises-exception"]})
+             if s.startswith("!raise\n") else new_code_cell(s) for s in sources]
+    nb = new_notebook(cells=[new_markdown_cell("# t")] + cells,
                       metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
     nbformat.write(nb, path)
     return path
@@ -30,13 +33,13 @@ def run_notebooks():
 
 
 @pytest.fixture(scope="module")
-def run_cells():
-    return load_tool("run_cells")
+def test_portable():
+    return load_tool("test_portable")
 
 
 def test_run_notebooks_executes_and_writes_outputs(tmp_path, run_notebooks):
     path = write_notebook(tmp_path / "ok.ipynb", "import sys\nprint(6 * 7)\nsys.stdout.flush()\nprint('more')",
-                          "# NBVAL_RAISES_EXCEPTION\n1 / 0")
+                          "!raise\n1 / 0")
     seconds, status = run_notebooks.run_one(path, write=True, timeout=60)
     assert status == "ok" and seconds > 0
     cells = nbformat.read(path, as_version=4).cells
@@ -50,19 +53,21 @@ def test_run_notebooks_reports_errors_and_cells_that_should_have_raised(tmp_path
     failing = write_notebook(tmp_path / "bad.ipynb", "x = 1", "raise ValueError('boom')")
     _, status = run_notebooks.run_one(failing, write=False, timeout=60)
     assert status.startswith("FAILED in cell 2") and "ValueError" in status
-    silent = write_notebook(tmp_path / "silent.ipynb", "# NBVAL_RAISES_EXCEPTION\nx = 1")
+    silent = write_notebook(tmp_path / "silent.ipynb", "!raise\nx = 1")
     _, status = run_notebooks.run_one(silent, write=False, timeout=60)
-    assert status == "FAILED: cells [1] are marked NBVAL_RAISES_EXCEPTION but did not raise"
+    assert status == "FAILED: cells [1] are tagged raises-exception but did not raise"
     assert nbformat.read(silent, as_version=4).cells[1].outputs == []  # write=False leaves the file alone
 
 
-def test_run_cells_runs_in_a_real_main_and_checks_marked_cells(tmp_path, run_cells, capsys, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    good = write_notebook(tmp_path / "good.ipynb", "%xmode Minimal\nimport pickle\nclass A: pass",
-                          "print(len(pickle.dumps(A())) > 0)", "%%writefile out.txt\nhello",
-                          "# NBVAL_RAISES_EXCEPTION\n{}['k']")
-    assert run_cells.run(good) == 0
-    out = capsys.readouterr().out
-    assert "True" in out and "KeyError: 'k'" in out and (tmp_path / "out.txt").read_text() == "hello\n"
-    assert run_cells.run(write_notebook(tmp_path / "bad.ipynb", "1 / 0")) == 1
-    assert run_cells.run(write_notebook(tmp_path / "quiet.ipynb", "# NBVAL_RAISES_EXCEPTION\npass")) == 1
+def test_portability_settings_reach_the_kernels(tmp_path, test_portable):
+    """Each setting's variables reach the nbval kernel, and a failing notebook fails the setting."""
+    nb = write_notebook(tmp_path / "01_env.ipynb",
+                        "import os\nprint(os.environ.get('ATEN_CPU_CAPABILITY'))")
+    stored = nbformat.read(nb, as_version=4)
+    stored.cells[1].outputs = [nbformat.v4.new_output("stream", name="stdout", text="default\n")]
+    stored.cells[1].execution_count = 1
+    nbformat.write(stored, nb)
+    name, _, code, summary = test_portable.run_setting("aten-default", [nb])
+    assert (name, code) == ("aten-default", 0), summary
+    _, _, code, summary = test_portable.run_setting("aten-avx2", [nb])
+    assert code == 1 and "FAILED" in summary

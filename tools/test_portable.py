@@ -1,0 +1,86 @@
+"""Re-run the notebooks under several CPU-kernel settings; every compared output must hold under each.
+
+    python tools/test_portable.py              # every notebook, every setting
+    python tools/test_portable.py 03 05        # only notebooks whose name starts so
+    python tools/test_portable.py --jobs 2     # two settings at a time
+
+Float kernels differ between CPUs: vendor, vector units (AVX-512, AVX2, none),
+thread count. A stored output that depends on them passes on the machine that
+stored it and fails on a student's. This runs strict nbval (the same command as
+``make test``, notebooks only) once per setting below, each forcing this CPU
+down a different kernel path, so such an output fails here first.
+Exit status 1 if any setting fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: name -> environment overrides. ATen's dispatch (no vector unit / AVX2 instead of
+#: AVX-512), MKL's and oneDNN's instruction sets, and the thread count (reductions
+#: split differently).
+SETTINGS: dict[str, dict[str, str]] = {
+    "aten-default": {"ATEN_CPU_CAPABILITY": "default"},
+    "aten-avx2": {"ATEN_CPU_CAPABILITY": "avx2"},
+    "mkl-avx2": {"MKL_ENABLE_INSTRUCTIONS": "AVX2"},
+    "onednn-avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2"},
+    "1-thread": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
+    "2-threads": {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"},
+}
+
+
+def run_setting(name: str, notebooks: list[Path]) -> tuple[str, float, int, str]:
+    """Strict nbval over ``notebooks`` under one setting; (name, seconds, exit code, summary line)."""
+    env = {**os.environ, **SETTINGS[name], "TQDM_DISABLE": "1"}
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-c", str(ROOT / "pyproject.toml"),
+           "--rootdir", str(ROOT), "--durations-min=1000", *map(str, notebooks)]
+    start = time.perf_counter()
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    lines = [l for l in done.stdout.splitlines() if l.strip()]
+    summary = lines[-1].strip("= ") if lines else done.stderr.strip()[-200:]
+    if done.returncode not in (0,):
+        failed = [l for l in done.stdout.splitlines() if l.startswith("FAILED")]
+        summary += "".join(f"\n    {l}" for l in failed)
+        log = ROOT / "artifacts" / "portable" / f"{name}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(done.stdout + done.stderr, encoding="utf-8")
+        summary += f"\n    full report: {log.relative_to(ROOT)}"
+    return name, seconds, done.returncode, summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("prefixes", nargs="*", help="only notebooks whose file name starts with one of these")
+    parser.add_argument("--setting", action="append", choices=sorted(SETTINGS),
+                        help="run only this setting (repeatable; default: all)")
+    parser.add_argument("--jobs", type=int, default=1, help="settings run at a time (default 1)")
+    args = parser.parse_args(argv)
+    notebooks = sorted(p for p in (ROOT / "notebooks").glob("*.ipynb")
+                       if not args.prefixes or p.name.startswith(tuple(args.prefixes)))
+    if not notebooks:
+        print("no notebooks matched", file=sys.stderr)
+        return 1
+    names = args.setting or list(SETTINGS)
+    print(f"{len(notebooks)} notebooks x {len(names)} settings", flush=True)
+    failed = 0
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        for name, seconds, code, summary in pool.map(lambda n: run_setting(n, notebooks), names):
+            failed += code != 0
+            env = " ".join(f"{k}={v}" for k, v in SETTINGS[name].items())
+            print(f"{'ok  ' if code == 0 else 'FAIL'} {name:<12} {seconds:6.1f} s  {env:<40} {summary}",
+                  flush=True)
+    print(f"{len(names) - failed} settings passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
