@@ -105,9 +105,8 @@ def train_one_epoch(
         loss = F.cross_entropy(logits, y)
         loss.backward()
         optimizer.step()
-        total_loss += loss.item() * len(y)
-        correct += int((logits.argmax(1) == y).sum().item())
-        seen += len(y)
+        batch_loss, right = _batch_stats(logits.detach(), y)
+        total_loss, correct, seen = total_loss + batch_loss, correct + right, seen + len(y)
     return total_loss / seen, correct / seen
 
 
@@ -124,8 +123,12 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device | str = 
 
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Logits for a batch of images, computed in eval mode, returned on the CPU."""
-    model.eval()
+    """Logits for a batch of images, without gradients, returned on the CPU.
+
+    It leaves the model's mode alone: call ``model.eval()`` first for
+    inference (Dropout off, BatchNorm's running statistics), as a lesson
+    that forgets it must show.
+    """
     return model(x.to(device)).cpu()
 
 

@@ -31,6 +31,7 @@ def test_gpu_model_scores_the_manifest_accuracy_on_cpu(split):
     assert {t.device.type for t in state.values()} == {"cpu"}
     model = build_model({"arch": "mlp"})
     model.load_state_dict(state)
+    model.eval()
     accuracy = (predict(model, split.x_test).argmax(1) == split.y_test).float().mean().item()
     assert accuracy == pytest.approx(MANIFEST["test_accuracy_on_gpu"], abs=1 / 360)
 

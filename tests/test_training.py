@@ -68,12 +68,14 @@ def test_progress_bar_is_drawn_with_tqdm(split, capsys):
     assert capsys.readouterr().err == ""
 
 
-def test_predict_returns_cpu_logits_in_eval_mode(split):
+def test_predict_returns_cpu_logits_and_leaves_the_mode_alone(split):
     model = build_model({"arch": "cnn"}).train()
     logits = predict(model, split.x_test[:7])
-    assert logits.shape == (7, 10) and logits.device.type == "cpu"
-    assert not model.training
-    assert torch.equal(logits, predict(model, split.x_test[:7]))  # eval mode: Dropout off
+    assert logits.shape == (7, 10) and logits.device.type == "cpu" and not logits.requires_grad
+    assert model.training  # predict never switches to eval behind the caller's back
+    assert not torch.equal(logits, predict(model, split.x_test[:7]))  # train mode: Dropout draws anew
+    model.eval()
+    assert torch.equal(predict(model, split.x_test[:7]), predict(model, split.x_test[:7]))
 
 
 def test_pick_device_prints_its_choice(monkeypatch, capsys):
