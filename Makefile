@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test test-portable lab refresh benchmark clean
+.PHONY: setup run test test-portable lab slides chromium refresh benchmark clean
 
 setup: $(STAMP)
 
@@ -25,6 +25,14 @@ test-portable: $(STAMP)  ## every notebook again under several CPU-kernel settin
 
 lab: $(STAMP)  ## open the course in JupyterLab
 	$(VENV)/bin/jupyter lab notebooks/
+
+slides: $(STAMP) chromium  ## instructors: offline reveal.js decks in artifacts/slides/, checked in headless Chromium
+	$(PY) tools/slides.py browser
+
+chromium:  ## Debian's Chromium for the slide check (installed with apt-get when missing and run as root)
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	  { echo "install Chromium (Debian/Ubuntu: apt-get install chromium) to check the slides"; exit 1; }
 
 benchmark: $(STAMP)  ## time training and checkpoint save/load on this machine
 	$(PY) tools/benchmark.py

@@ -2,7 +2,7 @@
 
     python tools/run_notebooks.py            # run all, leave tracked files untouched
     python tools/run_notebooks.py 01 03      # only notebooks whose name starts so
-    python tools/run_notebooks.py --write    # maintainers: store fresh outputs in place
+    python tools/run_notebooks.py --write    # maintainers: store fresh outputs (and slide metadata) in place
 
 Each notebook runs in its own kernel from the notebooks/ folder, as in
 JupyterLab, with TQDM_DISABLE=1 so stored outputs hold no progress-bar text.
@@ -12,6 +12,7 @@ Exit status 1 if any notebook fails.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import re
 import sys
@@ -24,6 +25,14 @@ from nbclient.exceptions import CellExecutionError
 from nbconvert.preprocessors import CoalesceStreamsPreprocessor
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+
+
+def _sibling(name: str):
+    """Import another script of tools/ (tools/ is a folder of scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 RAISES = "raises-exception"
@@ -60,6 +69,7 @@ def run_one(path: Path, *, write: bool, timeout: int) -> tuple[float, str]:
     if write and status == "ok":
         # how printing splits into stream outputs depends on flush timing; joining them keeps refreshes stable
         nb, _ = CoalesceStreamsPreprocessor().preprocess(nb, {})
+        _sibling("slides").apply(nb)  # slide metadata follows the fresh outputs (tools/slides.py)
         nbformat.write(nb, path)
     return seconds, status
 
