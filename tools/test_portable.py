@@ -2,14 +2,15 @@
 
     python tools/test_portable.py              # every notebook, every setting
     python tools/test_portable.py 03 05        # only notebooks whose name starts so
-    python tools/test_portable.py --jobs 2     # two settings at a time
+    python tools/test_portable.py --setting 1-thread
 
 Float kernels differ between CPUs: vendor, vector units (AVX-512, AVX2, none),
 thread count. A stored output that depends on them passes on the machine that
 stored it and fails on a student's. This runs strict nbval (the same command as
 ``make test``, notebooks only) once per setting below, each forcing this CPU
 down a different kernel path, so such an output fails here first.
-Exit status 1 if any setting fails.
+Settings run one after another: notebooks write to artifacts/, and two runs of one
+notebook at a time would overwrite each other's files. Exit status 1 if any setting fails.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import os
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,7 +62,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("prefixes", nargs="*", help="only notebooks whose file name starts with one of these")
     parser.add_argument("--setting", action="append", choices=sorted(SETTINGS),
                         help="run only this setting (repeatable; default: all)")
-    parser.add_argument("--jobs", type=int, default=1, help="settings run at a time (default 1)")
     args = parser.parse_args(argv)
     notebooks = sorted(p for p in (ROOT / "notebooks").glob("*.ipynb")
                        if not args.prefixes or p.name.startswith(tuple(args.prefixes)))
@@ -72,12 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     names = args.setting or list(SETTINGS)
     print(f"{len(notebooks)} notebooks x {len(names)} settings", flush=True)
     failed = 0
-    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        for name, seconds, code, summary in pool.map(lambda n: run_setting(n, notebooks), names):
-            failed += code != 0
-            env = " ".join(f"{k}={v}" for k, v in SETTINGS[name].items())
-            print(f"{'ok  ' if code == 0 else 'FAIL'} {name:<12} {seconds:6.1f} s  {env:<40} {summary}",
-                  flush=True)
+    for name in names:
+        name, seconds, code, summary = run_setting(name, notebooks)
+        failed += code != 0
+        env = " ".join(f"{k}={v}" for k, v in SETTINGS[name].items())
+        print(f"{'ok  ' if code == 0 else 'FAIL'} {name:<12} {seconds:6.1f} s  {env:<40} {summary}", flush=True)
     print(f"{len(names) - failed} settings passed, {failed} failed")
     return 1 if failed else 0
 
