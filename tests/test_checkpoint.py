@@ -1,15 +1,23 @@
 import argparse
+import os
 import random
+import socket
+import struct
+import subprocess
+import sys
+import warnings
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from helper import checkpoint as ckpt
-from helper.checkpoint import (CheckpointError, capture_rng_state, load_checkpoint, make_checkpoint,
-                               model_from_checkpoint, restore_rng_state, restore_training_state,
-                               save_checkpoint)
+from helper.checkpoint import (CheckpointError, CheckpointFallback, CheckpointFolder, StateDictMismatchError,
+                               capture_rng_state, find_unsafe_values, load_checkpoint, make_checkpoint,
+                               model_from_checkpoint, remove_stale_temp_files, restore_rng_state,
+                               restore_training_state, save_checkpoint, sniff, state_dict_mismatch, verify_zip)
 from helper.data import make_loaders
 from helper.models import build_model
 from helper.training import fit, predict, seed_everything
@@ -117,24 +125,6 @@ def test_missing_file_error_names_file_cause_and_fix(tmp_path):
         load_checkpoint(tmp_path / "nope.pt")
 
 
-def test_truncated_file_is_detected(tmp_path):
-    path = save_checkpoint(make_checkpoint(build_model({"arch": "mlp"})), tmp_path / "t.pt")
-    path.write_bytes(path.read_bytes()[:1000])
-    with pytest.raises(CheckpointError, match=r"t\.pt: not a zip archive.*Fix: use an earlier checkpoint"):
-        load_checkpoint(path)
-
-
-def test_corrupted_tensor_data_is_reported(tmp_path):
-    path = save_checkpoint(make_checkpoint(build_model({"arch": "mlp"})), tmp_path / "c.pt")
-    with zipfile.ZipFile(path) as z:
-        member = next(i for i in z.infolist() if "/data/" in i.filename)
-    raw = bytearray(path.read_bytes())
-    raw[member.header_offset:member.header_offset + 4] = b"XXXX"  # break the member's local header
-    path.write_bytes(bytes(raw))
-    with pytest.raises(CheckpointError, match=r"c\.pt: torch\.load failed"):
-        load_checkpoint(path)
-
-
 def test_pickled_objects_are_refused_not_executed(tmp_path):
     path = tmp_path / "ns.pt"
     torch.save({"args": argparse.Namespace(lr=0.1)}, path)
@@ -157,3 +147,269 @@ def test_newer_format_is_refused(tmp_path):
     path = save_checkpoint(checkpoint, tmp_path / "future.pt")
     with pytest.raises(CheckpointError, match="newer than"):
         load_checkpoint(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad inputs: each is named for what it is, and the good file beside it still loads
+
+
+class Payload:
+    """Unpickling this makes a folder: the proof that a payload ran."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+def data_offset(path: Path, member_part: str = "/data/") -> tuple[int, int]:
+    """Where the bytes of the first member whose name contains ``member_part`` start, and its size."""
+    with zipfile.ZipFile(path) as z:
+        info = next(i for i in z.infolist() if member_part in i.filename)
+    raw = path.read_bytes()
+    name_len, extra_len = struct.unpack("<HH", raw[info.header_offset + 26:info.header_offset + 30])
+    return info.header_offset + 30 + name_len + extra_len, info.file_size
+
+
+def good_file(folder: Path) -> Path:
+    return save_checkpoint(make_checkpoint(build_model({"arch": "mlp"}), epoch=3), folder / "good.pt")
+
+
+def make_bad(kind: str, folder: Path, good: Path) -> Path:
+    raw = good.read_bytes()
+    bad = folder / "bad.pt"
+    if kind == "missing":
+        return folder / "nope.pt"
+    if kind == "directory":
+        (folder / "run").mkdir()
+        (folder / "run" / "epoch-0001.pt").write_bytes(raw)
+        return folder / "run"
+    if kind == "dcp":
+        import torch.distributed.checkpoint as dcp
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")  # single process on purpose
+            dcp.save({"w": torch.ones(3)}, checkpoint_id=folder / "dcp")
+        return folder / "dcp"
+    if kind == "empty":
+        bad.write_bytes(b"")
+    elif kind.startswith("truncated"):
+        keep = {"truncated-3": 3, "truncated-100": 100, "truncated-half": len(raw) // 2,
+                "truncated-end": len(raw) - 1}[kind]
+        bad.write_bytes(raw[:keep])
+    elif kind.startswith("flipped"):
+        start, _ = data_offset(good, "/data/" if kind == "flipped-tensor" else "data.pkl")
+        changed = bytearray(raw)
+        changed[start + 7] ^= 0x04
+        bad.write_bytes(bytes(changed))
+    elif kind == "text":
+        bad.write_text("epoch: 3\nloss: 0.1\n")
+    elif kind == "safetensors":
+        from safetensors.torch import save_file
+        save_file({"w": torch.ones(3)}, bad)
+    elif kind == "legacy":
+        torch.save({"w": torch.ones(3)}, bad, _use_new_zipfile_serialization=False)
+    elif kind == "whole-module":
+        torch.save(build_model({"arch": "mlp"}), bad)
+    elif kind == "reduce-payload":
+        torch.save({"model": Payload(folder / "PAYLOAD_RAN")}, bad)
+    elif kind == "numpy-rng":
+        torch.save({"rng": np.random.get_state()}, bad)
+    elif kind == "namespace":
+        torch.save({"args": argparse.Namespace(lr=0.1)}, bad)
+    return bad
+
+
+BAD_INPUTS = {
+    "missing": r"nope\.pt: no such file\. Fix: check the path",
+    "directory": r"run: is a folder, not a checkpoint file\. Fix: .*it holds epoch-0001\.pt",
+    "dcp": r"dcp: is a torch\.distributed\.checkpoint \(DCP\) folder.*Fix: .*dcp_to_torch_save",
+    "empty": r"bad\.pt: is empty \(0 bytes\).*Fix: use an earlier checkpoint",
+    "truncated-3": r"bad\.pt: is truncated or damaged.*Fix: use an earlier checkpoint",
+    "truncated-100": r"bad\.pt: is truncated or damaged",
+    "truncated-half": r"bad\.pt: is truncated or damaged",
+    "truncated-end": r"bad\.pt: is truncated or damaged",
+    "flipped-tensor": r"bad\.pt: is corrupted: member 'archive/data/\d+' fails its CRC-32 check.*Fix: use an earlier",
+    "flipped-pickle": r"bad\.pt: is corrupted: member 'archive/data\.pkl' fails its CRC-32 check",
+    "text": r"bad\.pt: is a text file, not a checkpoint",
+    "safetensors": r"bad\.pt: is a safetensors file.*Fix: load it with safetensors\.torch\.load_file",
+    "legacy": r"bad\.pt: is in PyTorch's legacy format.*Fix: convert it once",
+    "whole-module": r"bad\.pt: refused by weights_only=True: it pickles helper\.models\.MLP",
+    "reduce-payload": r"bad\.pt: refused by weights_only=True: it pickles posix\.mkdir.*nothing in it was run",
+    "numpy-rng": r"bad\.pt: refused by weights_only=True: it pickles numpy\.",
+    "namespace": r"bad\.pt: refused by weights_only=True: it pickles argparse\.Namespace",
+}
+
+
+@pytest.mark.parametrize("kind", BAD_INPUTS)
+def test_bad_input_is_named_for_what_it_is(kind, tmp_path):
+    good = good_file(tmp_path)
+    bad = make_bad(kind, tmp_path, good)
+    with pytest.raises(CheckpointError, match=BAD_INPUTS[kind]):
+        load_checkpoint(bad)
+    assert not (tmp_path / "PAYLOAD_RAN").exists()
+    assert load_checkpoint(good)["epoch"] == 3
+
+
+def test_sniff_names_each_kind(tmp_path):
+    good = good_file(tmp_path)
+    expected = {"missing": "missing", "directory": "directory", "dcp": "dcp", "empty": "empty",
+                "truncated-half": "damaged-zip", "text": "text", "safetensors": "safetensors", "legacy": "legacy",
+                "namespace": "torch-zip"}
+    for case, kind in expected.items():
+        assert sniff(make_bad(case, tmp_path, good)) == kind, case
+    assert sniff(good) == "torch-zip"
+    np.save(tmp_path / "a.npy", np.zeros(3))
+    assert sniff(tmp_path / "a.npy") == "numpy"
+    (tmp_path / "lfs.pt").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 9\n")
+    assert sniff(tmp_path / "lfs.pt") == "git-lfs-pointer"
+
+
+def test_a_flipped_byte_loads_silently_with_plain_torch_load_but_verify_catches_it(tmp_path):
+    good = good_file(tmp_path)
+    bad = make_bad("flipped-tensor", tmp_path, good)
+    plain = torch.load(bad, map_location="cpu", weights_only=True)  # no error at all ...
+    original = torch.load(good, map_location="cpu", weights_only=True)
+    assert not all(torch.equal(plain["model"][k], original["model"][k]) for k in original["model"])  # ... wrong
+    assert verify_zip(good) is None and "fails its CRC-32 check" in verify_zip(bad)
+    assert load_checkpoint(bad, verify=False)["epoch"] == 3  # the check is what catches it
+
+
+# ---------------------------------------------------------------------------------------------
+# Saving: unsafe values refused with their key path; stale temporary files removed safely
+
+
+def test_unsafe_value_is_refused_at_save_time_with_its_key_path(tmp_path):
+    path = good_file(tmp_path)
+    before = path.read_bytes()
+    checkpoint = make_checkpoint(build_model({"arch": "mlp"}), extra={"args": argparse.Namespace(lr=0.1)})
+    with pytest.raises(CheckpointError, match=r"good\.pt: not saved: checkpoint\['extra'\]\['args'\] is of type "
+                                              r"argparse\.Namespace.*previous file is untouched\. Fix: store vars"):
+        save_checkpoint(checkpoint, path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["good.pt"]
+    checkpoint["extra"]["args"] = vars(checkpoint["extra"]["args"])
+    assert load_checkpoint(save_checkpoint(checkpoint, path))["extra"]["args"] == {"lr": 0.1}
+
+
+def test_find_unsafe_values_walks_every_container():
+    from collections import OrderedDict, defaultdict, namedtuple
+    Point = namedtuple("Point", "x y")
+    value = {"ok": [1, 2.0, "s", None, torch.ones(1), torch.Size([2]), OrderedDict(a=(1, {2}))],
+             "bad": [np.float64(1.0), Point(1, 2), defaultdict(int)]}
+    found = find_unsafe_values(value)
+    assert [where for where, _ in found] == ["checkpoint['bad'][0]", "checkpoint['bad'][1]", "checkpoint['bad'][2]"]
+    assert found[0][1] == "numpy.float64" and found[2][1] == "collections.defaultdict"
+
+
+def dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_stale_temp_files_of_dead_writers_are_removed_live_ones_kept(tmp_path):
+    host = ckpt._host()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        dead = tmp_path / f".last.pt.{host}.{dead_pid()}.0123abcd.tmp"
+        live = tmp_path / f".last.pt.{host}.{sleeper.pid}.0123abcd.tmp"
+        other_host = tmp_path / f".last.pt.elsewhere-{host}.{dead_pid()}.0123abcd.tmp"
+        unrelated = tmp_path / "notes.tmp"
+        for p in (dead, live, other_host, unrelated):
+            p.write_bytes(b"x" * 1000)
+        good_file(tmp_path)  # any save into the folder cleans up
+        assert not dead.exists()
+        assert live.exists() and other_host.exists() and unrelated.exists()
+        assert remove_stale_temp_files(tmp_path) == []
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert remove_stale_temp_files(tmp_path) == [live]
+
+
+def test_the_temp_file_is_named_for_this_host_and_process(tmp_path, monkeypatch):
+    seen = []
+
+    def spy(obj, f, *args, **kwargs):
+        seen.append(Path(f.name).name)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ckpt.torch, "save", spy)
+    with pytest.raises(OSError):
+        save_checkpoint({"a": 1}, tmp_path / "x.pt")
+    assert ckpt._TEMP.match(seen[0])["pid"] == str(os.getpid())
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Architecture mismatches
+
+
+def test_wrong_shapes_give_a_table(tmp_path):
+    small = build_model({"arch": "mlp", "hidden": [32]})
+    checkpoint = load_checkpoint(save_checkpoint(make_checkpoint(small), tmp_path / "small.pt"))
+    model = build_model({"arch": "mlp"})
+    with pytest.raises(StateDictMismatchError, match=r"the weights do not fit the model \(3 wrong shape\)") as err:
+        restore_training_state(checkpoint, model)
+    assert isinstance(err.value, RuntimeError)  # code that caught load_state_dict's error still catches it
+    assert "wrong shape  1.weight  (32, 64)  (64, 64)" in str(err.value)
+    assert isinstance(model_from_checkpoint(checkpoint), torch.nn.Module)  # its own config fits
+
+
+@pytest.mark.parametrize("prefix", ["module.", "_orig_mod."])
+def test_prefixed_keys_are_recognised_and_the_fix_named(prefix):
+    model = build_model({"arch": "mlp"})
+    prefixed = {prefix + k: v for k, v in model.state_dict().items()}
+    table = state_dict_mismatch(model, prefixed)
+    assert table.startswith("4 missing, 4 unexpected\n")
+    assert f"every saved key starts with {prefix!r}" in table and "consume_prefix_in_state_dict_if_present" in table
+    with pytest.raises(StateDictMismatchError, match=r"Fix: every saved key starts with"):
+        ckpt.load_model_state(model, prefixed)
+    torch.nn.modules.utils.consume_prefix_in_state_dict_if_present(prefixed, prefix)
+    assert state_dict_mismatch(model, prefixed) is None
+
+
+# ---------------------------------------------------------------------------------------------
+# A folder of checkpoints: last K, the best, resume with fallback
+
+
+def test_folder_keeps_last_k_and_the_best(tmp_path):
+    run = CheckpointFolder(tmp_path, keep_last=2)
+    model = build_model({"arch": "mlp"})
+    for epoch, val_loss in enumerate([0.9, 0.3, 0.5, 0.6, 0.7], start=1):
+        run.save(make_checkpoint(model, epoch=epoch), metric=val_loss)
+    assert [p.name for p in run.checkpoints()] == ["epoch-0002.pt", "epoch-0004.pt", "epoch-0005.pt"]
+    assert run.best.name == "epoch-0002.pt" and run.latest.name == "epoch-0005.pt"
+    again = CheckpointFolder(tmp_path, keep_last=2)  # a new process reads the pointer
+    assert again.best == run.best and again.latest == run.latest
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_resume_falls_back_to_the_newest_good_checkpoint_and_says_so(tmp_path):
+    run = CheckpointFolder(tmp_path, keep_last=3)
+    model = build_model({"arch": "mlp"})
+    assert run.resume() is None  # nothing saved yet: start fresh
+    for epoch in (1, 2, 3):
+        run.save(make_checkpoint(model, epoch=epoch))
+    latest = run.latest
+    latest.write_bytes(latest.read_bytes()[:5000])  # the newest file is cut short
+    with pytest.warns(CheckpointFallback, match=r"skipped .*epoch-0003\.pt \(is truncated.*resuming from .*epoch-0002"):
+        found = run.resume()
+    assert found.path.name == "epoch-0002.pt" and found.checkpoint["epoch"] == 2
+    assert [p.name for p, _ in found.skipped] == ["epoch-0003.pt"]
+    run.save(make_checkpoint(model, epoch=3))  # the run goes on: the damaged file is replaced
+    assert run.resume().checkpoint["epoch"] == 3
+    for p in run.checkpoints():
+        p.write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"no checkpoint in this folder loads \(epoch-0003\.pt: is empty"):
+        run.resume()
+
+
+def test_saving_an_older_epoch_drops_the_abandoned_newer_files(tmp_path):
+    run = CheckpointFolder(tmp_path, keep_last=5)
+    model = build_model({"arch": "mlp"})
+    for epoch in (1, 2, 3):
+        run.save(make_checkpoint(model, epoch=epoch))
+    run.save(make_checkpoint(model, epoch=2))  # resumed from epoch 1 on purpose
+    assert [p.name for p in run.checkpoints()] == ["epoch-0001.pt", "epoch-0002.pt"]

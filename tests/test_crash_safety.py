@@ -1,0 +1,224 @@
+"""Real faults: processes SIGKILLed while they save, and while they train.
+
+One long-lived "zygote" process imports torch once and forks a child per
+trial (a fresh interpreter per trial would cost seconds each). The child saves
+a checkpoint of tens of MB in a loop, printing each version once it is saved;
+the test kills it at a random moment and then checks the file on disk.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from helper.checkpoint import (CheckpointFolder, load_checkpoint, remove_stale_temp_files, save_checkpoint,
+                               verify_zip)
+
+pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL") or not hasattr(os, "fork"),
+                                reason="needs SIGKILL and fork (Linux, macOS)")
+
+MB_PER_TENSOR, TENSORS = 4, 8  # a 32 MB state dict: a kill at a random moment lands mid-write
+HELPER_TRIALS, PLAIN_TRIALS = 20, 10
+
+ZYGOTE = textwrap.dedent('''
+    import os, sys
+    import torch
+    torch.set_num_threads(1)  # the same kernels in every child, and no thread pool to break in fork()
+    from helper.checkpoint import CheckpointFolder, make_checkpoint, restore_training_state, save_checkpoint
+    from helper.data import make_loaders, split_digits
+    from helper.models import build_model
+    from helper.training import build_optimizer, build_scheduler, fit, seed_everything
+
+    def say(text):
+        os.write(1, (text + "\\n").encode())
+
+    def save_loop(mode, target, numel, count):
+        version = 0
+        while True:
+            state = {"version": version, "weights": {f"w{i}": torch.full((numel,), float(version)) for i in range(count)}}
+            if mode == "helper":
+                save_checkpoint(state, target)
+            else:
+                torch.save(state, target)
+            say(f"saved {version}")
+            version += 1
+
+    def train(folder, epochs, resume, out):
+        split = split_digits()
+        seed_everything(0)
+        loaders = make_loaders(split, batch_size=64, seed=0)
+        model = build_model({"arch": "cnn"})
+        optimizer = build_optimizer(model, {"name": "sgd", "lr": 0.05, "momentum": 0.9})
+        scheduler = build_scheduler(optimizer, {"name": "step", "step_size": 2, "gamma": 0.5})
+        run = CheckpointFolder(folder, keep_last=2)
+        start, history = 0, None
+        if resume:
+            found = run.resume()
+            restore_training_state(found.checkpoint, model, optimizer, scheduler, generator=loaders.generator)
+            start, history = found.checkpoint["epoch"], found.checkpoint["history"]
+            say(f"resumed {start}")
+        def on_epoch_end(epoch, hist):
+            run.save(make_checkpoint(model, optimizer, scheduler, epoch=epoch, history=hist,
+                                     generator=loaders.generator), metric=hist["val_loss"][-1])
+            say(f"epoch {epoch}")
+        hist = fit(model, optimizer, loaders.train, loaders.val, epochs=epochs, start_epoch=start,
+                   scheduler=scheduler, history=history, on_epoch_end=on_epoch_end, progress=False)
+        save_checkpoint(make_checkpoint(model, optimizer, scheduler, epoch=epochs, history=hist), out)
+
+    say("zygote ready")
+    for line in sys.stdin:
+        command, *args = line.split()
+        if command == "reap":
+            _, status = os.waitpid(int(args[0]), 0)
+            say(f"reaped {status}")
+            continue
+        sys.stdout.flush()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                if command == "save":
+                    save_loop(args[0], args[1], int(args[2]), int(args[3]))
+                else:
+                    train(args[0], int(args[1]), args[2] == "1", args[3])
+                    say("done")
+            finally:
+                os._exit(0)
+        say(f"pid {pid}")
+''')
+
+
+class Zygote:
+    def __init__(self, folder: Path):
+        script = folder / "zygote.py"
+        script.write_text(ZYGOTE)
+        env = dict(os.environ, OMP_NUM_THREADS="1", TQDM_DISABLE="1")
+        self.proc = subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True, bufsize=1, env=env)
+        assert self.read() == "zygote ready"
+
+    def read(self) -> str:
+        line = self.proc.stdout.readline()
+        assert line, "the zygote process died"
+        return line.strip()
+
+    def start(self, *args) -> int:
+        self.proc.stdin.write(" ".join(map(str, args)) + "\n")
+        line = self.read()
+        assert line.startswith("pid "), line
+        return int(line.split()[1])
+
+    def wait_for(self, prefix: str) -> list[str]:
+        """Lines up to and including the first that starts with ``prefix``."""
+        lines = []
+        while not lines or not lines[-1].startswith(prefix):
+            lines.append(self.read())
+        return lines
+
+    def kill(self, pid: int) -> list[str]:
+        """SIGKILL ``pid``, reap it, and return the lines it printed that were not read yet."""
+        os.kill(pid, signal.SIGKILL)
+        self.proc.stdin.write(f"reap {pid}\n")
+        return self.wait_for("reaped")[:-1]
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def zygote(tmp_path_factory):
+    z = Zygote(tmp_path_factory.mktemp("zygote"))
+    yield z
+    z.close()
+
+
+def temp_files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
+
+
+def read_version(path: Path, numel: int) -> int | None:
+    """The version a file holds if it is a whole, consistent save; ``None`` if it is lost or damaged."""
+    try:
+        if verify_zip(path) is not None:
+            return None
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        return None
+    version = state["version"]
+    whole = all(torch.equal(w, torch.full((numel,), float(version))) for w in state["weights"].values())
+    return version if whole and len(state["weights"]) == TENSORS else None
+
+
+def kill_trials(zygote: Zygote, folder: Path, mode: str, trials: int, seed: int) -> list[dict]:
+    numel = MB_PER_TENSOR * 2**20 // 4
+    target = folder / f"{mode}.pt"
+    rng, results = random.Random(seed), []
+    for _ in range(trials):
+        pid = zygote.start("save", mode, target, numel, TENSORS)
+        lines = zygote.wait_for("saved")  # at least one whole save exists now
+        start = time.perf_counter()
+        lines += zygote.wait_for("saved")  # how long one save takes here
+        one_save = time.perf_counter() - start
+        time.sleep(rng.uniform(0, 2 * one_save))
+        lines += zygote.kill(pid)
+        acked = max(int(line.split()[1]) for line in lines if line.startswith("saved"))
+        results.append({"acked": acked, "found": read_version(target, numel), "temps": temp_files(folder)})
+    return results
+
+
+def test_sigkill_mid_save_never_loses_the_checkpoint_but_plain_torch_save_does(zygote, tmp_path, capsys):
+    (tmp_path / "helper").mkdir()
+    (tmp_path / "plain").mkdir()
+    helper = kill_trials(zygote, tmp_path / "helper", "helper", HELPER_TRIALS, seed=0)
+    plain = kill_trials(zygote, tmp_path / "plain", "plain", PLAIN_TRIALS, seed=1)
+
+    # helper: always exactly the last acknowledged version or the one being written
+    assert all(r["found"] in (r["acked"], r["acked"] + 1) for r in helper), helper
+    mid_write = sum(bool(r["temps"]) for r in helper)  # a temp file left behind = the kill landed mid-write
+    assert mid_write >= HELPER_TRIALS // 4, f"only {mid_write} kills landed mid-write"
+    assert all(len(r["temps"]) <= 1 for r in helper), "a save did not remove an earlier run's temp file"
+    # a later save (or an explicit clean-up) leaves no temporary file behind
+    save_checkpoint({"version": -1}, tmp_path / "helper" / "helper.pt")
+    assert temp_files(tmp_path / "helper") == [] and remove_stale_temp_files(tmp_path / "helper") == []
+
+    lost = sum(r["found"] is None for r in plain)
+    assert lost >= 1, "plain torch.save never lost its file: the harness did not kill mid-write"
+    with capsys.disabled():
+        print(f"\nSIGKILL mid-save: save_checkpoint lost 0/{HELPER_TRIALS} (killed mid-write {mid_write} times), "
+              f"plain torch.save lost {lost}/{PLAIN_TRIALS}")
+
+
+def test_sigkill_during_training_then_resume_is_bit_for_bit_the_uninterrupted_run(zygote, tmp_path):
+    epochs = 5
+    pid = zygote.start("train", tmp_path / "ref", epochs, 0, tmp_path / "ref.pt")
+    zygote.wait_for("done")
+    zygote.kill(pid)  # (already exited: this only reaps it)
+
+    pid = zygote.start("train", tmp_path / "run", epochs, 0, tmp_path / "never.pt")
+    zygote.wait_for("epoch 2")
+    zygote.kill(pid)
+    assert not (tmp_path / "never.pt").exists()
+    saved = CheckpointFolder(tmp_path / "run").checkpoints()
+    assert saved and int(saved[-1].stem.split("-")[1]) < epochs  # it really died mid-run
+
+    pid = zygote.start("train", tmp_path / "run", epochs, 1, tmp_path / "resumed.pt")
+    lines = zygote.wait_for("done")
+    zygote.kill(pid)
+    assert lines[0].startswith("resumed ")
+    ref, resumed = load_checkpoint(tmp_path / "ref.pt"), load_checkpoint(tmp_path / "resumed.pt")
+    for key in ref["model"]:
+        assert torch.equal(ref["model"][key], resumed["model"][key]), key
+    assert ref["history"] == resumed["history"]
+    assert ref["optimizer"]["state"].keys() == resumed["optimizer"]["state"].keys()
+    for index, state in ref["optimizer"]["state"].items():
+        assert torch.equal(state["momentum_buffer"], resumed["optimizer"]["state"][index]["momentum_buffer"])
+    assert len(CheckpointFolder(tmp_path / "run").checkpoints()) <= 3  # keep_last=2, plus the best
