@@ -389,10 +389,11 @@ KINDS: dict[str, tuple[str, str]] = {
             "load it with torch.distributed.checkpoint.load(state_dict, checkpoint_id=folder), or convert it "
             "once with torch.distributed.checkpoint.format_utils.dcp_to_torch_save(folder, 'model.pt')"),
     "empty": ("is empty (0 bytes): the save that wrote it never finished", EARLIER),
-    "damaged-zip": ("is truncated or damaged: it starts like a torch.save zip archive but its central directory "
-                    "(the end of the file) is missing or broken, as when a save is killed half way or a copy "
-                    "is cut short", EARLIER),
+    "damaged-zip": ("is truncated or damaged: a zip archive whose directory (at the end of the file) is missing, "
+                    "as when a save is killed half way or a copy is cut short", EARLIER),
     "torch-zip": ("", ""),
+    "incomplete-torch-zip": ("is an incomplete torch.save archive: torch.save's bookkeeping records but no data.pkl, "
+                             "as when torch.save raised part way (a value it could not pickle)", EARLIER),
     "torchscript": ("is a TorchScript archive (torch.jit.save), not a checkpoint dict",
                     "load it with torch.jit.load(path); save training checkpoints with save_checkpoint"),
     "zip": ("is a zip archive, but not one torch.save wrote (no data.pkl inside)", "check the path"),
@@ -418,7 +419,8 @@ def sniff(path: PathLike) -> str:
     checked here: see ``verify_zip``). The others are ``"missing"``,
     ``"not-a-file"``, ``"directory"``, ``"dcp"`` (a ``torch.distributed.checkpoint``
     folder), ``"empty"``, ``"damaged-zip"`` (a zip whose end is gone: a killed
-    save, a cut copy), ``"torchscript"``, ``"zip"`` (some other zip),
+    save, a cut copy), ``"incomplete-torch-zip"`` (``torch.save`` raised part
+    way), ``"torchscript"``, ``"zip"`` (some other zip),
     ``"legacy"`` (``torch.save``'s pre-1.6 format), ``"safetensors"``,
     ``"numpy"``, ``"pickle"``, ``"git-lfs-pointer"``, ``"html"``, ``"text"`` and
     ``"unknown"``. Reads at most the first 64 bytes and the zip's directory.
@@ -443,7 +445,10 @@ def sniff(path: PathLike) -> str:
             return "damaged-zip"
         if any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names):
             return "torchscript"
-        return "torch-zip" if any(n.endswith("data.pkl") for n in names) else "zip"
+        if any(n.endswith("data.pkl") for n in names):
+            return "torch-zip"
+        bookkeeping = ("/version", "/byteorder", "/.format_version", "/.data/serialization_id")
+        return "incomplete-torch-zip" if any(n.endswith(bookkeeping) for n in names) else "zip"
     if head.startswith(_LEGACY_MAGIC):
         return "legacy"
     if len(head) >= 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] <= size - 8:
