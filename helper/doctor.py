@@ -297,7 +297,7 @@ def diagnose(path: str | Path, config: dict[str, Any] | None = None) -> Diagnosi
         d.cause, d.fix = f"a {kind} file, not a torch.save checkpoint", HOW_TO_LOAD[kind]
         return d
     cause, fix = KINDS[kind]
-    return d.fail(f"the path {cause}" if cause.startswith("is ") else cause,
+    return d.fail(f"the file {cause}" if cause.startswith("is ") else cause,
                   fix.format(listing="") if kind == "directory" else fix)
 
 
