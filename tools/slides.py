@@ -30,7 +30,7 @@ OUT = ROOT / "artifacts" / "slides"
 TEMPLATE_DIR = Path(__file__).resolve().parent / "slides_template"
 
 # Measured on the exported decks in Chromium at 1280x800: about 24 lines of code or prose fit.
-BUDGET = 24  # lines that fit on one slide
+BUDGET = 30  # lines that fit on one 1280x800 slide (code renders smaller than prose)
 NOTES_FROM = 8  # a paragraph of prose this many lines long or longer goes to the speaker notes
 IMAGE_LINES = 12  # an embedded figure counts as this many lines
 WRAP = 80  # characters per displayed line
