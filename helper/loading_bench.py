@@ -1,0 +1,434 @@
+"""Measure how fast, and with how much memory, a big checkpoint loads (lesson 10).
+
+Each loading method runs in a fresh process, so one method's allocations never
+help or hurt the next. Starting a Python that imports torch costs seconds, so a
+small *fork server* imports torch once and forks one child per measurement:
+the child starts with nothing loaded, records its RSS high-water mark
+(``resource.getrusage(RUSAGE_SELF).ru_maxrss``) as a baseline, loads, and
+reports the growth. The page cache is shared by all processes, so every
+measurement here is warm unless :func:`evict_from_page_cache` ran first
+(:func:`resident_fraction` tells whether it worked).
+
+RSS counts two kinds of pages: private (anonymous) memory, which a load has to
+allocate and fill, and the pages of a memory-mapped file, which belong to the
+page cache and which the kernel can drop and read again. The table reports the
+high-water mark (both kinds) and the private part after use.
+
+>>> config = stack_config(8)            # a stack of Linear layers of about 8 MB
+>>> sorted(config) == ["layers", "width"]
+True
+
+``tools/bench_loading.py`` prints the table for any size; the notebook
+``10_big_models_fast_loading.ipynb`` writes each call out by hand first.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import select
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+__all__ = ["METHODS", "LIMITS", "Measurement", "ForkServer", "stack_config", "build_stack", "save_both",
+           "load_by", "measure", "read_seconds", "evict_from_page_cache", "resident_fraction",
+           "mapped_file",
+           "run_benchmark", "format_table"]
+
+MB = 2**20
+#: method name -> what it builds, in the order the lesson teaches them.
+METHODS: dict[str, str] = {
+    "torch.load + load_state_dict": "model built (random init), file read into RAM, copied into the model",
+    "torch.load(mmap=True) + load_state_dict": "model built, file mapped, copied into the model",
+    "meta + mmap=True + assign=True": "model on meta (no memory), parameters ARE the mapped tensors",
+    "safetensors load_file + assign=True": "model on meta, file mapped (safetensors >= 0.8), parameters ARE those tensors",
+    "safetensors safe_open, per tensor": "model built, each tensor read and copied in, one at a time",
+}
+#: the hardware limits measured on the same file.
+LIMITS: dict[str, str] = {
+    "read the file, cold (cat > /dev/null)": "its bytes from the disk, after evicting them from the page cache",
+    "read the file, warm (cat > /dev/null)": "its bytes from the page cache",
+    "one memcpy of the same size": "torch.empty_like(x).copy_(x), pages of the copy faulted in",
+}
+
+
+def stack_config(size_mb: float, width: int = 2048) -> dict[str, int]:
+    """Config of a stack of ``Linear(width, width)`` layers holding about ``size_mb`` MB of float32."""
+    per_layer = (width * width + width) * 4
+    return {"layers": max(1, round(size_mb * MB / per_layer)), "width": width}
+
+
+def build_stack(config: dict[str, int]) -> nn.Sequential:
+    """``Linear -> ReLU`` repeated ``config["layers"]`` times; built on the current default device."""
+    layers: list[nn.Module] = []
+    for _ in range(config["layers"]):
+        layers += [nn.Linear(config["width"], config["width"]), nn.ReLU()]
+    return nn.Sequential(*layers)
+
+
+def save_both(state: dict[str, torch.Tensor], folder: str | os.PathLike[str], stem: str = "big") -> tuple[Path, Path]:
+    """Save ``state`` once with ``torch.save`` and once with safetensors; return ``(pt, safetensors)`` paths."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    pt, st = folder / f"{stem}.pt", folder / f"{stem}.safetensors"
+    torch.save(state, pt)
+    save_file(state, st)
+    return pt, st
+
+
+def load_by(method: str, pt: Path, st: Path, config: dict[str, int], device: str = "cpu") -> nn.Module:
+    """Load the checkpoint into a new ``build_stack(config)`` model the way ``method`` (a key of METHODS) says."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    if method == "torch.load + load_state_dict":
+        with torch.device(device):
+            model = build_stack(config)
+        model.load_state_dict(torch.load(pt, map_location=device, weights_only=True))
+    elif method == "torch.load(mmap=True) + load_state_dict":
+        with torch.device(device):
+            model = build_stack(config)
+        model.load_state_dict(torch.load(pt, mmap=True, map_location=device, weights_only=True))
+    elif method == "meta + mmap=True + assign=True":
+        with torch.device("meta"):
+            model = build_stack(config)
+        model.load_state_dict(torch.load(pt, mmap=True, map_location=device, weights_only=True), assign=True)
+    elif method == "safetensors load_file + assign=True":
+        with torch.device("meta"):
+            model = build_stack(config)
+        model.load_state_dict(load_file(st, device=device), assign=True)
+    elif method == "safetensors safe_open, per tensor":
+        with torch.device(device):
+            model = build_stack(config)
+        targets = model.state_dict()
+        with safe_open(st, framework="pt", device=device) as f, torch.no_grad():
+            for key in f.keys():
+                targets[key].copy_(f.get_tensor(key))
+    else:
+        raise ValueError(f"unknown method {method!r}; choose one of {list(METHODS)}")
+    return model
+
+
+def _peak_mb() -> float:
+    """This process's RSS high-water mark in MB (Linux reports ``ru_maxrss`` in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _private_mb() -> float | None:
+    """This process's private (anonymous) resident memory in MB, from ``/proc/self/status``; None elsewhere."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def _touch(tensors: list[torch.Tensor]) -> None:
+    """Read one value per 4 KiB page of every tensor, so every page is resident."""
+    for t in tensors:
+        flat = t.detach().reshape(-1)
+        step = max(1, 4096 // t.element_size())
+        flat[::step].sum().item()
+
+
+def _same_tensors(model: nn.Module, reference: dict[str, torch.Tensor]) -> bool:
+    """``torch.equal`` for every entry of the model's state_dict against ``reference`` (same keys too).
+
+    safetensors stores keys sorted, so the key *sets* are compared, not their order.
+    """
+    state = model.state_dict()
+    return sorted(state) == sorted(reference) and all(torch.equal(state[k].cpu(), reference[k]) for k in state)
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def measure(job: dict[str, Any]) -> dict[str, Any]:
+    """Run one job in THIS process and return its figures (the fork server calls it in a fresh child).
+
+    ``job``: ``{"method": ..., "pt": ..., "st": ..., "config": ..., "device": ...}`` for a method of
+    METHODS (checked with ``torch.equal`` against the *other* file: .pt methods against the
+    .safetensors file and the other way round), or ``{"method": "one memcpy of the same size",
+    "nbytes": ...}``. Figures: ``seconds`` (the load), ``used_seconds`` (the load plus reading every
+    page of every weight once), ``peak_mb`` (RSS high-water growth during the load), ``used_mb`` (the
+    same after the read), ``private_mb`` (growth of private memory after the read).
+    """
+    device = job.get("device", "cpu")
+    if device.startswith("cuda"):
+        torch.cuda.init()
+        torch.cuda.reset_peak_memory_stats()
+    if job["method"] == "one memcpy of the same size":
+        source = torch.ones(job["nbytes"], dtype=torch.uint8, device=device)
+        base, private = _peak_mb(), _private_mb()
+        start = time.perf_counter()
+        copy = torch.empty_like(source).copy_(source)
+        _sync(device)
+        seconds = time.perf_counter() - start
+        assert copy[-1].item() == 1
+        grown = _peak_mb() - base
+        return {"seconds": seconds, "used_seconds": seconds, "peak_mb": grown, "used_mb": grown,
+                "private_mb": None if private is None else _private_mb() - private}
+    pt, st = Path(job["pt"]), Path(job["st"])
+    base, private = _peak_mb(), _private_mb()
+    start = time.perf_counter()
+    model = load_by(job["method"], pt, st, job["config"], device)
+    _sync(device)
+    seconds = time.perf_counter() - start
+    peak = _peak_mb() - base
+    _touch(list(model.state_dict().values()))
+    _sync(device)
+    result = {"seconds": seconds, "used_seconds": time.perf_counter() - start, "peak_mb": peak,
+              "used_mb": _peak_mb() - base, "private_mb": None if private is None else _private_mb() - private}
+    if device.startswith("cuda"):
+        result["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / MB
+    if job.get("check", True):
+        if job["method"].startswith("safetensors"):
+            reference = torch.load(pt, mmap=True, map_location="cpu", weights_only=True)
+        else:
+            from safetensors.torch import load_file
+            reference = load_file(st)
+        result["same"] = _same_tensors(model, reference)
+    return result
+
+
+def _child(job: dict[str, Any], write_fd: int) -> None:
+    """Body of a forked child: measure, write one JSON line, exit without running any cleanup."""
+    try:
+        result = measure(job)
+    except BaseException as error:  # reported to the parent, never raised in the fork server
+        result = {"error": f"{type(error).__name__}: {error}"}
+    os.write(write_fd, (json.dumps(result) + "\n").encode())
+    os._exit(0)
+
+
+def serve() -> None:
+    """Fork server loop: one JSON job per stdin line, one JSON result per stdout line.
+
+    Torch is imported (by this module) but never run here, so no thread pool and
+    no CUDA context exists when a child is forked.
+    """
+    for line in sys.stdin:
+        job = json.loads(line)
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(read_fd)
+            _child(job, write_fd)
+        os.close(write_fd)
+        with os.fdopen(read_fd, "rb") as pipe:
+            answer = pipe.read().decode()
+        _, status = os.waitpid(pid, 0)
+        if not answer.strip():
+            answer = json.dumps({"error": f"child died (wait status {status})"}) + "\n"
+        sys.stdout.write(answer)
+        sys.stdout.flush()
+
+
+class ForkServer:
+    """A Python process that imported torch once; :meth:`run` measures each job in a fresh fork of it.
+
+    Use it as a context manager so the server process ends with the block.
+    """
+
+    def __init__(self, timeout_s: float = 120.0):
+        self.timeout_s = timeout_s
+        self.process = subprocess.Popen([sys.executable, "-m", "helper.loading_bench", "--serve"],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+
+    def run(self, job: dict[str, Any]) -> dict[str, Any]:
+        """Send ``job`` to a fresh child, wait at most ``timeout_s`` seconds, return its result dict."""
+        job = {k: str(v) if isinstance(v, Path) else v for k, v in job.items()}
+        self.process.stdin.write((json.dumps(job) + "\n").encode())
+        ready, _, _ = select.select([self.process.stdout], [], [], self.timeout_s)
+        if not ready:
+            self.close(kill=True)
+            raise TimeoutError(f"{job['method']} took over {self.timeout_s} s")
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError("the fork server ended unexpectedly")
+        return json.loads(line)
+
+    def close(self, kill: bool = False) -> None:
+        """End the server process (closing its stdin ends its loop; ``kill`` ends it at once) and wait."""
+        if self.process.poll() is None:
+            if kill:
+                self.process.kill()
+            self.process.stdin.close()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process.stdout.close()
+
+    def __enter__(self) -> ForkServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def mapped_file(tensor: torch.Tensor) -> str | None:
+    """The file whose memory mapping holds ``tensor``'s data (from ``/proc/self/maps``); None for private memory."""
+    address = tensor.data_ptr()
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                fields = line.split(maxsplit=5)
+                low, high = (int(x, 16) for x in fields[0].split("-"))
+                if low <= address < high:
+                    name = fields[5].strip() if len(fields) == 6 else ""
+                    return name if name.startswith("/") else None
+    except OSError:
+        pass
+    return None
+
+
+def resident_fraction(path: str | os.PathLike[str]) -> float:
+    """Fraction of ``path``'s pages now in the page cache (``mincore`` on a mapping; 1.0 where unknown)."""
+    import ctypes
+    import mmap
+
+    size = os.path.getsize(path)
+    if size == 0 or not sys.platform.startswith("linux"):
+        return 1.0
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_ubyte)]
+    pages = (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE
+    vector = (ctypes.c_ubyte * pages)()
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY) as mapped:
+        start = (ctypes.c_ubyte * 1).from_buffer(mapped)  # a pointer to the mapping; nothing is read
+        result = libc.mincore(ctypes.addressof(start), size, vector)
+        del start  # the mapping can close only once no pointer into it is left
+    if result != 0:
+        return 1.0
+    return sum(v & 1 for v in vector) / pages
+
+
+def evict_from_page_cache(path: str | os.PathLike[str]) -> bool:
+    """Ask Linux to drop ``path``'s pages from the page cache (no root needed); True where they are gone.
+
+    ``posix_fadvise(POSIX_FADV_DONTNEED)`` drops only clean, unmapped pages of
+    this one file, so the next read of it is cold. On file systems that keep
+    files in memory (tmpfs) nothing can be dropped and this returns False.
+    """
+    if not hasattr(os, "posix_fadvise"):
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    return resident_fraction(path) < 0.05
+
+
+def read_seconds(path: str | os.PathLike[str]) -> float:
+    """Seconds ``cat path > /dev/null`` takes (Python's own ``readinto`` loop where ``cat`` is missing)."""
+    start = time.perf_counter()
+    if shutil.which("cat"):
+        with open(os.devnull, "wb") as null:
+            subprocess.run(["cat", os.fspath(path)], stdout=null, check=True)
+    else:
+        buffer = bytearray(8 * MB)
+        with open(path, "rb", buffering=0) as f:
+            while f.readinto(buffer):
+                pass
+    return time.perf_counter() - start
+
+
+@dataclass
+class Measurement:
+    """One row of the table: a method or a limit, its times, and its memory growth in MB."""
+
+    name: str
+    seconds: float
+    used_seconds: float | None = None  # load + first read of every weight (lazy methods read late)
+    peak_mb: float | None = None       # RSS high-water mark growth while loading
+    used_mb: float | None = None       # ... after reading every weight once
+    private_mb: float | None = None    # growth of private (anonymous) memory after that read
+    gpu_peak_mb: float | None = None   # torch.cuda.max_memory_allocated, when loading to a GPU
+    same: bool | None = None           # every tensor torch.equal to the saved state
+
+
+def run_benchmark(pt: Path, st: Path, config: dict[str, int], *, device: str = "cpu", cold: bool = False,
+                  methods: list[str] | None = None, server: ForkServer | None = None,
+                  progress: Callable[[str], None] | None = None) -> list[Measurement]:
+    """Measure every method of METHODS (each in a fresh forked child), then the LIMITS on ``pt``.
+
+    ``cold=True`` evicts both files from the page cache before each method (warm otherwise: the
+    files were just written or read). The cold read row is left out where eviction does not work.
+    """
+    own = server is None
+    server = server or ForkServer()
+    pt, st = Path(pt), Path(st)
+    rows = []
+    try:
+        for method in methods or list(METHODS):
+            if progress:
+                progress(method)
+            if cold:
+                evict_from_page_cache(pt), evict_from_page_cache(st)
+            result = server.run({"method": method, "pt": pt, "st": st, "config": config, "device": device})
+            if "error" in result:
+                raise RuntimeError(f"{method}: {result['error']}")
+            rows.append(Measurement(method, **result))
+        cold_read, warm_read = list(LIMITS)[:2]
+        if evict_from_page_cache(pt):
+            seconds = read_seconds(pt)
+            rows.append(Measurement(cold_read, seconds, seconds))
+        seconds = read_seconds(pt)
+        rows.append(Measurement(warm_read, seconds, seconds))
+        memcpy = server.run({"method": "one memcpy of the same size", "nbytes": pt.stat().st_size, "device": device})
+        if "error" in memcpy:
+            raise RuntimeError(f"memcpy: {memcpy['error']}")
+        rows.append(Measurement("one memcpy of the same size", **memcpy))
+    finally:
+        if own:
+            server.close()
+    return rows
+
+
+def format_table(rows: list[Measurement], size_mb: float) -> str:
+    """A text table: load time, load + first use, GB/s over ``size_mb``, memory growth in MB, same tensors."""
+    gpu = any(r.gpu_peak_mb is not None for r in rows)
+
+    def num(value: float | None, digits: int = 0) -> str:
+        return "" if value is None else f"{value:.{digits}f}"
+
+    head = (f"{'method':<40} {'load s':>6} {'+use s':>6} {'GB/s':>5} {'peak MB':>7} {'used MB':>7}"
+            f" {'private MB':>10}" + (f" {'GPU peak MB':>11}" if gpu else ""))
+    lines = [head + "  same", "-" * (len(head) + 6)]
+    for r in rows:
+        rate = size_mb / 1024 / max(r.used_seconds or r.seconds, 1e-9)
+        line = (f"{r.name:<40} {r.seconds:6.3f} {num(r.used_seconds, 3):>6} {rate:5.1f} {num(r.peak_mb):>7}"
+                f" {num(r.used_mb):>7} {num(r.private_mb):>10}" + (f" {num(r.gpu_peak_mb):>11}" if gpu else ""))
+        lines.append(line + f"  {'' if r.same is None else r.same}")
+    return "\n".join(lines)
+
+
+def as_dicts(rows: list[Measurement]) -> list[dict[str, Any]]:
+    """The rows as plain dicts (for JSON)."""
+    return [asdict(r) for r in rows]
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--serve"]:
+        serve()
+    else:
+        sys.exit("usage: python -m helper.loading_bench --serve  (started by ForkServer)")
