@@ -48,7 +48,7 @@ MB = 2**20
 #: method name -> what it builds, in the order the lesson teaches them.
 METHODS: dict[str, str] = {
     "torch.load + load_state_dict": "model built (random init), file read into RAM, copied into the model",
-    "torch.load(mmap=True) + load_state_dict": "model built, file mapped, copied into the model",
+    "torch.load mmap=True + load_state_dict": "model built, file mapped, copied into the model",
     "meta + mmap=True + assign=True": "model on meta (no memory), parameters ARE the mapped tensors",
     "safetensors load_file + assign=True": "model on meta, file mapped (safetensors >= 0.8), parameters ARE those tensors",
     "safetensors safe_open, per tensor": "model built, each tensor read and copied in, one at a time",
@@ -95,7 +95,7 @@ def load_by(method: str, pt: Path, st: Path, config: dict[str, int], device: str
         with torch.device(device):
             model = build_stack(config)
         model.load_state_dict(torch.load(pt, map_location=device, weights_only=True))
-    elif method == "torch.load(mmap=True) + load_state_dict":
+    elif method == "torch.load mmap=True + load_state_dict":
         with torch.device(device):
             model = build_stack(config)
         model.load_state_dict(torch.load(pt, mmap=True, map_location=device, weights_only=True))
