@@ -139,3 +139,19 @@ def test_mapped_file_tells_mapped_from_private(files):
     assert lb.mapped_file(mapped["0.weight"]) == str(pt.resolve())
     assert lb.mapped_file(loaded["0.weight"]) is None
     assert lb.mapped_file(state["0.weight"]) is None
+
+
+def test_bench_loading_tool_prints_the_table(tmp_path, capsys):
+    import importlib.util
+
+    from helper.paths import REPO_ROOT
+
+    spec = importlib.util.spec_from_file_location("bench_loading", REPO_ROOT / "tools" / "bench_loading.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    folder = tmp_path / "bench"
+    assert tool.main(["--size-gb", "0.02", "--width", "512", "--folder", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert all(method in out for method in lb.METHODS) and "one memcpy of the same size" in out
+    assert sum(line.endswith("  True") for line in out.splitlines()) == len(lb.METHODS)
+    assert not folder.exists()  # files deleted without --keep

@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(args.folder, ignore_errors=True)
     print(f"\n{machine()}; loading to {args.device}, methods {'cold' if args.cold else 'warm'} "
           f"(file in the page cache)\n")
-    print(lb.format_table(rows, size_mb))
+    print(lb.format_table(rows, size_mb), flush=True)
     if args.json:
         print(json.dumps(lb.as_dicts(rows), indent=1))
     return 0 if all(r.same is not False for r in rows) else 1
