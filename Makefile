@@ -34,8 +34,9 @@ chromium:  ## Debian's Chromium for the slide check (installed with apt-get when
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
 	  { echo "install Chromium (Debian/Ubuntu: apt-get install chromium) to check the slides"; exit 1; }
 
-benchmark: $(STAMP)  ## time training and checkpoint save/load on this machine
+benchmark: $(STAMP)  ## time training, checkpoint save/load, and big-model loading (lesson 10) on this machine
 	$(PY) tools/benchmark.py
+	$(PY) tools/bench_loading.py
 
 refresh: $(STAMP)  ## maintainers: re-execute notebooks in place and store their outputs
 	$(PY) tools/run_notebooks.py --write
