@@ -21,7 +21,7 @@ test: $(STAMP)  ## unit tests for helper + strict nbval over every notebook
 	$(PY) -m pytest
 
 test-portable: $(STAMP)  ## every notebook again under several CPU-kernel settings (vector units, threads)
-	$(PY) tools/test_portable.py
+	$(PY) tools/test_portable.py $(PORTABLE)  # e.g. make test-portable PORTABLE="--setting mixed"
 
 lab: $(STAMP)  ## open the course in JupyterLab
 	$(VENV)/bin/jupyter lab notebooks/
