@@ -10,8 +10,9 @@ state_dict once with ``torch.save`` and once with safetensors (under
 it the five ways lesson 10 teaches, each in a fresh process
 (``helper.loading_bench``), and prints one table:
 
-- load s: seconds to a model holding the weights; +use s: plus reading every
-  weight once (lazy, memory-mapped methods read the file only then);
+- load s: seconds to a model holding the weights; +touch s: plus a first touch
+  of every page (one value per 4 KiB page; memory-mapped methods read the file
+  only then);
 - peak MB: growth of the process's RSS high-water mark while loading;
   used MB: the same after that first use (it counts mapped file pages);
   private MB: growth of private memory, the part the kernel cannot drop;
