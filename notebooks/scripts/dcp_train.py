@@ -86,18 +86,20 @@ def train(out: Path, rank: int, world: int) -> None:
 
 
 def save_async(state, folder: Path, model, optimizer, rank, world) -> None:
-    before = model.state_dict()["1.weight"].to_local().clone()
     # Its own process group: the saver thread's collectives must not mix
     # with the training step's on one gloo group (the processes hang).
     group = dist.new_group(backend="gloo")
+    before = state["model"]["1.weight"].to_local().clone()
     future = dcp.async_save(state, checkpoint_id=folder, process_group=group)
-    # async_save has copied the tensors to CPU memory and returned; a thread
-    # writes the files while training goes on.
-    train_steps(model, optimizer, 5, 20, rank, world)
+    # async_save has copied ("staged") the tensors to CPU memory and returned;
+    # a thread writes the files from that copy. Change a weight in place now:
+    with torch.no_grad():
+        model[1].weight.add_(1.0)  # state["model"] shares memory with the parameters
+    changed = not torch.equal(before, state["model"]["1.weight"].to_local())
+    train_steps(model, optimizer, 5, 20, rank, world)  # training goes on meanwhile
     future.result()  # wait for the files before the process ends
-    after = model.state_dict()["1.weight"].to_local()
     if rank == 0:
-        print("weights changed while async_save ran:", not torch.equal(before, after))
+        print("state given to async_save changed right after it returned:", changed)
         done = (folder / ".metadata").exists()
         print("async checkpoint committed (.metadata written):", done)
 
