@@ -131,5 +131,9 @@ if __name__ == "__main__":
     try:
         rank, world = dist.get_rank(), dist.get_world_size()
         (train if args.mode == "train" else load)(args.out, rank, world)
+        # every rank waits here until rank 0 has finished its checks: a rank that tears gloo down
+        # while rank 0 still works can make rank 0 abort at exit ("terminate called without an active
+        # exception"), about one run in ten on two cores
+        dist.barrier()
     finally:
         dist.destroy_process_group()
