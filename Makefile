@@ -4,6 +4,12 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# Thread policy: one thread per process, for every target (kernels, tests, benchmark). torch
+# starts one thread per core; when another program keeps a core busy, its threads spin waiting
+# for each other and a 13 s lesson took 128-235 s (14.5 s with one thread). README, "Threads".
+# Override per call: make run OMP_NUM_THREADS=2
+OMP_NUM_THREADS ?= 1
+export OMP_NUM_THREADS
 
 .PHONY: setup run test test-portable lab slides chromium refresh benchmark clean
 

@@ -5,7 +5,10 @@
     python tools/run_notebooks.py --write    # maintainers: store fresh outputs (and slide metadata) in place
 
 Each notebook runs in its own kernel from the notebooks/ folder, as in
-JupyterLab, with TQDM_DISABLE=1 so stored outputs hold no progress-bar text.
+JupyterLab, with TQDM_DISABLE=1 so stored outputs hold no progress-bar text,
+and OMP_NUM_THREADS=1 unless set already (the course's thread policy: one
+thread per kernel keeps a lesson's time when another core is busy; README,
+'Threads').
 Exit status 1 if any notebook fails.
 """
 
@@ -83,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
 
     os.environ["TQDM_DISABLE"] = "1"
     os.environ.setdefault("PYTHONHASHSEED", "0")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # the thread policy, see the docstring
     paths = sorted(p for p in NOTEBOOKS.glob("*.ipynb")
                    if not args.prefixes or p.name.startswith(tuple(args.prefixes)))
     if not paths:
