@@ -1,38 +1,56 @@
-# One command each: `make run` executes every notebook, `make test` runs every test.
-# Both create .venv and install requirements.txt on first use (or when it changes).
+# One command each: `make lab` opens the course, `make run` executes every notebook, `make test`
+# runs every test. Each creates .venv on first use and installs what it needs (again whenever a
+# requirements file changes): students requirements.txt, instructors also requirements-slides.txt,
+# maintainers also requirements-dev.txt. Without make (Windows): README, "Install".
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
 STAMP  := $(VENV)/.installed
+DEV    := $(VENV)/.installed-dev
+SLIDES := $(VENV)/.installed-slides
 # Thread policy: one thread per process, for every target (kernels, tests, benchmark). torch
 # starts one thread per core; when another program keeps a core busy, its threads spin waiting
 # for each other and a 13 s lesson took 128-235 s (14.5 s with one thread). README, "Threads".
 # Override per call: make run OMP_NUM_THREADS=2
 OMP_NUM_THREADS ?= 1
 export OMP_NUM_THREADS
+# JupyterLab refuses to start as root (containers) unless told
+LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: setup run test test-portable lab slides chromium refresh benchmark clean
+.PHONY: setup run test mutations test-portable lab slides chromium refresh benchmark clean
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt pyproject.toml  ## students: the lessons' libraries, JupyterLab, helper
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
-	touch $(STAMP)
+	$(PIP) -r requirements.txt
+	touch $@
+
+$(DEV): $(STAMP) requirements-dev.txt  ## maintainers: pytest, nbval, pytest-xdist
+	$(PIP) -r requirements-dev.txt
+	touch $@
+
+$(SLIDES): $(STAMP) requirements-slides.txt  ## instructors: RISE, reveal.js export, playwright
+	$(PIP) -r requirements-slides.txt
+	touch $@
 
 run: $(STAMP)  ## execute every notebook headlessly, print a time table (tracked files untouched)
 	$(PY) tools/run_notebooks.py
 
-test: $(STAMP)  ## unit tests for helper + strict nbval over every notebook
+test: $(DEV) $(SLIDES)  ## unit tests for helper + strict nbval over every notebook + slide check (2 workers)
 	$(PY) -m pytest
 
-test-portable: $(STAMP)  ## every notebook again under several CPU-kernel settings (vector units, threads)
+mutations: $(DEV)  ## break each lesson's guarded lines (tests/mutations/NN.toml): the checking cell must fail
+	$(PY) -m pytest -m mutation tests/test_mutations.py
+
+test-portable: $(DEV)  ## every notebook again under several CPU-kernel settings (vector units, threads)
 	$(PY) tools/test_portable.py $(PORTABLE)  # e.g. make test-portable PORTABLE="--setting mixed"
 
 lab: $(STAMP)  ## open the course in JupyterLab
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab $(LAB_ROOT) notebooks/
 
-slides: $(STAMP) chromium  ## instructors: offline reveal.js decks in artifacts/slides/, checked in headless Chromium
+slides: $(SLIDES) chromium  ## instructors: offline reveal.js decks in artifacts/slides/, checked in headless Chromium
 	$(PY) tools/slides.py browser
 
 chromium:  ## Debian's Chromium for the slide check (installed with apt-get when missing and run as root)
@@ -40,9 +58,8 @@ chromium:  ## Debian's Chromium for the slide check (installed with apt-get when
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
 	  { echo "install Chromium (Debian/Ubuntu: apt-get install chromium) to check the slides"; exit 1; }
 
-benchmark: $(STAMP)  ## time training, checkpoint save/load, and big-model loading (lesson 10) on this machine
-	$(PY) tools/benchmark.py
-	$(PY) tools/bench_loading.py
+benchmark: $(STAMP)  ## noise-aware timings (load average, CPU model, quiet vs one core busy); BENCH="--only io"
+	$(PY) tools/benchmark.py $(BENCH)
 
 refresh: $(STAMP)  ## maintainers: re-execute notebooks in place and store their outputs
 	$(PY) tools/run_notebooks.py --write

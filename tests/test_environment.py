@@ -1,6 +1,12 @@
-"""The environment is the one requirements.txt describes (a stale .venv fails here, not mid-lesson)."""
+"""The environment is the one the requirements files describe (a stale .venv fails here, not
+mid-lesson), and the thread policy (README, "Threads") does what it says."""
 
+import json
+import os
 import re
+import subprocess
+import sys
+import tomllib
 from importlib.metadata import version
 
 import pytest
@@ -8,11 +14,39 @@ import torch
 
 from helper.paths import REPO_ROOT
 
-PINS = dict(re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", (REPO_ROOT / "requirements.txt").read_text(), re.M))
+REQUIREMENTS = ["requirements.txt", "requirements-dev.txt", "requirements-slides.txt"]
+
+
+def pins(name: str) -> dict[str, str]:
+    """``package -> version`` of every ``==`` line of one requirements file."""
+    text = (REPO_ROOT / name).read_text(encoding="utf-8")
+    return dict(re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", text, re.M))
+
+
+PINS = {package: pin for name in REQUIREMENTS for package, pin in pins(name).items()}
 
 
 def test_requirements_pin_torch_and_torchvision():
-    assert PINS["torch"] == "2.14.1" and PINS["torchvision"] == "0.29.1"
+    assert pins("requirements.txt")["torch"] == "2.14.1"
+    assert pins("requirements.txt")["torchvision"] == "0.29.1"
+
+
+def test_student_file_is_lean_and_the_others_include_it():
+    student = pins("requirements.txt")
+    tools = {"pytest", "nbval", "pytest-xdist", "playwright", "sphinx-revealjs", "jupyterlab-rise"}
+    assert not tools & set(student), "test and slide tools belong in requirements-dev/-slides.txt"
+    for name in REQUIREMENTS[1:]:
+        text = (REPO_ROOT / name).read_text(encoding="utf-8")
+        assert "-r requirements.txt" in text.splitlines(), name
+        assert not set(pins(name)) & set(student), f"{name} pins a student package again"
+
+
+def test_python_floor_and_torch_floor_match_the_pins():
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert project["requires-python"] == ">=3.11"  # numpy 2.4, scikit-learn 1.9, matplotlib 3.11
+    torch_floor = next(d for d in project["dependencies"] if d.startswith("torch"))
+    assert torch_floor == "torch>=2.10"  # the safety lessons' claims (CVE-2025-32434, CVE-2026-24747)
+    assert sys.version_info >= (3, 11)
 
 
 @pytest.mark.parametrize("package", sorted(PINS))
@@ -27,3 +61,36 @@ def test_torchvision_operators_load_beside_torch():
 
     boxes = torch.tensor([[0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 1.0, 1.0], [2.0, 2.0, 3.0, 3.0]])
     assert nms(boxes, torch.tensor([0.9, 0.8, 0.7]), iou_threshold=0.5).tolist() == [0, 2]
+
+
+POOLS = """
+import json, torch, numpy, sklearn.cluster, helper.training, helper.checkpoint, helper.plotting
+from threadpoolctl import threadpool_info
+pools = {i["filepath"].rsplit("/", 1)[-1]: i["num_threads"] for i in threadpool_info()}
+print(json.dumps({"torch": torch.get_num_threads(), **pools}))
+"""
+
+
+def thread_counts(omp: str | None) -> dict[str, int]:
+    """Threads of every pool in a fresh interpreter that imported the lessons' libraries and helper."""
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
+    if omp is not None:
+        env["OMP_NUM_THREADS"] = omp
+    done = subprocess.run([sys.executable, "-c", POOLS], env=env, capture_output=True, text=True,
+                          cwd=REPO_ROOT, check=True)
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def test_the_harness_runs_kernels_with_one_thread():
+    """conftest.py sets OMP_NUM_THREADS=1 unless the caller chose; nbval's kernels inherit it."""
+    if os.environ["OMP_NUM_THREADS"] != "1":
+        pytest.skip(f"the caller chose OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}")
+    assert torch.get_num_threads() == 1
+
+
+def test_one_variable_caps_every_thread_pool_and_helper_sets_none():
+    """OMP_NUM_THREADS alone caps torch, MKL/oneDNN, OpenBLAS and scikit-learn's OpenMP; importing
+    helper changes no thread count (2 stays 2: no hidden torch.set_num_threads)."""
+    one, two = thread_counts("1"), thread_counts("2")
+    assert len(one) >= 3 and set(one.values()) == {1}, one
+    assert set(two.values()) == {2}, two  # the check can fail: 2 is seen as 2

@@ -10,7 +10,11 @@ stored it and fails on a student's. This runs strict nbval (the same command as
 ``make test``, notebooks only) once per setting below, each forcing this CPU
 down a different kernel path, so such an output fails here first.
 Settings run one after another: notebooks write to artifacts/, and two runs of one
-notebook at a time would overwrite each other's files. Exit status 1 if any setting fails.
+notebook at a time would overwrite each other's files (within a setting, pytest's two
+workers run different notebooks, as in ``make test``). A setting that names no thread
+count runs under the course's thread policy (OMP_NUM_THREADS=1 unless the caller set
+it; README, "Threads"); "2-threads" checks the other side. Exit status 1 if any
+setting fails.
 """
 
 from __future__ import annotations
@@ -47,7 +51,9 @@ def run_setting(name: str, notebooks: list[Path]) -> tuple[str, float, int, str]
     """Strict nbval over ``notebooks`` under one setting; (name, seconds, exit code, summary line)."""
     env = {**os.environ, **SETTINGS[name], "TQDM_DISABLE": "1"}
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-c", str(ROOT / "pyproject.toml"),
-           "--rootdir", str(ROOT), "--durations-min=1000", *map(str, notebooks)]
+           "--rootdir", str(ROOT), "--durations-min=1000",
+           # pyproject's -n 2 for several notebooks; one notebook gains nothing from a second worker
+           "-n", "2" if len(notebooks) > 1 else "0", *map(str, notebooks)]
     start = time.perf_counter()
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - start
