@@ -1,59 +1,139 @@
-"""Slides for instructors: slide metadata by rule, an offline reveal.js export, and a real-browser check.
+"""Slides for instructors: slide metadata by rule, an offline reveal.js export, and a per-slide browser check.
 
-    python tools/slides.py apply [NN ...]    # set every cell's slide type (run_notebooks.py --write does it too)
-    python tools/slides.py check             # exit 1 if slide metadata is stale or a cell is taller than a screen
-    python tools/slides.py export            # artifacts/slides/NN_name.slides.html + a local reveal.js copy
-    python tools/slides.py browser           # open each deck in headless Chromium: no failed request,
-                                             # no console error, a screenshot of the first slide
+    python tools/slides.py measure [NN ...]  # render every cell once in Chromium, cache its height
+                                             # (tools/slides_template/heights.json, committed)
+    python tools/slides.py apply [NN ...]    # set slide types from the cached heights (run_notebooks.py
+                                             # --write does it too), hide solutions, RISE settings
+    python tools/slides.py check [NN ...]    # exit 1 if metadata is stale, a heading is not the first
+                                             # line of its cell, a solution shows its outputs, or one
+                                             # cell is taller than a slide (listed with its height)
+    python tools/slides.py export [NN ...]   # artifacts/slides/NN_name.slides.html + a local reveal.js
+    python tools/slides.py browser [NN ...]  # export, then open EVERY slide of every deck in headless
+                                             # Chromium at 1280x800, offline: content height and width
+                                             # against the 960x700 canvas, headings in speaker notes,
+                                             # failed requests, console errors; JSON report in
+                                             # artifacts/slides/report.json; exit 1 on any finding
+    python tools/slides.py shots             # three slides at 1024x768 into docs/
 
-The rules, so any lesson presents the same way (RISE in JupyterLab reads the same metadata):
-a ``#``/``##`` heading starts a slide, ``###`` a sub-slide; a cell that asserts (a proof) appears as a
-fragment; a long paragraph of prose becomes speaker notes; a solution gets its own sub-slide; and a
-slide that would grow taller than ``BUDGET`` lines continues on a new sub-slide.
+``--notebooks DIR`` works on the notebooks of another folder (copies in artifacts/, test notebooks).
+
+The rules, so any lesson presents the same way (RISE in JupyterLab reads the same metadata): a
+``#``/``##`` heading starts a slide, ``###`` a sub-slide (the heading must be the first line of its
+cell); a cell that asserts (a proof) appears as a fragment; a long paragraph of prose becomes speaker
+notes; a solution gets its own sub-slide (and is collapsed, input and outputs, in JupyterLab); and a
+slide whose cells would grow past the canvas continues on a new sub-slide. Heights are real: each
+cell's rendered height in pixels, measured once in Chromium and cached by the cell's content; a
+cell not measured yet gets a conservative estimate (``estimate``).
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import hashlib
+import html
+import json
 import math
 import re
 import shutil
+import struct
 import sys
+import tempfile
+import time
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import nbformat
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
 OUT = ROOT / "artifacts" / "slides"
+DOCS = ROOT / "docs"
 TEMPLATE_DIR = Path(__file__).resolve().parent / "slides_template"
+HEIGHTS = TEMPLATE_DIR / "heights.json"
 
-# Measured on the exported decks in Chromium at 1280x800: about 24 lines of code or prose fit.
-BUDGET = 30  # lines that fit on one 1280x800 slide (code renders smaller than prose)
+CANVAS = (960, 700)  # reveal.js's slide size (nbconvert's default), scaled to fit the window
+VIEWPORT = (1280, 800)  # the window the check opens every slide in
+SLIDE_PAD = 10  # px kept free on a slide: its height is the sum of its cells (measured), plus fonts that differ
+BUDGET = CANVAS[1] - SLIDE_PAD  # px of cells that fit on one slide
 NOTES_FROM = 8  # a paragraph of prose this many lines long or longer goes to the speaker notes
-IMAGE_LINES = 12  # an embedded figure counts as this many lines
-WRAP = 80  # characters per displayed line
+RISE = {"scroll": True, "slideNumber": "c/t", "transition": "none", "start_slideshow_at": "selected"}
+SOLUTION_HIDDEN = {"source_hidden": True, "outputs_hidden": True}
+HEADING = re.compile(r"#{1,3} ")
+ANCHOR_FIRST = re.compile(r"\s*<a\s[^>]*>\s*(</a>)?\s*#")
+
+# The fallback model (px), fitted to the 618 measured cells of the twelve lessons and rounded up:
+# characters a line holds before it wraps, and px a line takes.
+CODE_CHARS, OUTPUT_CHARS, ERROR_CHARS, CODE_LINE, OUTPUT_LINE = 80, 72, 60, 23, 25
+PROSE_CHARS, PROSE_LINE = 82, 30
+HEADING_PX = {1: 90, 2: 66, 3: 56}
+CELL_PX, OUTPUT_PX, PARAGRAPH_PX = 28, 24, 24
+IMAGE_WIDTH, IMAGE_FACTOR = 900, 1.15  # a figure is shown at most this wide, and takes a little more
 
 
-def _lines(text: str) -> int:
-    """Displayed lines of ``text``, long lines wrapped at ``WRAP`` characters."""
-    return sum(max(1, math.ceil(len(line) / WRAP)) for line in text.splitlines())
+def _wrapped(text: str, chars: int) -> int:
+    return sum(max(1, math.ceil(len(line) / chars)) for line in text.splitlines())
 
 
-def cell_height(cell: Any) -> int:
-    """How many lines a cell takes on a slide: its source plus what it printed."""
-    height = _lines(cell.source)
+def _png_size(data: str) -> tuple[int, int]:
+    head = base64.b64decode(data[:44])
+    width, height = struct.unpack(">II", head[16:24])
+    return width, height
+
+
+def estimate(cell: Any) -> int:
+    """A cell's height in px from its text (used until the cell is measured): deliberately generous."""
+    if cell.cell_type == "markdown":
+        px, fenced = CELL_PX, False
+        for para in re.split(r"\n\s*\n", cell.source.strip()):
+            for line in para.splitlines():
+                if line.startswith("```"):
+                    fenced = not fenced
+                    px += CODE_LINE // 2
+                elif fenced:
+                    px += CODE_LINE * _wrapped(line, CODE_CHARS)
+                elif m := re.match(r"(#{1,3}) ", line):
+                    px += HEADING_PX[len(m.group(1))] * _wrapped(line, PROSE_CHARS * 2 // 3)
+                else:
+                    px += PROSE_LINE * _wrapped(line, PROSE_CHARS)
+            px += PARAGRAPH_PX
+        return px
+    px = CELL_PX + CODE_LINE * _wrapped(cell.source, CODE_CHARS) if cell.source.strip() else 0
     for output in cell.get("outputs", []):
+        data = output.get("data", {})
         if output.output_type == "stream":
-            height += _lines(output.text)
+            px += OUTPUT_PX + OUTPUT_LINE * _wrapped(output.text, OUTPUT_CHARS)
         elif output.output_type == "error":
-            height += 1 + _lines(output.evalue)
-        elif "image/png" in output.get("data", {}):
-            height += IMAGE_LINES
+            px += OUTPUT_PX + OUTPUT_LINE * _wrapped(f"{output.ename}: {output.evalue}", ERROR_CHARS)
+        elif "image/png" in data:
+            width, height = _png_size(data["image/png"])
+            px += OUTPUT_PX + math.ceil(IMAGE_FACTOR * height * min(1.0, IMAGE_WIDTH / width))
+        elif "text/html" in data:
+            px += OUTPUT_PX + PROSE_LINE * _wrapped(re.sub(r"<[^>]+>", "", data["text/html"]), PROSE_CHARS)
         else:
-            height += _lines(output.get("data", {}).get("text/plain", ""))
-    return height
+            px += OUTPUT_PX + OUTPUT_LINE * _wrapped(data.get("text/plain", ""), OUTPUT_CHARS)
+    return px
+
+
+def cell_key(cell: Any) -> str:
+    """What a cell's rendered height depends on: its kind, source and outputs (not counts, not metadata)."""
+    outputs = [{k: v for k, v in o.items() if k not in ("execution_count", "metadata")}
+               for o in cell.get("outputs", [])]
+    blob = json.dumps([cell.cell_type, cell.source, outputs], sort_keys=True)
+    return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+
+def load_heights(path: Path = HEIGHTS) -> dict[str, int]:
+    """The cached measured heights: cell key -> px."""
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def cell_height(cell: Any, heights: dict[str, int] | None = None) -> int:
+    """A cell's height on a slide in px: measured if cached, else estimated."""
+    heights = load_heights() if heights is None else heights
+    return heights.get(cell_key(cell)) or estimate(cell)
 
 
 def rule(cell: Any) -> str:
@@ -64,7 +144,7 @@ def rule(cell: Any) -> str:
             return "slide"
         if text.startswith("### "):
             return "subslide"
-        return "notes" if _lines(text) >= NOTES_FROM else "-"
+        return "notes" if _wrapped(text, PROSE_CHARS) >= NOTES_FROM else "-"
     if "solution" in cell.metadata.get("tags", []):
         return "subslide"
     if re.search(r"^\s*assert\b", cell.source, re.MULTILINE):
@@ -72,12 +152,27 @@ def rule(cell: Any) -> str:
     return "-"
 
 
-def slide_types(nb: Any) -> list[str]:
-    """Every cell's slide type: the rule, plus a new sub-slide wherever a slide would overflow."""
-    types, used = [], 0
+def _is_solution(cell: Any) -> bool:
+    return cell.cell_type == "code" and "solution" in cell.metadata.get("tags", [])
+
+
+def slide_types(nb: Any, heights: dict[str, int] | None = None) -> list[str]:
+    """Every cell's slide type: the rule, then a new sub-slide wherever a slide would outgrow the canvas.
+
+    The cell after a solution starts a new sub-slide too (unless it is the solution's
+    ``<details>`` explanation), so a solution never shares a slide with the next exercise.
+    """
+    heights = load_heights() if heights is None else heights
+    types: list[str] = []
+    used, after_solution = 0, False
     for cell in nb.cells:
         kind = rule(cell)
-        height = 0 if kind in ("notes", "skip") else cell_height(cell)
+        if after_solution and kind not in ("slide", "subslide", "notes") and not (
+                cell.cell_type == "markdown" and cell.source.lstrip().startswith("<details")):
+            kind = "subslide"
+        if kind != "notes":
+            after_solution = _is_solution(cell) or (after_solution and kind not in ("slide", "subslide"))
+        height = 0 if kind in ("notes", "skip") else cell_height(cell, heights)
         if kind in ("slide", "subslide"):
             used = height
         elif used + height > BUDGET and used > 0:
@@ -88,31 +183,151 @@ def slide_types(nb: Any) -> list[str]:
     return types
 
 
-def apply(nb: Any) -> bool:
-    """Write the slide types into the cells' metadata; True if anything changed."""
+def apply(nb: Any, heights: dict[str, int] | None = None) -> bool:
+    """Write slide types, collapsed solutions and RISE settings into the notebook; True if anything changed."""
     changed = False
-    for cell, kind in zip(nb.cells, slide_types(nb)):
+    for cell, kind in zip(nb.cells, slide_types(nb, heights)):
         if cell.metadata.get("slideshow", {}).get("slide_type") != kind:
             cell.metadata["slideshow"] = {"slide_type": kind}
             changed = True
+        if _is_solution(cell) and any(cell.metadata.get("jupyter", {}).get(k) is not True for k in SOLUTION_HIDDEN):
+            cell.metadata["jupyter"] = {**cell.metadata.get("jupyter", {}), **SOLUTION_HIDDEN}
+            changed = True
+    rise = nb.metadata.get("rise", {})
+    if any(rise.get(k) != v for k, v in RISE.items()):
+        nb.metadata["rise"] = {**rise, **RISE}
+        changed = True
     return changed
 
 
-def problems(nb: Any, name: str) -> list[str]:
-    """What is wrong with a notebook's slides: stale metadata, or a cell taller than a screen."""
-    found = []
-    stale = [i for i, (c, k) in enumerate(zip(nb.cells, slide_types(nb)))
-             if c.metadata.get("slideshow", {}).get("slide_type") != k]
-    if stale:
-        found.append(f"{name}: slide metadata missing or stale in cells {stale}: run tools/slides.py apply")
-    for i, cell in enumerate(nb.cells):
-        if rule(cell) not in ("notes", "skip") and cell_height(cell) > BUDGET:
-            found.append(f"{name} cell {i}: {cell_height(cell)} lines, taller than a slide ({BUDGET}); split it")
+def misplaced_headings(cell: Any) -> list[str]:
+    """Headings of a markdown cell that does not start with one (prose or an anchor before them).
+
+    Such a cell is not a slide by the rules, so its headings land in the speaker notes (if the cell
+    is long) or mid-slide, and the section's code becomes an untitled sub-slide of the previous one.
+    A cell that starts with a heading may hold more below it: they are on its slide.
+    """
+    lines, fenced, found = cell.source.strip().splitlines(), False, []
+    if cell.cell_type != "markdown" or (lines and HEADING.match(lines[0])):
+        return []
+    for i, line in enumerate(lines):
+        if line.startswith("```"):
+            fenced = not fenced
+        elif not fenced and i > 0 and HEADING.match(line):
+            found.append(line.strip())
+    if lines and ANCHOR_FIRST.match(lines[0]):
+        found.insert(0, lines[0].strip())
     return found
 
 
-def export(paths: list[Path], out: Path = OUT) -> list[Path]:
-    """Export each notebook to a reveal.js deck in ``out`` that needs no network, beside a reveal.js copy."""
+def tall_cells(nb: Any, heights: dict[str, int] | None = None) -> list[tuple[int, int]]:
+    """(cell index, px) of every shown cell taller than a slide: it must be split by hand."""
+    heights = load_heights() if heights is None else heights
+    return [(i, cell_height(c, heights)) for i, (c, k) in enumerate(zip(nb.cells, slide_types(nb, heights)))
+            if k not in ("notes", "skip") and cell_height(c, heights) > BUDGET]
+
+
+def problems(nb: Any, name: str, heights: dict[str, int] | None = None) -> list[str]:
+    """What is wrong with a notebook's slides, one line each."""
+    heights = load_heights() if heights is None else heights
+    found = []
+    copy = nbformat.from_dict(json.loads(json.dumps(nb)))
+    if apply(copy, heights):
+        stale = [i for i, (a, b) in enumerate(zip(nb.cells, copy.cells)) if a.metadata != b.metadata]
+        where = [f"cells {stale}"] * bool(stale) + ["the notebook's rise settings"] * (nb.metadata != copy.metadata)
+        found.append(f"{name}: slide metadata missing or stale in {' and '.join(where)}: run tools/slides.py apply")
+    for i, cell in enumerate(nb.cells):
+        for heading in misplaced_headings(cell):
+            found.append(f"{name} cell {i}: heading not on the first line of its cell (it goes to the speaker "
+                         f"notes or an untitled slide): {heading[:60]!r}")
+        if _is_solution(cell) and cell.get("outputs") and not cell.metadata.get("jupyter", {}).get("outputs_hidden"):
+            found.append(f"{name} cell {i}: solution shows its outputs (set jupyter.outputs_hidden: "
+                         f"tools/slides.py apply)")
+    for i, px in tall_cells(nb, heights):
+        found.append(f"{name} cell {i}: {px} px, taller than a slide ({BUDGET} px); split it")
+    return found
+
+
+# ---------------------------------------------------------------- export
+
+
+class _Anchors(HTMLParser):
+    """Every element id of a deck -> the reveal.js indices (h, v) of the slide it is on."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.depth, self.h, self.v, self.ids = 0, -1, -1, {}
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "section":
+            self.depth += 1
+            if self.depth == 1:
+                self.h, self.v = self.h + 1, -1
+            elif self.depth == 2:
+                self.v += 1
+        ident = dict(attrs).get("id")
+        if ident and self.depth:
+            self.ids.setdefault(ident, (self.h, max(self.v, 0)))
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "section":
+            self.depth -= 1
+
+
+def anchors(deck_html: str) -> dict[str, tuple[int, int]]:
+    """Element id -> (h, v) of its slide in an exported deck."""
+    parser = _Anchors()
+    parser.feed(deck_html)
+    return parser.ids
+
+
+_SPAN = re.compile(r"<(/?)span\b[^>]*>")
+_PRE = re.compile(r'(<div class="highlight[^"]*"><pre>)(.*?)(</pre>)', re.DOTALL)
+
+
+def hanging_indent(pre_html: str) -> str:
+    """Each line of a highlighted ``<pre>`` in its own ``<span class="cl" style="--i:N">`` (N: its indentation).
+
+    Pygments spans that cross a line end (docstrings) are closed and reopened, so each line is whole.
+    """
+    lines = pre_html.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    out, stack = [], []
+    for line in lines:
+        reopen = "".join(stack)
+        for m in _SPAN.finditer(line):
+            if m.group(1):
+                if stack:
+                    stack.pop()
+            else:
+                stack.append(m.group(0))
+        text = html.unescape(re.sub(r"<[^>]+>", "", line))
+        indent = len(text) - len(text.lstrip(" "))
+        out.append(f'<span class="cl" style="--i:{indent}">{reopen}{line}{"</span>" * len(stack)}</span>')
+    return "".join(out)
+
+
+def _rewrite_links(body: str, maps: dict[str, dict[str, tuple[int, int]]], own: str) -> str:
+    """``NN_name.ipynb#anchor`` -> ``NN_name.slides.html#/h/v`` (the slide holding the anchor); ``#anchor`` too."""
+    def link(m: re.Match[str]) -> str:
+        path, anchor = m.group(1) or "", (m.group(2) or "")[1:]
+        stem = Path(path).stem if path else own
+        ids = maps.get(stem, {})
+        where = ids.get(anchor) or ids.get(unquote(anchor)) if anchor else None
+        if not path and not where:
+            return m.group(0)
+        return f'href="{stem + ".slides.html" if path else ""}{f"#/{where[0]}/{where[1]}" if where else ""}"'
+
+    return re.sub(r'href="((?:\./)?\d\d_[\w-]+\.ipynb)?(#[^"]*)?"', link, body)
+
+
+def export(paths: list[Path], out: Path = OUT, *, all_slides: bool = False) -> list[Path]:
+    """Export each notebook to a reveal.js deck in ``out`` that needs no network, beside a reveal.js copy.
+
+    Code lines get a hanging indent, links between lessons point at the deck and slide holding the
+    anchor, slides are numbered. ``all_slides`` puts every cell on its own slide (to measure cells).
+    """
     from nbconvert import SlidesExporter
 
     import sphinx_revealjs  # ships reveal.js's built files: the local copy the decks point at
@@ -120,18 +335,30 @@ def export(paths: list[Path], out: Path = OUT) -> list[Path]:
     reveal = Path(sphinx_revealjs.__file__).parent / "_static" / "revealjs"
     out.mkdir(parents=True, exist_ok=True)
     target = out / "reveal.js"
-    shutil.rmtree(target, ignore_errors=True)
-    shutil.copytree(reveal / "dist", target / "dist")
-    shutil.copytree(reveal / "plugin" / "notes", target / "plugin" / "notes")
+    if not target.exists():
+        shutil.copytree(reveal / "dist", target / "dist")
+        shutil.copytree(reveal / "plugin" / "notes", target / "plugin" / "notes")
     exporter = SlidesExporter(template_name="offline_reveal", extra_template_basedirs=[str(TEMPLATE_DIR)],
-                              reveal_url_prefix="reveal.js", reveal_theme="white")
-    decks = []
+                              reveal_url_prefix="reveal.js", reveal_theme="white", reveal_number="c/t")
+    bodies: dict[str, str] = {}
     for path in paths:
-        body, _ = exporter.from_filename(str(path))
-        deck = out / f"{path.stem}.slides.html"
-        deck.write_text(body, encoding="utf-8")
+        nb = nbformat.read(path, as_version=4)
+        for cell in nb.cells:
+            cell.metadata.pop("jupyter", None)  # solutions collapsed in Lab, shown on their sub-slide
+            if all_slides:
+                cell.metadata["slideshow"] = {"slide_type": "slide"}
+        body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": path.stem}})
+        bodies[path.stem] = _PRE.sub(lambda m: m.group(1) + hanging_indent(m.group(2)) + m.group(3), body)
+    maps = {stem: anchors(body) for stem, body in bodies.items()}
+    decks = []
+    for stem, body in bodies.items():
+        deck = out / f"{stem}.slides.html"
+        deck.write_text(_rewrite_links(body, maps, stem), encoding="utf-8")
         decks.append(deck)
     return decks
+
+
+# ---------------------------------------------------------------- the browser
 
 
 def chromium() -> str | None:
@@ -139,75 +366,219 @@ def chromium() -> str | None:
     return next(filter(None, (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome"))), None)
 
 
-def browser_check(decks: list[Path], screenshots: Path) -> dict[str, list[str]]:
-    """Open each deck in headless Chromium with the network cut off; deck name -> problems found.
+_READY = """async () => {
+    for (let i = 0; i < 50 && !(typeof Reveal !== 'undefined' && Reveal.isReady()); i++)
+        await new Promise(r => setTimeout(r, 100));
+    await Promise.all([...document.images].map(img => img.decode().catch(() => null)));
+    return typeof Reveal !== 'undefined' && Reveal.isReady();
+}"""
 
-    Any request that is not a local file fails (and is reported), as do console errors and
-    page errors; reveal.js must have started. A PNG of each deck's first slide goes to ``screenshots``.
+# Every slide in turn: its content size in canvas px (reveal.js lays a slide out at 960x700 and scales
+# it), elements wider than the slide, headings inside the speaker notes, and each cell's height.
+_SLIDES = """() => {
+    const out = [];
+    const [W, H] = [Reveal.getConfig().width, Reveal.getConfig().height];
+    for (const s of Reveal.getSlides()) {
+        const {h, v} = Reveal.getIndices(s);
+        Reveal.slide(h, v || 0);
+        const sec = Reveal.getCurrentSlide();
+        const box = sec.getBoundingClientRect(), scale = Reveal.getScale();
+        let right = sec.scrollWidth;
+        for (const e of sec.querySelectorAll('pre, img, table, .jp-OutputArea-output, .jp-RenderedHTMLCommon')) {
+            if (e.closest('aside.notes')) continue;
+            if (e.scrollWidth > e.clientWidth + 1) right = Math.max(right, e.scrollWidth + (e.getBoundingClientRect().left - box.left) / scale);
+            right = Math.max(right, (e.getBoundingClientRect().right - box.left) / scale);
+        }
+        const title = sec.querySelector('h1, h2, h3');
+        const cells = [...sec.querySelectorAll(':scope > .jp-Cell, :scope > div > .jp-Cell')].filter(c => !c.closest('aside.notes'))
+            .map(c => ({id: c.id.replace('cell-id=', ''), px: Math.round(c.getBoundingClientRect().height / scale)}));
+        out.push({slide: `${h}.${v || 0}`, number: out.length + 1,
+                  title: (title ? title.innerText : sec.innerText).replace('¶', '').replace(/\\s+/g, ' ').trim().slice(0, 60),
+                  height: sec.scrollHeight, width: Math.round(right), canvas: [W, H],
+                  notes_headings: [...sec.querySelectorAll('aside.notes h1, aside.notes h2, aside.notes h3')]
+                      .map(e => e.tagName.toLowerCase() + ' ' + e.textContent.replace('¶', '').trim().slice(0, 60)),
+                  cells});
+    }
+    Reveal.slide(0, 0);
+    return out;
+}"""
+
+_ALL_CELLS = """() => {
+    const scale = Reveal.getScale();
+    for (const s of document.querySelectorAll('.reveal .slides section')) s.style.display = 'block';
+    return [...document.querySelectorAll('.jp-Cell')].map(c => {
+        const st = getComputedStyle(c);
+        return [c.id.replace('cell-id=', ''),
+                Math.ceil(c.getBoundingClientRect().height / scale + parseFloat(st.marginTop) + parseFloat(st.marginBottom))];
+    });
+}"""
+
+
+def _browser(p: Any) -> Any:
+    return p.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
+
+
+def _offline_page(browser: Any, size: tuple[int, int], found: list[str]) -> Any:
+    page = browser.new_page(viewport={"width": size[0], "height": size[1]})
+    page.on("console", lambda msg: msg.type == "error" and found.append(f"console error: {msg.text}"))
+    page.on("pageerror", lambda exc: found.append(f"page error: {exc}"))
+    page.on("requestfailed", lambda req: found.append(f"failed request: {req.url}"))
+    page.route(re.compile(r"^(?!file:).*"), lambda route: route.abort())  # offline: only local files
+    return page
+
+
+def browser_check(decks: list[Path], screenshots: Path | None = None) -> dict[str, dict[str, Any]]:
+    """Open every slide of each deck in headless Chromium at 1280x800 with the network cut off.
+
+    Deck name -> {"slides": [per-slide sizes, notes headings, cells], "problems": [...]}. A problem is
+    a slide taller or wider than the canvas, a heading inside speaker notes, a failed request (any
+    request that is not a local file), a console or page error, or reveal.js not starting.
     """
     from playwright.sync_api import sync_playwright
 
-    screenshots.mkdir(parents=True, exist_ok=True)
-    report: dict[str, list[str]] = {}
+    report: dict[str, dict[str, Any]] = {}
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        browser = _browser(p)
         for deck in decks:
             found: list[str] = []
-            on_console = lambda msg, f=found: msg.type == "error" and f.append(f"console error: {msg.text}")
-            on_error = lambda exc, f=found: f.append(f"page error: {exc}")
-            on_failed = lambda req, f=found: f.append(f"failed request: {req.url}")
-            page.on("console", on_console)
-            page.on("pageerror", on_error)
-            page.on("requestfailed", on_failed)
-            page.route(re.compile(r"^(?!file:).*"), lambda route: route.abort())  # offline: only local files
+            page = _offline_page(browser, VIEWPORT, found)
             page.goto(deck.as_uri(), wait_until="load")
-            if not page.evaluate("typeof Reveal !== 'undefined' && Reveal.isReady()"):
-                page.wait_for_timeout(500)
-                if not page.evaluate("typeof Reveal !== 'undefined' && Reveal.isReady()"):
-                    found.append("reveal.js did not start")
-            page.screenshot(path=str(screenshots / f"{deck.name.split('.')[0]}.png"))
-            for event, handler in (("console", on_console), ("pageerror", on_error), ("requestfailed", on_failed)):
-                page.remove_listener(event, handler)
-            page.unroute_all()
-            report[deck.name] = found
+            slides: list[dict[str, Any]] = []
+            if not page.evaluate(_READY):
+                found.append("reveal.js did not start")
+            else:
+                slides = page.evaluate(_SLIDES)
+                if screenshots:
+                    screenshots.mkdir(parents=True, exist_ok=True)
+                    page.screenshot(path=str(screenshots / f"{deck.name.split('.')[0]}.png"))
+            page.close()
+            for s in slides:
+                s["over"] = s["height"] > CANVAS[1] or s["width"] > CANVAS[0]
+                where = f"slide {s['number']} ({s['slide']}) {s['title']!r}"
+                if s["height"] > CANVAS[1]:
+                    found.append(f"{where}: {s['height']} px tall, canvas {CANVAS[1]}")
+                if s["width"] > CANVAS[0]:
+                    found.append(f"{where}: {s['width']} px wide, canvas {CANVAS[0]}")
+                for heading in s["notes_headings"]:
+                    found.append(f"{where}: heading in speaker notes: {heading}")
+            report[deck.name] = {"slides": slides, "problems": found}
         browser.close()
     return report
 
 
-def _notebooks(prefixes: list[str]) -> list[Path]:
-    return sorted(p for p in NOTEBOOKS.glob("*.ipynb") if not prefixes or p.name.startswith(tuple(prefixes)))
+def measure(paths: list[Path], cache: Path = HEIGHTS, *, prune: bool = False) -> dict[str, int]:
+    """Render every cell of the notebooks once in Chromium (each on its own slide) and cache its height."""
+    from playwright.sync_api import sync_playwright
+
+    heights = {} if prune else load_heights(cache)
+    with tempfile.TemporaryDirectory() as tmp, sync_playwright() as p:
+        decks = export(paths, Path(tmp), all_slides=True)
+        browser = _browser(p)
+        for path, deck in zip(paths, decks):
+            page = _offline_page(browser, VIEWPORT, [])
+            page.goto(deck.as_uri(), wait_until="load")
+            page.evaluate(_READY)
+            measured = dict(page.evaluate(_ALL_CELLS))
+            page.close()
+            for i, cell in enumerate(nbformat.read(path, as_version=4).cells):
+                px = measured.get(cell.get("id", f"no-id-{i}"))
+                if px:
+                    heights[cell_key(cell)] = int(px)
+        browser.close()
+    cache.write_text(json.dumps(dict(sorted(heights.items())), indent=0) + "\n")
+    return heights
+
+
+def screenshots(picks: list[tuple[Path, str, str]], size: tuple[int, int] = (1024, 768)) -> list[Path]:
+    """PNGs of chosen slides: (deck, "h/v", file) -> the files written."""
+    from playwright.sync_api import sync_playwright
+
+    written = []
+    with sync_playwright() as p:
+        browser = _browser(p)
+        for deck, where, target in picks:
+            page = _offline_page(browser, size, [])
+            page.goto(f"{deck.as_uri()}#/{where}", wait_until="load")
+            page.evaluate(_READY)
+            page.wait_for_timeout(300)
+            page.screenshot(path=target)
+            written.append(Path(target))
+            page.close()
+        browser.close()
+    return written
+
+
+def summary(report: dict[str, dict[str, Any]]) -> str:
+    """One line per deck (slides, over the canvas, headings in notes, tallest), then every problem."""
+    lines, total, over, notes = [], 0, 0, 0
+    for deck, entry in report.items():
+        slides = entry["slides"]
+        n_over = sum(s["over"] for s in slides)
+        n_notes = sum(len(s["notes_headings"]) for s in slides)
+        tallest = max((s["height"] for s in slides), default=0)
+        total, over, notes = total + len(slides), over + n_over, notes + n_notes
+        flag = "ok  " if not entry["problems"] else "FAIL"
+        lines.append(f"{flag} {deck}: {len(slides)} slides, {n_over} over the canvas, {n_notes} headings in "
+                     f"notes, tallest {tallest} px")
+        lines += [f"    {p}" for p in entry["problems"]]
+    lines.append(f"{len(report)} decks, {total} slides: {over} over the {CANVAS[0]}x{CANVAS[1]} canvas, "
+                 f"{notes} headings in speaker notes")
+    return "\n".join(lines)
+
+
+def _notebooks(folder: Path, prefixes: list[str]) -> list[Path]:
+    return sorted(p for p in folder.glob("*.ipynb") if not prefixes or p.name.startswith(tuple(prefixes)))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=("apply", "check", "export", "browser"))
+    parser.add_argument("command", choices=("measure", "apply", "check", "export", "browser", "shots"))
     parser.add_argument("prefixes", nargs="*", help="only notebooks whose file name starts with one of these")
+    parser.add_argument("--notebooks", type=Path, default=NOTEBOOKS, help="folder of the notebooks")
+    parser.add_argument("--out", type=Path, default=OUT, help="folder of the decks and the report")
     args = parser.parse_args(argv)
-    paths = _notebooks(args.prefixes)
+    args.out = args.out.resolve()
+    paths = _notebooks(args.notebooks.resolve(), args.prefixes)
+    if args.command in ("measure", "browser", "shots") and chromium() is None:
+        print("Chromium not found: install Debian's chromium package (make chromium does)", file=sys.stderr)
+        return 1
+    if args.command == "measure":
+        heights = measure(paths, prune=not args.prefixes and args.notebooks == NOTEBOOKS)
+        print(f"{len(heights)} cell heights in {HEIGHTS.relative_to(ROOT)}")
+        return 0
+    heights = load_heights()
     if args.command == "apply":
         for path in paths:
             nb = nbformat.read(path, as_version=4)
-            if apply(nb):
+            if apply(nb, heights):
                 nbformat.write(nb, path)
                 print(f"updated {path.name}")
         return 0
     if args.command == "check":
-        found = [p for path in paths for p in problems(nbformat.read(path, as_version=4), path.name)]
+        found = [p for path in paths for p in problems(nbformat.read(path, as_version=4), path.name, heights)]
         print("\n".join(found) or f"{len(paths)} notebooks: slides ok")
         return 1 if found else 0
-    decks = export(paths)
-    print(f"exported {len(decks)} decks to {OUT.relative_to(ROOT)}/")
+    start = time.perf_counter()
+    decks = export(paths, args.out)
+    print(f"exported {len(decks)} decks to {args.out}/")
+    if args.command == "shots":
+        picks = [(args.out / f"{name}.slides.html", where, str(DOCS / f"slide-{name[:2]}-{what}.png"))
+                 for name, where, what in SHOTS if (args.out / f"{name}.slides.html").exists()]
+        for path in screenshots(picks):
+            print(f"wrote {path}")
+        return 0
     if args.command == "browser":
-        if chromium() is None:
-            print("Chromium not found: install Debian's chromium package (make slides does)", file=sys.stderr)
-            return 1
-        report = browser_check(decks, OUT / "screenshots")
-        for deck, found in report.items():
-            print(f"{'ok  ' if not found else 'FAIL'} {deck}" + "".join(f"\n    {f}" for f in found))
-        return 1 if any(report.values()) else 0
+        report = browser_check(decks, args.out / "screenshots")
+        (args.out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+        text = summary(report) + f"\nchecked in {time.perf_counter() - start:.0f} s; report: {args.out}/report.json"
+        (args.out / "report.txt").write_text(text + "\n")
+        print(text)
+        return 1 if any(e["problems"] for e in report.values()) else 0
     return 0
 
+
+# the three slides in docs/: (deck, reveal.js "h/v", what it shows)
+SHOTS = [("02_state_dict", "0/0", "title"), ("02_state_dict", "2/0", "code"), ("02_state_dict", "3/0", "figure")]
 
 if __name__ == "__main__":
     sys.exit(main())
