@@ -48,3 +48,46 @@ def test_confusion_matrix_counts_and_side_by_side_axes():
     assert counts.tolist() == [[1, 0, 0], [0, 1, 1], [0, 0, 1]]
     assert len(right.texts) == 0  # only the axes it was given
     plt.close(fig)
+
+
+def _text_sizes(fig):
+    """Point sizes of every visible title, axis label and tick label of a drawn figure."""
+    fig.canvas.draw()
+    sizes = {}
+    for ax in fig.axes:
+        if ax.get_title():
+            sizes.setdefault("title", []).append(ax.title.get_fontsize())
+        for label in (ax.xaxis.label, ax.yaxis.label):
+            if label.get_text():
+                sizes.setdefault("label", []).append(label.get_fontsize())
+        for tick in ax.get_xticklabels() + ax.get_yticklabels():
+            if tick.get_text() and tick.get_visible():
+                sizes.setdefault("tick", []).append(tick.get_fontsize())
+    return {k: min(v) for k, v in sizes.items()}
+
+
+def test_every_figure_reads_on_a_projector():
+    figures = {
+        "history": plot_history(history(3)),
+        "curves": plot_curves({"a": history(3)}),
+        "images": show_images(torch.rand(8, 1, 8, 8), list(range(8)), list(range(8))),
+        "matrix": plot_confusion_matrix([0, 1, 1, 2], [0, 1, 2, 2]),
+    }
+    for name, fig in figures.items():
+        assert fig.dpi == 150, name
+        sizes = _text_sizes(fig)
+        assert sizes.get("title", 14) >= 12 and sizes.get("label", 14) >= 14 and sizes.get("tick", 12) >= 12, (name, sizes)
+    assert _text_sizes(figures["images"])["title"] == 12
+    assert _text_sizes(figures["history"])["title"] >= 14
+    assert min(t.get_fontsize() for t in figures["matrix"].axes[0].texts) >= 12
+    # the size nbval compares (<Figure size WxH ...>): pixels, wide enough that a slide shrinks it
+    assert [repr(f).split(" with")[0] for f in figures.values()] == [
+        "<Figure size 1440x480", "<Figure size 1320x480", "<Figure size 1320x195", "<Figure size 600x540"]
+    plt.close("all")
+
+
+def test_the_readability_check_fails_on_a_small_font():
+    fig = plot_history(history(3))
+    fig.axes[1].set_title("accuracy", fontsize=7)
+    assert _text_sizes(fig)["title"] == 7
+    plt.close(fig)
