@@ -18,7 +18,7 @@ export OMP_NUM_THREADS
 # JupyterLab refuses to start as root (containers) unless told
 LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: setup run test mutations test-portable lab slides chromium refresh benchmark clean
+.PHONY: setup run test mutations fuzz test-portable lab slides chromium refresh benchmark clean
 
 setup: $(STAMP)
 
@@ -43,6 +43,9 @@ test: $(DEV) $(SLIDES)  ## unit tests for helper + strict nbval over every noteb
 
 mutations: $(DEV)  ## break each lesson's guarded lines (tests/mutations/NN.toml): the checking cell must fail
 	$(PY) -m pytest -m mutation tests/test_mutations.py
+
+fuzz: $(DEV)  ## every byte change and truncation of a small checkpoint through load_checkpoint and the doctor
+	FUZZ_FULL=1 $(PY) -m pytest -p no:nbval -o addopts="" -s tests/test_fuzz.py
 
 test-portable: $(DEV)  ## every notebook again under several CPU-kernel settings (vector units, threads)
 	$(PY) tools/test_portable.py $(PORTABLE)  # e.g. make test-portable PORTABLE="--setting mixed"

@@ -18,19 +18,22 @@ extra           anything else the caller adds (plain data)
 ==============  ============================================================
 
 Saving (``save_checkpoint``) is atomic and durable: the bytes go to a
-temporary file in the target's folder (named after this host and process, so a
-later save can tell a dead writer's leftovers from a live one's), are flushed
-and ``fsync``-ed, the file is checked to load with ``weights_only=True``, it is
-renamed over the target with ``os.replace``, and the folder is ``fsync``-ed so
-the rename itself survives a power cut. A save that fails or is killed at any
-moment leaves the previous file intact.
+temporary file in the target's folder (locked with ``flock`` while it exists,
+so a later save removes only the leftovers of writers that are gone), are
+flushed and ``fsync``-ed, the file is checked to load with
+``weights_only=True``, it is renamed over the target with ``os.replace``, and
+the folder is ``fsync``-ed so the rename itself survives a power cut. A save
+that fails or is killed at any moment leaves the previous file intact; a full
+or read-only disk is a ``CheckpointError`` naming the errno and the fix.
 
 Loading (``load_checkpoint``) first recognises what the path really is
-(``sniff``: a folder, an empty file, a truncated zip, safetensors, the legacy
-format, a DCP folder, ...), checks every member's CRC-32 (``torch.load`` never
-does, so a flipped byte would load silently as wrong weights), then loads with
-``weights_only=True``. Every failure is a ``CheckpointError`` naming the file,
-the cause and the fix.
+(``helper.formats``: one table of file kinds shared with the doctor), then
+validates the archive before anything is unpickled (structure, records,
+``data.pkl``'s opcodes, storage sizes, a memory budget), loads with
+``weights_only=True`` while a thread checks every tensor's CRC-32
+(``torch.load`` never does, so a flipped byte would load silently as wrong
+weights). Every failure is a ``CheckpointError`` naming the file, the cause
+and the fix.
 
 ``CheckpointFolder`` keeps the last K checkpoints of a run and the best one by
 a metric, and resumes from the newest good one, saying which files it skipped.
@@ -39,19 +42,16 @@ a metric, and resumes from the newest good one, saying which files it skipped.
 from __future__ import annotations
 
 import collections
+import contextlib
+import errno
 import json
 import os
 import pickle
 import random
 import re
 import secrets
-import socket
-import struct
-import sys
 import threading
 import warnings
-import zipfile
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
@@ -60,31 +60,27 @@ import numpy as np
 import torch
 from torch import nn
 
+from helper.formats import (EARLIER, KINDS, CheckpointError, crc_problem, kind_error, open_torch_zip, shown_path,
+                            sniff)
 from helper.models import build_model
-from helper.paths import display_path
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 __all__ = [
     "FORMAT_VERSION", "REQUIRED_KEYS", "CheckpointError", "StateDictMismatchError", "CheckpointFallback",
     "capture_rng_state", "restore_rng_state", "make_checkpoint", "save_checkpoint", "load_checkpoint",
     "restore_training_state", "model_from_checkpoint", "sniff", "KINDS", "verify_zip", "find_unsafe_values",
-    "remove_stale_temp_files", "fsync_folder", "state_dict_mismatch", "load_model_state", "CheckpointFolder",
-    "Resumed",
+    "remove_stale_temp_files", "fsync_folder", "Mismatch", "find_mismatch", "state_dict_mismatch",
+    "load_model_state", "CheckpointFolder", "Resumed",
 ]
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format_version", "epoch", "step", "config", "model", "optimizer", "scheduler", "history", "rng")
 Checkpoint = dict[str, Any]
 PathLike = str | os.PathLike[str]
-EARLIER = "use an earlier checkpoint (CheckpointFolder.resume picks the newest good one)"
-
-
-class CheckpointError(Exception):
-    """A checkpoint file could not be used. The message names the file, the cause and a fix."""
-
-    def __init__(self, path: PathLike | None, cause: str, fix: str):
-        self.path, self.cause, self.fix = (None if path is None else Path(path)), cause, fix
-        where = "the checkpoint" if path is None else display_path(path)
-        super().__init__(f"{where}: {cause}. Fix: {fix}")
 
 
 class StateDictMismatchError(CheckpointError, RuntimeError):
@@ -235,65 +231,72 @@ def _advice(type_name: str, value_is_module: bool = False) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
-# Crash-safe writing
+# Crash-safe writing. A writer holds an advisory lock (flock) on its temporary file for as long as the
+# file exists; a cleaner removes only temporary files whose lock it can take, so a live writer in any
+# process, PID namespace or host sharing the folder keeps its file, and PID reuse cannot fool it.
 
-_TEMP = re.compile(r"^\.(?P<target>.+)\.(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+)\.(?P<token>[0-9a-f]{8})\.tmp$")
-_IN_FLIGHT: set[str] = set()  # temp files this process is writing right now (any thread)
-_IN_FLIGHT_LOCK = threading.Lock()
+_TEMP = re.compile(r"^\..+\.[0-9a-f]{16}\.tmp$")
+_FAULT_FIX = {
+    errno.ENOSPC: "free space on the disk that holds {folder}, or save somewhere else",
+    errno.EDQUOT: "your disk quota is used up: free space in {folder}, or save somewhere else",
+    errno.EROFS: "{folder} is on a read-only file system: save to a writable folder",
+    errno.EACCES: "you may not write to {folder}: fix its permissions, or save somewhere else",
+    errno.EPERM: "you may not write to {folder}: fix its permissions, or save somewhere else",
+    errno.EISDIR: "the target is a folder: pass a file path such as {target}/last.pt",
+}
 
 
-def _host() -> str:
-    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40] or "host"
-
-
-def _temp_path(target: Path) -> Path:
-    return target.with_name(f".{target.name}.{_host()}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-
-
-def _pid_alive(pid: int) -> bool:
-    """Is process ``pid`` still running on this host? Unsure means yes (then nothing is removed)."""
-    if sys.platform == "win32":  # os.kill(pid, 0) would send CTRL_C_EVENT there
-        return True
+def _lock(fd: int, block: bool = True) -> bool:
+    """Take an exclusive advisory lock on ``fd``; ``False`` if another holder has it (and ``block`` is off)."""
+    if fcntl is None:  # Windows: no flock; temp files of others are then never removed
+        return block
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if block else fcntl.LOCK_NB))
+        return True
+    except BlockingIOError:
         return False
-    except PermissionError:
-        return True
-    try:  # a killed child its parent has not reaped yet is a zombie: it writes nothing any more
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat[stat.rindex(")") + 2] != "Z"
-    except (OSError, ValueError, IndexError):
-        return True
+
+
+def _create_temp(target: Path) -> tuple[Path, int]:
+    """A new locked temporary file next to ``target`` (retried if a cleaner removed it before the lock)."""
+    while True:
+        tmp = target.with_name(f".{target.name}.{secrets.token_hex(8)}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        _lock(fd)
+        try:
+            if os.stat(tmp).st_ino == os.fstat(fd).st_ino:
+                return tmp, fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
 
 
 def remove_stale_temp_files(folder: PathLike) -> list[Path]:
     """Remove the temporary files that killed saves left in ``folder``; return what was removed.
 
-    Only files named the way ``save_checkpoint`` names them, written on this
-    host by a process that no longer runs (or by this process, outside any save
-    still in progress), are removed: a save running in another process keeps
-    its file.
+    Only files named the way ``save_checkpoint`` names them, and only those
+    whose advisory lock can be taken (the writer is gone: killed, crashed, on
+    any host or in any container), are removed.
     """
-    removed = []
+    removed: list[Path] = []
     folder = Path(folder)
-    if not folder.is_dir():
+    if fcntl is None or not folder.is_dir():
         return removed
-    host, me = _host(), os.getpid()
     for entry in folder.iterdir():
-        match = _TEMP.match(entry.name)
-        if not match or match["host"] != host:
-            continue
-        pid = int(match["pid"])
-        with _IN_FLIGHT_LOCK:
-            busy = str(entry) in _IN_FLIGHT
-        if busy or (pid != me and _pid_alive(pid)):
+        if not _TEMP.match(entry.name):
             continue
         try:
-            entry.unlink()
-            removed.append(entry)
-        except FileNotFoundError:
-            pass  # another process cleaned it first
+            fd = os.open(entry, os.O_RDONLY)
+        except OSError:
+            continue  # gone already, or not ours to read
+        try:
+            if _lock(fd, block=False) and os.stat(entry).st_ino == os.fstat(fd).st_ino:
+                entry.unlink()
+                removed.append(entry)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
     return sorted(removed)
 
 
@@ -311,63 +314,79 @@ def fsync_folder(folder: PathLike) -> None:
         os.close(fd)
 
 
+def _os_error(exc: BaseException | None) -> OSError | None:
+    """The ``OSError`` behind ``exc`` (torch.save wraps a failed write in a RuntimeError)."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, OSError) and exc.errno:
+            return exc
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
+
+
 def _atomic_write(path: Path, write: Callable[[Any], None], check: Callable[[Path], None] | None = None) -> Path:
-    """Write through a temporary file in ``path``'s folder: write, flush, fsync, check, replace, fsync folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temp_files(path.parent)
-    tmp = _temp_path(path)
-    with _IN_FLIGHT_LOCK:
-        _IN_FLIGHT.add(str(tmp))
+    """Write through a locked temporary file in ``path``'s folder: write, fsync, check, replace, fsync folder.
+
+    A failure of the disk (full, read-only, no permission) or a folder at
+    ``path`` raises ``CheckpointError`` naming the errno and the fix; the
+    previous file at ``path`` is untouched either way.
+    """
+    path = Path(path).absolute()
     try:
-        with open(tmp, "xb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        if check is not None:
-            check(tmp)
-        os.replace(tmp, path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        remove_stale_temp_files(path.parent)
+        tmp, fd = _create_temp(path)
+        try:
+            with os.fdopen(fd, "wb") as f:  # closing it releases the lock, after the rename
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+                if check is not None:
+                    check(tmp)
+                os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         fsync_folder(path.parent)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    finally:
-        with _IN_FLIGHT_LOCK:
-            _IN_FLIGHT.discard(str(tmp))
-    return path
+        return path
+    except (OSError, RuntimeError) as exc:
+        err = _os_error(exc)
+        if err is None:
+            raise
+        name = errno.errorcode.get(err.errno, str(err.errno))
+        fix = _FAULT_FIX.get(err.errno, "check the disk and the folder {folder}, then save again")
+        raise CheckpointError(path, f"not saved: {err.strerror} ({name}); the previous file is intact",
+                              fix.format(folder=path.parent, target=path)) from exc
 
 
 def _check_loads_safely(checkpoint: Any, target: Path) -> Callable[[Path], None]:
     def check(tmp: Path) -> None:
-        try:  # mmap=True: the pickle is parsed, the tensor bytes are not read again
-            torch.load(tmp, map_location="cpu", weights_only=True, mmap=True)
-        except pickle.UnpicklingError as exc:
+        try:  # map_location="meta": the pickle is parsed, no tensor byte is read
+            torch.load(tmp, map_location="meta", weights_only=True)
+        except pickle.UnpicklingError:
             offenders = _unsafe(checkpoint, "checkpoint")
-            if offenders:
-                where, value = offenders[0]
-                kind = _type_name(value)
-                more = f" (and {len(offenders) - 1} more)" if len(offenders) > 1 else ""
-                value_is_module = isinstance(value, nn.Module)
-                cause = f"not saved: {where} is of type {kind}{more}, which torch.load(weights_only=True) refuses"
-                fix = _advice(kind, value_is_module)
-            else:
-                found = re.search(r"[Uu]nsupported (?:global: )?GLOBAL (\S+)", str(exc))
-                cause = f"not saved: it pickles {found.group(1) if found else 'an object'}, which " \
-                        "torch.load(weights_only=True) refuses"
-                fix = _advice("")
-            raise CheckpointError(target, cause + "; the previous file is untouched", fix) from None
+            where, value = offenders[0] if offenders else ("checkpoint", checkpoint)
+            kind = _type_name(value)
+            more = f" (and {len(offenders) - 1} more)" if len(offenders) > 1 else ""
+            cause = f"not saved: {where} is of type {kind}{more}, which torch.load(weights_only=True) refuses"
+            raise CheckpointError(target, cause + "; the previous file is untouched",
+                                  _advice(kind, isinstance(value, nn.Module))) from None
     return check
 
 
 def save_checkpoint(checkpoint: Checkpoint, path: PathLike, *, check: bool = True) -> Path:
     """Write ``checkpoint`` to ``path`` atomically and durably, and return the path.
 
-    Temporary file in the same folder, ``torch.save``, flush, ``os.fsync``,
-    (``check=True``) proof that it loads with ``weights_only=True``,
+    Temporary file in the same folder (locked while it exists), ``torch.save``,
+    flush, ``os.fsync``, (``check=True``) proof that it loads with
+    ``weights_only=True`` (on the meta device: no tensor byte is read back),
     ``os.replace`` over ``path``, ``fsync`` of the folder. A save that fails or
-    is killed at any moment leaves the previous file as it was; the temporary
-    file is removed on any error, and leftovers of killed saves are removed by
-    the next save into the folder. An object ``weights_only=True`` would refuse
-    raises ``CheckpointError`` naming its key path, before anything is replaced.
+    is killed at any moment leaves the previous file as it was; a full or
+    read-only disk raises ``CheckpointError`` with the errno and the fix. An
+    object ``weights_only=True`` would refuse raises ``CheckpointError``
+    naming its key path, before anything is replaced.
     """
     path = Path(path)
     return _atomic_write(path, lambda f: torch.save(checkpoint, f),
@@ -375,195 +394,83 @@ def save_checkpoint(checkpoint: Checkpoint, path: PathLike, *, check: bool = Tru
 
 
 # --------------------------------------------------------------------------------------------------
-# What is this file? (used by load_checkpoint and by the checkpoint doctor)
-
-_LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19."  # pickle of torch's legacy MAGIC_NUMBER
-
-KINDS: dict[str, tuple[str, str]] = {
-    # kind: (cause, fix) as load_checkpoint reports them
-    "missing": ("no such file", "check the path, or train and save a checkpoint first"),
-    "not-a-file": ("not a regular file", "pass the path of a checkpoint file"),
-    "directory": ("is a folder, not a checkpoint file", "pass the path of a file inside it{listing}"),
-    "dcp": ("is a torch.distributed.checkpoint (DCP) folder, not a torch.save file",
-            "load it with torch.distributed.checkpoint.load(state_dict, checkpoint_id=folder), or convert it "
-            "once with torch.distributed.checkpoint.format_utils.dcp_to_torch_save(folder, 'model.pt')"),
-    "empty": ("is empty (0 bytes): the save that wrote it never finished", EARLIER),
-    "damaged-zip": ("is truncated or damaged: a zip archive whose directory (at the end of the file) is missing, "
-                    "as when a save is killed half way or a copy is cut short", EARLIER),
-    "torch-zip": ("", ""),
-    "incomplete-torch-zip": ("is an incomplete torch.save archive: torch.save's bookkeeping records but no data.pkl, "
-                             "as when torch.save raised part way (a value it could not pickle)", EARLIER),
-    "torchscript": ("is a TorchScript archive (torch.jit.save), not a checkpoint dict",
-                    "load it with torch.jit.load(path); save training checkpoints with save_checkpoint"),
-    "zip": ("is a zip archive, but not one torch.save wrote (no data.pkl inside)", "check the path"),
-    "legacy": ("is in PyTorch's legacy format (before 1.6, or _use_new_zipfile_serialization=False), which "
-               "has no checksums", "convert it once: torch.save(torch.load(path, weights_only=True), new_path)"),
-    "safetensors": ("is a safetensors file (tensors only), not a torch.save file, whatever its name says",
-                    "load it with safetensors.torch.load_file(path), and name it .safetensors"),
-    "numpy": ("is a NumPy .npy file, not a torch.save file", "load it with numpy.load(path)"),
-    "pickle": ("is a plain pickle (pickle.dump), not a torch.save file; unpickling it could run code",
-               "re-create it with torch.save from tensors and plain data"),
-    "git-lfs-pointer": ("is a Git LFS pointer (a small text file), not the checkpoint itself",
-                        "fetch the real file: git lfs pull"),
-    "html": ("is an HTML page (a failed download?), not a checkpoint", "download the file again"),
-    "text": ("is a text file, not a checkpoint", "check the path"),
-    "unknown": ("is not a torch.save file (unknown format)", "check the path, or " + EARLIER),
-}
-
-
-def sniff(path: PathLike) -> str:
-    """What ``path`` really is, from the file system and its first bytes: one of ``KINDS``.
-
-    ``"torch-zip"`` is a readable ``torch.save`` archive (its contents are not
-    checked here: see ``verify_zip``). The others are ``"missing"``,
-    ``"not-a-file"``, ``"directory"``, ``"dcp"`` (a ``torch.distributed.checkpoint``
-    folder), ``"empty"``, ``"damaged-zip"`` (a zip whose end is gone: a killed
-    save, a cut copy), ``"incomplete-torch-zip"`` (``torch.save`` raised part
-    way), ``"torchscript"``, ``"zip"`` (some other zip),
-    ``"legacy"`` (``torch.save``'s pre-1.6 format), ``"safetensors"``,
-    ``"numpy"``, ``"pickle"``, ``"git-lfs-pointer"``, ``"html"``, ``"text"`` and
-    ``"unknown"``. Reads at most the first 64 bytes and the zip's directory.
-    """
-    path = Path(path)
-    if path.is_dir():
-        return "dcp" if (path / ".metadata").is_file() else "directory"
-    if not path.exists():
-        return "missing"
-    if not path.is_file():
-        return "not-a-file"
-    size = path.stat().st_size
-    if size == 0:
-        return "empty"
-    with open(path, "rb") as f:
-        head = f.read(64)
-    if head[:4] in (b"PK\x03\x04", b"PK\x05\x06") or (len(head) < 4 and b"PK\x03\x04".startswith(head)):
-        try:
-            with zipfile.ZipFile(path) as z:
-                names = z.namelist()
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError, struct.error):
-            return "damaged-zip"
-        if any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names):
-            return "torchscript"
-        if any(n.endswith("data.pkl") for n in names):
-            return "torch-zip"
-        bookkeeping = ("/version", "/byteorder", "/.format_version", "/.data/serialization_id")
-        return "incomplete-torch-zip" if any(n.endswith(bookkeeping) for n in names) else "zip"
-    if head.startswith(_LEGACY_MAGIC):
-        return "legacy"
-    if len(head) >= 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] <= size - 8:
-        return "safetensors"
-    if head.startswith(b"\x93NUMPY"):
-        return "numpy"
-    if len(head) > 1 and head[0] == 0x80 and 2 <= head[1] <= 5:
-        return "pickle"
-    if head.startswith(b"version https://git-lfs"):
-        return "git-lfs-pointer"
-    try:
-        text = head.decode("utf-8")
-    except UnicodeDecodeError:
-        text = None
-    if text is not None and text.lstrip().lower().startswith(("<!doctype html", "<html")):
-        return "html"
-    if text is not None and all(ch.isprintable() or ch in "\r\n\t" for ch in text):
-        return "text"
-    return "unknown"
-
-
-def _kind_error(path: Path, kind: str) -> CheckpointError:
-    cause, fix = KINDS[kind]
-    if kind == "directory":
-        names = sorted(p.name for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
-        shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
-        fix = fix.format(listing=f" (it holds {shown})" if names else " (it is empty)")
-    return CheckpointError(path, cause, fix)
+# Loading
 
 
 def verify_zip(path: PathLike) -> str | None:
-    """Check every member of a ``torch.save`` archive against the CRC-32 ``torch.save`` stored for it.
-
-    Returns ``None`` when all match, else a sentence naming the first damaged
-    member. ``torch.load`` never checks these CRCs, so without this a flipped
-    byte in tensor data loads silently as a different weight. Reads the file
-    through ``mmap`` once (about as fast as reading its bytes).
-    """
-    import mmap
-
-    with zipfile.ZipFile(path) as z, open(path, "rb") as f:
-        infos = z.infolist()
-        size = os.fstat(f.fileno()).st_size
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            view = memoryview(mm)
-            try:
-                for info in infos:
-                    start = info.header_offset
-                    header = bytes(view[start:start + 30])
-                    if len(header) < 30 or header[:4] != b"PK\x03\x04":
-                        return f"the local header of member {info.filename!r} is damaged"
-                    name_len, extra_len = struct.unpack("<HH", header[26:30])
-                    name = bytes(view[start + 30:start + 30 + name_len])
-                    if name.decode("utf-8", "replace") != info.filename:
-                        return f"the name stored with member {info.filename!r} is damaged"
-                    if info.compress_type != zipfile.ZIP_STORED:
-                        with z.open(info) as member:  # zipfile checks the CRC as it reads
-                            while member.read(1 << 20):
-                                pass
-                        continue
-                    data = start + 30 + name_len + extra_len
-                    if data + info.file_size > size:
-                        return f"member {info.filename!r} runs past the end of the file"
-                    if zlib.crc32(view[data:data + info.file_size]) != info.CRC:
-                        return f"member {info.filename!r} fails its CRC-32 check"
-            except zipfile.BadZipFile as exc:
-                return f"{exc}"
-            finally:
-                view.release()
+    """``None`` if ``path`` passes every check ``load_checkpoint`` makes before unpickling, else the cause."""
+    try:
+        open_torch_zip(path)
+    except CheckpointError as exc:
+        return exc.cause
     return None
 
 
-# --------------------------------------------------------------------------------------------------
-# Loading
+def _allowed_globals() -> set[str]:
+    allowed = set(torch._weights_only_unpickler._get_allowed_globals())
+    return allowed | {f"{g.__module__}.{g.__qualname__}" for g in torch.serialization.get_safe_globals()
+                      if hasattr(g, "__qualname__")}
+
+
+_THREAD_ABOVE = 1 << 22  # bytes of tensor data
 
 
 def load_checkpoint(path: PathLike, *, map_location: Any = "cpu", verify: bool = True) -> Checkpoint:
     """Load a checkpoint with ``weights_only=True`` and check that it is one.
 
-    Preflight: ``sniff`` must find a ``torch.save`` zip (anything else is named
-    for what it is). ``verify=True`` (the default) first checks every member's
-    CRC-32, so a flipped byte is caught and a damaged file is never unpickled;
-    it costs less than the load itself (``make benchmark``: about 0.4x of a
-    plain ``torch.load``, from the page cache). ``map_location``
-    defaults to the CPU so a file saved on a GPU loads anywhere. Any failure
-    raises ``CheckpointError`` naming the file, the cause and a fix; it never
-    falls back to ``weights_only=False``.
+    Before anything is unpickled: ``sniff`` must find a ``torch.save`` zip
+    (anything else is named for what it is) and ``open_torch_zip`` validates
+    it (structure, records, ``data.pkl``'s CRC-32 and opcodes, storage sizes, a
+    memory budget). With ``verify=True`` (the default) the CRC-32 of every
+    tensor's bytes is computed in a thread while ``torch.load`` runs, and a
+    mismatch discards what was loaded. ``map_location`` defaults to the CPU.
+    Any failure raises ``CheckpointError`` naming the file, the cause and a
+    fix; it never falls back to ``weights_only=False``.
     """
     path = Path(path)
     kind = sniff(path)
     if kind != "torch-zip":
-        raise _kind_error(path, kind)
-    problem = verify_zip(path) if verify else None  # before torch.load: a damaged file is never unpickled
-    if problem is not None:
-        raise CheckpointError(path, f"is corrupted: {problem} (its bytes changed after torch.save wrote them)",
-                              EARLIER + "; copy checkpoints with a checksum (sha256sum)")
-    try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        found = re.search(r"[Uu]nsupported (?:global: )?GLOBAL (\S+)", str(exc))
-        what = f"it pickles {found.group(1)}" if found else "it holds a pickled object"
+        raise kind_error(path, kind)
+    archive = open_torch_zip(path, check_data_crc=False)
+    if archive.scan.meta:
+        raise CheckpointError(path, "holds tensors on the meta device: shapes without data",
+                              "save the real weights (model.to('cpu').state_dict()), or " + EARLIER)
+    members = archive.tensor_members()
+    threaded = verify and sum(m.size for m in members) > _THREAD_ABOVE  # below it a thread costs more than it saves
+    crc: list[str | None] = [crc_problem(path, members) if verify and not threaded else None]
+    worker = threading.Thread(target=lambda: crc.__setitem__(0, crc_problem(path, members)))
+    if threaded:
+        worker.start()
+    checkpoint, error = None, None
+    if crc[0] is None:
+        try:
+            checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        except Exception as exc:  # judged below, once the CRCs are known
+            error = exc
+    if threaded:
+        worker.join()
+    if crc[0] is not None:
+        raise CheckpointError(path, f"is corrupted: {crc[0]} (its bytes changed after torch.save wrote them)",
+                              EARLIER + "; copy checkpoints with a checksum (sha256sum)") from None
+    if isinstance(error, pickle.UnpicklingError):
+        needed = sorted(archive.scan.globals - _allowed_globals())
+        what = f"it pickles {', '.join(needed)}" if needed else "it holds a pickled object"
         raise CheckpointError(
             path, f"refused by weights_only=True: {what}, not plain data (nothing in it was run)",
             "store only tensors and plain data (dict, list, str, int, float); save_checkpoint refuses such "
-            "objects at save time") from exc
-    except Exception as exc:  # a damaged archive fails in many ways
-        raise CheckpointError(path, f"torch.load failed ({str(exc).splitlines()[0]})", EARLIER) from exc
+            "objects at save time") from error
+    if error is not None:
+        first = (str(error).splitlines() or [type(error).__name__])[0]
+        raise CheckpointError(path, f"torch.load failed ({type(error).__name__}: {first[:200]})", EARLIER) from error
     if not isinstance(checkpoint, dict):
         raise CheckpointError(path, f"holds a {type(checkpoint).__name__}, not a checkpoint dict",
                               "save with helper.checkpoint.save_checkpoint(make_checkpoint(...), path)")
     missing = [k for k in REQUIRED_KEYS if k not in checkpoint]
     if missing:
-        raise CheckpointError(path, f"missing keys {missing} (found {sorted(checkpoint)})",
+        raise CheckpointError(path, f"missing keys {missing} (found {sorted(checkpoint, key=str)})",
                               "load it with torch.load, or save with helper.checkpoint.make_checkpoint")
-    if checkpoint["format_version"] > FORMAT_VERSION:
-        raise CheckpointError(path, f"format version {checkpoint['format_version']} is newer than "
+    if not isinstance(checkpoint["format_version"], int) or checkpoint["format_version"] > FORMAT_VERSION:
+        raise CheckpointError(path, f"format version {checkpoint['format_version']!r} is newer than "
                               f"{FORMAT_VERSION}", "update the course's helper package")
     return checkpoint
 
@@ -571,27 +478,61 @@ def load_checkpoint(path: PathLike, *, map_location: Any = "cpu", verify: bool =
 # --------------------------------------------------------------------------------------------------
 # Architecture mismatches: a readable table instead of load_state_dict's paragraph
 
-_PREFIXES = ("module.", "_orig_mod.")
-_PREFIX_CAUSE = {"module.": "nn.DataParallel / DistributedDataParallel", "_orig_mod.": "torch.compile"}
+_PREFIX_CAUSE = {"module.": "a nn.DataParallel / DistributedDataParallel wrapper", "_orig_mod.": "a torch.compile wrapper"}
 
 
 def _shape(value: Any) -> str:
     return str(tuple(value.shape)) if isinstance(value, torch.Tensor) else type(value).__name__
 
 
-def _prefix_hint(expected: set[str], found: set[str]) -> str | None:
-    for prefix in _PREFIXES:
+@dataclass(frozen=True)
+class Mismatch:
+    """How a state dict fails to fit a model: ``rows`` of (problem, key, in file, in model), and a prefix hint.
+
+    ``hint`` is ``(cause, fix)`` when one prefix explains every row (``module.``
+    from DDP, ``_orig_mod.`` from ``torch.compile``, or an attribute prefix such
+    as Lightning's ``model.``).
+    """
+
+    rows: list[tuple[str, str, str, str]]
+    hint: tuple[str, str] | None = None
+
+    @property
+    def summary(self) -> str:
+        counts = {what: sum(r[0] == what for r in self.rows) for what in ("missing", "unexpected", "wrong shape")}
+        return ", ".join(f"{n} {what}" for what, n in counts.items() if n)
+
+    def table(self, limit: int = 12) -> list[str]:
+        header, shown = ("problem", "key", "in file", "in model"), self.rows[:limit]
+        widths = [max(len(r[i]) for r in [header, *shown]) for i in range(4)]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *shown]]
+        return lines + ([f"... and {len(self.rows) - limit} more"] if len(self.rows) > limit else [])
+
+    @property
+    def fix(self) -> str:
+        return self.hint[1] if self.hint else (
+            "rebuild the model from the checkpoint's own config (model_from_checkpoint), or load the matching "
+            "keys on purpose with load_state_dict(..., strict=False) and check what it returns")
+
+
+def _prefix_hint(expected: set[str], found: set[str]) -> tuple[str, str] | None:
+    heads = {k.split(".", 1)[0] + "." for k in found if "." in k}
+    for prefix in ["module.", "_orig_mod.", *sorted(heads)] if len(heads) == 1 else ["module.", "_orig_mod."]:
+        origin = _PREFIX_CAUSE.get(prefix, f"a wrapper that holds the model as its attribute {prefix[:-1]!r}, "
+                                           "as a LightningModule does")
         if found and all(k.startswith(prefix) for k in found) and {k[len(prefix):] for k in found} == expected:
-            return (f"every saved key starts with {prefix!r} (saved from a {_PREFIX_CAUSE[prefix]} wrapper); strip "
-                    f"it: torch.nn.modules.utils.consume_prefix_in_state_dict_if_present(state_dict, {prefix!r})")
-        if expected and all(k.startswith(prefix) for k in expected) and {k[len(prefix):] for k in expected} == found:
-            return (f"the model's keys start with {prefix!r} (it is wrapped by {_PREFIX_CAUSE[prefix]}) and the "
-                    "file's do not; load into the inner model: "
-                    f"model.{'module' if prefix == 'module.' else '_orig_mod'}.load_state_dict(state_dict)")
+            return (f"every saved key starts with {prefix!r} (saved from {origin})",
+                    f"strip it: torch.nn.modules.utils.consume_prefix_in_state_dict_if_present(state_dict, {prefix!r})")
+        if prefix in _PREFIX_CAUSE and expected and all(k.startswith(prefix) for k in expected) \
+                and {k[len(prefix):] for k in expected} == found:
+            inner = "module" if prefix == "module." else "_orig_mod"
+            return (f"the model's keys start with {prefix!r} (it is wrapped by {origin}) and the file's do not",
+                    f"load into the inner model: model.{inner}.load_state_dict(state_dict)")
     return None
 
 
-def _mismatch(model: nn.Module, state_dict: dict[str, Any], limit: int) -> tuple[str, str, str | None] | None:
+def find_mismatch(model: nn.Module, state_dict: dict[str, Any]) -> Mismatch | None:
+    """``None`` if ``state_dict`` fits ``model`` exactly (keys and shapes), else a ``Mismatch``."""
     own = model.state_dict()
     expected, found = set(own), set(state_dict)
     rows = [("missing", k, "-", _shape(own[k])) for k in own if k not in found]
@@ -599,42 +540,25 @@ def _mismatch(model: nn.Module, state_dict: dict[str, Any], limit: int) -> tuple
     rows += [("wrong shape", k, _shape(state_dict[k]), _shape(own[k])) for k in own
              if k in found and isinstance(own[k], torch.Tensor) and isinstance(state_dict[k], torch.Tensor)
              and own[k].shape != state_dict[k].shape]
-    if not rows:
-        return None
-    counts = {what: sum(r[0] == what for r in rows) for what in ("missing", "unexpected", "wrong shape")}
-    summary = ", ".join(f"{n} {what}" for what, n in counts.items() if n)
-    header = ("problem", "key", "in file", "in model")
-    shown = rows[:limit]
-    widths = [max(len(r[i]) for r in [header, *shown]) for i in range(4)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *shown]]
-    if len(rows) > limit:
-        lines.append(f"... and {len(rows) - limit} more")
-    return summary, "\n".join(lines), _prefix_hint(expected, found)
+    return Mismatch(rows, _prefix_hint(expected, found)) if rows else None
 
 
 def state_dict_mismatch(model: nn.Module, state_dict: dict[str, Any], *, limit: int = 12) -> str | None:
-    """``None`` if ``state_dict`` fits ``model`` exactly, else a table of what does not fit.
-
-    One row per missing key (the model has it, the file does not), unexpected
-    key (the other way round) and shape mismatch, with both shapes; a
-    ``module.``/``_orig_mod.`` prefix on one side is recognised and its fix named
-    on the last line.
-    """
-    found = _mismatch(model, state_dict, limit)
+    """``None`` if ``state_dict`` fits ``model`` exactly, else the summary, a table and the prefix hint, as text."""
+    found = find_mismatch(model, state_dict)
     if found is None:
         return None
-    summary, table, hint = found
-    return f"{summary}\n{table}" + (f"\n{hint}" if hint else "")
+    hint = [f"{found.hint[0]}; {found.hint[1]}"] if found.hint else []
+    return "\n".join([found.summary, *found.table(limit), *hint])
 
 
 def load_model_state(model: nn.Module, state_dict: dict[str, Any], *, path: PathLike | None = None) -> None:
     """``model.load_state_dict(state_dict)``, or ``StateDictMismatchError`` with the table of what does not fit."""
-    found = _mismatch(model, state_dict, 12)
+    found = find_mismatch(model, state_dict)
     if found is not None:
-        summary, table, hint = found
-        fix = hint or ("rebuild the model from the checkpoint's own config (model_from_checkpoint), or load the "
-                       "matching keys on purpose with load_state_dict(..., strict=False) and check what it returns")
-        raise StateDictMismatchError(path, f"the weights do not fit the model ({summary})", f"{fix}\n{table}")
+        fix = f"{found.hint[0]}; {found.hint[1]}" if found.hint else found.fix
+        raise StateDictMismatchError(path, f"the weights do not fit the model ({found.summary})",
+                                     "\n".join([fix, *found.table()]))
     model.load_state_dict(state_dict)
 
 
@@ -682,18 +606,33 @@ class Resumed(NamedTuple):
     skipped: list[tuple[Path, str]]
 
 
+@contextlib.contextmanager
+def _locked(lock_file: Path):
+    """Hold an exclusive advisory lock on ``lock_file`` (created if needed) for the ``with`` block."""
+    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        _lock(fd)
+        yield
+    finally:
+        os.close(fd)
+
+
 @dataclass
 class CheckpointFolder:
     """A run's checkpoints in one folder: keep the last ``keep_last`` and the best by a metric.
 
     ``save(checkpoint, metric=...)`` writes ``epoch-0007.pt`` (named by
     ``checkpoint["epoch"]``) crash-safely, then the ``latest.json`` pointer
-    (only once the file it names is durable), then removes files older than
-    the last ``keep_last`` and any numbered higher (left by a run that was
-    resumed from an older file), never the best (lowest ``metric`` when
-    ``mode="min"``, highest when ``"max"``). ``resume()`` loads the newest
-    checkpoint that passes every check and warns (``CheckpointFallback``) about
-    each newer one it had to skip.
+    (only once the file it names is durable), then removes this run's files
+    older than the last ``keep_last`` and any numbered higher (left by a run
+    that was resumed from an older file), never the best (lowest ``metric``
+    when ``mode="min"``, highest when ``"max"``). Saves take a folder lock and
+    re-read the pointer; each run holds a lock of its own while it lives, so
+    two runs saving into one folder never delete each other's files (a dead
+    run's files are adopted by the next one). ``resume()`` loads the newest
+    file (by modification time) that passes every check, even where the
+    pointer write failed, and warns (``CheckpointFallback``) about each newer
+    one it had to skip.
     """
 
     folder: Path
@@ -705,11 +644,13 @@ class CheckpointFolder:
     POINTER = "latest.json"
 
     def __post_init__(self) -> None:
-        self.folder = Path(self.folder)
+        self.folder = Path(self.folder).absolute()
         if self.keep_last < 1 or self.mode not in ("min", "max"):
             raise ValueError("keep_last must be >= 1 and mode 'min' or 'max'")
         self._pattern = re.compile(rf"^{re.escape(self.prefix)}-(\d+)\.pt$")
-        self._index = self._read_pointer() or {}
+        self.run = secrets.token_hex(6)
+        self._run_fd: int | None = None
+        self._index = self._read_pointer()
 
     def path_for(self, number: int) -> Path:
         return self.folder / f"{self.prefix}-{number:04d}.pt"
@@ -724,25 +665,63 @@ class CheckpointFolder:
         found = [(int(m.group(1)), p) for p in self.folder.iterdir() if (m := self._pattern.match(p.name))]
         return [p for _, p in sorted(found)]
 
-    def _read_pointer(self) -> dict[str, Any] | None:
+    def _read_pointer(self) -> dict[str, Any]:
         try:
-            return json.loads((self.folder / self.POINTER).read_text(encoding="utf-8"))
+            index = json.loads((self.folder / self.POINTER).read_text(encoding="utf-8"))
         except (OSError, ValueError):
-            return None
+            return {}
+        return index if isinstance(index, dict) else {}
+
+    def _mine(self) -> dict[str, Any]:
+        """This run's entry, or (before its first save) that of the run that saved last."""
+        runs = self._index.get("runs", {})
+        return runs.get(self.run) or runs.get(self._index.get("files", {}).get(self._index.get("latest")), {})
 
     @property
     def latest(self) -> Path | None:
-        """The file the pointer names (``None`` before the first save)."""
-        name = self._index.get("latest")
+        """The file this run saved last (before its first save: the folder's newest; ``None`` if none)."""
+        name = self._mine().get("latest")
         return None if name is None else self.folder / name
 
     @property
     def best(self) -> Path | None:
-        name = (self._index.get("best") or {}).get("file")
+        name = (self._mine().get("best") or {}).get("file")
         return None if name is None else self.folder / name
 
-    def _better(self, metric: float) -> bool:
-        best = self._index.get("best")
+    def _alive(self, run: str) -> bool:
+        """Does run ``run`` still hold its lock? (A dead run's lock file is removed.)"""
+        if run == self.run:
+            return True
+        lock = self.folder / f".run-{run}.lock"
+        try:
+            fd = os.open(lock, os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            if not _lock(fd, block=False):
+                return True
+            lock.unlink(missing_ok=True)
+            return False
+        finally:
+            os.close(fd)
+
+    def _adopt(self, index: dict[str, Any]) -> dict[str, Any]:
+        """Take over the files and best of every run that no longer runs (a crashed or finished one)."""
+        runs = index.setdefault("runs", {})
+        owners = index.setdefault("files", {})
+        mine = runs.setdefault(self.run, {})
+        for run in [r for r in runs if not self._alive(r)]:
+            dead = runs.pop(run)
+            best = dead.get("best")
+            if best and (self.folder / best["file"]).exists() and self._better(mine.get("best"), best["metric"]):
+                mine["best"] = best
+            for name in [n for n, r in owners.items() if r == run]:
+                owners[name] = self.run
+        for p in self.checkpoints():  # files no run claims (an older helper, a copied folder)
+            owners.setdefault(p.name, self.run)
+        return index
+
+    def _better(self, best: dict[str, Any] | None, metric: float) -> bool:
         if best is None:
             return True
         return metric < best["metric"] if self.mode == "min" else metric > best["metric"]
@@ -750,37 +729,55 @@ class CheckpointFolder:
     def save(self, checkpoint: Checkpoint, *, metric: float | None = None, number: int | None = None) -> Path:
         """Save ``checkpoint`` as ``<prefix>-<number>.pt`` (number: ``checkpoint["epoch"]``), update, rotate."""
         number = int(checkpoint["epoch"] if number is None else number)
-        path = save_checkpoint(checkpoint, self.path_for(number))  # durable before anything points at it
-        abandoned = [p for p in self.checkpoints() if self._number(p) > number]  # a run resumed from older
-        index = dict(self._index, latest=path.name)
-        if index.get("best") and index["best"]["file"] in {p.name for p in abandoned}:
-            del index["best"]
-        if metric is not None and self._better(float(metric)):
-            index["best"] = {"file": path.name, "metric": float(metric)}
-        text = json.dumps(index, indent=1, sort_keys=True).encode()
-        _atomic_write(self.folder / self.POINTER, lambda f: f.write(text))
-        self._index = index
-        for old in abandoned:
-            old.unlink(missing_ok=True)
-        keep = {p.name for p in self.checkpoints()[-self.keep_last:]} | {path.name}
-        if self.best is not None:
-            keep.add(self.best.name)
-        for old in self.checkpoints():
-            if old.name not in keep:
-                old.unlink(missing_ok=True)
+        target = self.path_for(number)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if self._run_fd is None:  # held until this object is garbage-collected or the process ends
+            self._run_fd = os.open(self.folder / f".run-{self.run}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+            _lock(self._run_fd)
+        with _locked(self.folder / ".lock"):
+            index = self._adopt(self._read_pointer())
+            owner = index["files"].get(target.name, self.run)
+            if owner != self.run and target.exists():
+                raise CheckpointError(target, f"not saved: another run (id {owner}) is writing into this folder "
+                                      "and owns this file", "give each run its own folder or prefix")
+            path = save_checkpoint(checkpoint, target)  # durable before anything points at it
+            mine, owners = index["runs"][self.run], index["files"]
+            owners[path.name] = self.run
+            ours = [p for p in self.checkpoints() if owners.get(p.name) == self.run]
+            abandoned = [p for p in ours if self._number(p) > number]  # a run resumed from an older file
+            if mine.get("best") and mine["best"]["file"] in {p.name for p in abandoned}:
+                del mine["best"]
+            if metric is not None and self._better(mine.get("best"), float(metric)):
+                mine["best"] = {"file": path.name, "metric": float(metric)}
+            mine["latest"] = index["latest"] = path.name
+            keep = {p.name for p in ours if p not in abandoned}
+            keep = set(sorted(keep)[-self.keep_last:]) | {path.name, (mine.get("best") or {}).get("file")}
+            for old in ours:
+                if old.name not in keep:
+                    owners.pop(old.name, None)
+            text = json.dumps(index, indent=1, sort_keys=True).encode()
+            _atomic_write(self.folder / self.POINTER, lambda f: f.write(text))
+            self._index = index
+            for old in ours:
+                if old.name not in keep:
+                    old.unlink(missing_ok=True)
         return path
 
     def resume(self, *, map_location: Any = "cpu") -> Resumed | None:
         """The newest checkpoint that loads and passes every check, or ``None`` if the folder holds none.
 
-        Tries the pointer's file first, then every other checkpoint newest first.
+        Tries the files newest first (by modification time, then number), so a
+        checkpoint saved just before a failed pointer write is not skipped.
         Each skipped file is reported with a ``CheckpointFallback`` warning;
         if every file fails, raises ``CheckpointError`` listing them all.
         """
-        files = self.checkpoints()[::-1]
-        latest = self.latest
-        if latest is not None and latest.exists():
-            files = [latest] + [p for p in files if p != latest]
+        def age(p: Path) -> tuple[int, int]:
+            try:
+                return p.stat().st_mtime_ns, self._number(p)
+            except OSError:
+                return 0, self._number(p)
+
+        files = sorted(self.checkpoints(), key=age, reverse=True)
         if not files:
             return None
         skipped: list[tuple[Path, str]] = []
@@ -791,7 +788,7 @@ class CheckpointFolder:
                 skipped.append((path, exc.cause))
                 continue
             for bad, why in skipped:
-                warnings.warn(f"skipped {display_path(bad)} ({why}); resuming from {display_path(path)}",
+                warnings.warn(f"skipped {shown_path(bad)} ({why}); resuming from {shown_path(path)}",
                               CheckpointFallback, stacklevel=2)
             return Resumed(checkpoint, path, skipped)
         listing = "; ".join(f"{p.name}: {why}" for p, why in skipped)

@@ -2,61 +2,67 @@
 
     python -m helper.doctor PATH [--config JSON]
 
-or, from Python, ``diagnose(path, config=None)``. It names the format (a
-``torch.save`` zip and the records it carries, the legacy format, safetensors,
-a ``torch.export`` ``.pt2``, a DCP folder, ...), checks the zip's CRC-32s, lists
-the globals a pickle needs (``torch.serialization.get_unsafe_globals_in_checkpoint``
-reads the pickle's opcodes, it unpickles nothing), and only when that list is
-empty loads the file with ``torch.load(..., weights_only=True)`` to report its
-keys, tensor devices and dtypes and parameter count. Given a model config
-(``helper.models.build_model``), it lists missing, unexpected and wrongly
-shaped keys and recognises a ``module.`` / ``_orig_mod.`` prefix.
+or, from Python, ``diagnose(path, config=None)``. It names the format with the
+table of file kinds it shares with ``load_checkpoint`` (``helper.formats``):
+a ``torch.save`` zip, the legacy format, safetensors, a Hugging Face sharded
+folder or index, a Lightning checkpoint, a ``torch.export`` ``.pt2``, a DCP
+folder, an ONNX model, ... It validates the file before anything is
+unpickled (structure, CRC-32s, the pickle's opcodes and the memory they ask
+for), names the globals a pickle needs and allowlists only plain-data classes
+and ``nn.Module`` classes it can find, and only when nothing beyond
+``weights_only=True`` is needed loads the file to report its keys, devices,
+dtypes and parameter count. Given a model config (``helper.models.build_model``)
+it checks the fit and recognises a ``module.`` / ``_orig_mod.`` / ``model.``
+prefix.
 
-The report ends with one line, the cause and the fix; the exit code is 0 for
-a healthy file and 1 otherwise. Nothing beyond ``weights_only=True`` is ever
-unpickled. File-kind detection reuses ``helper.checkpoint.sniff`` and adds the
-``torch.export`` archive and an incomplete DCP folder, which ``sniff`` does not name.
+The report ends with one line, the cause and the fix; the exit code is 0 for a
+healthy file and 1 otherwise. "OK" is printed only after the doctor has done
+what it recommends, or the equivalent checks. It never ends in a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import json
 import pickle
-import re
-import struct
 import sys
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
-from helper.checkpoint import EARLIER, KINDS, sniff, state_dict_mismatch, verify_zip
+from helper.checkpoint import _allowed_globals, find_mismatch
+from helper.formats import (EARLIER, KINDS, CheckpointError, check_legacy, check_zip, kind_error, open_torch_zip,
+                            read_json, safetensors_header, scan_pickle, shown_path, sniff)
 from helper.models import build_model
-from helper.paths import display_path
+from helper.paths import REPO_ROOT
 
-__all__ = ["Diagnosis", "diagnose", "detect_kind", "main"]
+__all__ = ["Diagnosis", "diagnose", "detect_kind", "main", "allowlistable"]
 
-# Files of another kind that are fine in themselves: the last line says how to load them.
-HOW_TO_LOAD = {
-    "safetensors": "load it with safetensors.torch.load_file(path) (or safe_open for lazy access)",
-    "torch-export": "load it with torch.export.load(path), not torch.load",
-    "dcp": "load it with torch.distributed.checkpoint.load(state_dict, checkpoint_id=folder), or convert it "
-           "once with torch.distributed.checkpoint.format_utils.dcp_to_torch_save(folder, 'model.pt')",
-    "torchscript": "load it with torch.jit.load(path)",
-    "numpy": "load it with numpy.load(path)",
-}
-# Modules whose globals run code when unpickled: never allowlist them.
-DANGEROUS = ("builtins.", "os.", "posix.", "nt.", "subprocess.", "sys.", "shutil.", "runpy.", "importlib.",
-             "pickle.", "codecs.", "webbrowser.", "socket.")
 STATE_DICT_KEYS = ("model", "model_state", "model_state_dict", "state_dict", "net", "weights")
+# Classes known to rebuild plain data when unpickled: the only globals, besides nn.Module classes
+# that can be found, that the doctor will suggest for torch.serialization.safe_globals.
+PLAIN_DATA = {
+    "argparse.Namespace", "collections.defaultdict", "datetime.datetime", "datetime.date", "datetime.timedelta",
+    "datetime.timezone", "pathlib.PosixPath", "pathlib.WindowsPath", "pathlib.PurePosixPath",
+    "pathlib.PureWindowsPath", "numpy.ndarray", "numpy.dtype", "numpy.core.multiarray._reconstruct",
+    "numpy._core.multiarray._reconstruct", "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar",
+    "lightning.fabric.utilities.data.AttributeDict", "pytorch_lightning.utilities.parsing.AttributeDict",
+    "builtins.list", "builtins.dict", "builtins.tuple", "builtins.int", "builtins.float", "builtins.str",
+    "builtins.frozenset",
+}
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+                       "U8": torch.uint8, "BOOL": torch.bool}
 
 
 @dataclass
 class Diagnosis:
-    """What the doctor found: ``kind`` (see ``detect_kind``), ``healthy``, report ``lines``, ``cause`` and ``fix``."""
+    """What the doctor found: ``kind`` (see ``sniff``), ``healthy``, report ``lines``, ``cause`` and ``fix``."""
 
     path: str
     kind: str
@@ -81,43 +87,70 @@ class Diagnosis:
         self.healthy, self.cause, self.fix = False, cause, fix
         return self
 
-
-def _zip_names(path: Path) -> list[str]:
-    with zipfile.ZipFile(path) as z:
-        return z.namelist()
+    def ok(self, cause: str, fix: str) -> Diagnosis:
+        self.cause, self.fix = cause, fix
+        return self
 
 
 def detect_kind(path: str | Path) -> str:
-    """``helper.checkpoint.sniff``'s kinds, plus ``"torch-export"`` (a ``.pt2``) and ``"dcp-incomplete"``.
+    """The kind of ``path`` (``helper.formats.sniff``; kept under this name for older code)."""
+    return sniff(path)
 
-    Reads only the file system, the first bytes and a zip's directory.
+
+# --------------------------------------------------------------------------------------------------
+# Which globals may be suggested for safe_globals: an allowlist, never a denylist
+
+
+def _user_module(module: str) -> bool:
+    """Is ``module`` the user's own code (found in this folder or the course's), not an installed package?"""
+    try:
+        spec = importlib.util.find_spec(module.split(".")[0])
+    except (ImportError, ValueError):
+        return False
+    origin = Path(spec.origin).resolve() if spec and spec.origin else None
+    return origin is not None and "-packages" not in str(origin) and any(
+        origin.is_relative_to(root) for root in (Path.cwd().resolve(), REPO_ROOT))
+
+
+def allowlistable(name: str) -> bool:
+    """May ``name`` (``module.qualname``) be suggested for ``safe_globals``? Plain data or a findable nn.Module class.
+
+    Nothing is imported but the user's own modules (never an installed
+    package the file names); functions and anything unknown are refused.
     """
-    path = Path(path)
-    kind = sniff(path)
-    if kind in ("zip", "incomplete-torch-zip") and any(n.endswith("/archive_format") for n in _zip_names(path)):
-        return "torch-export"
-    if kind == "directory" and any(path.glob("*.distcp")):
-        return "dcp-incomplete"
-    return kind
+    if name in PLAIN_DATA or (name.startswith("numpy.dtypes.") and name.endswith("DType")):
+        return True
+    module, _, attr = name.rpartition(".")
+    if module not in sys.modules:
+        if not _user_module(module):
+            return False
+        try:
+            importlib.import_module(module)
+        except Exception:
+            return False
+    obj: Any = sys.modules[module]
+    for part in attr.split("."):
+        obj = getattr(obj, part, None)
+    return isinstance(obj, type) and issubclass(obj, nn.Module)
 
 
-def _records(path: Path) -> dict[str, str]:
-    """The small bookkeeping records ``torch.save`` writes next to ``data.pkl``."""
-    wanted = (".format_version", ".storage_alignment", "byteorder", "version", ".data/serialization_id")
-    found = {}
-    with zipfile.ZipFile(path) as z:
-        for name in z.namelist():
-            record = name.split("/", 1)[-1]
-            if record in wanted:
-                found[record] = z.read(name)[:64].decode("ascii", "replace").strip()
-    return found
+def _refused(d: Diagnosis, needed: list[str]) -> Diagnosis:
+    d.lines.append(f"weights_only=True refuses it; the pickle names {needed}")
+    unsafe = [g for g in needed if not allowlistable(g)]
+    if any(g.startswith("__main__.") for g in needed):
+        d.lines.append("classes from a script's __main__: only a process that defines them can load the file "
+                       "(AttributeError: Can't get attribute ... on <module '__main__'>)")
+    if unsafe:
+        return d.fail(f"the pickle names {unsafe}, not known plain data or nn.Module classes: loading it "
+                      "could run code", "do not load this file; it can run code. Ask for the weights as a "
+                      "state_dict or a safetensors file")
+    return d.fail("it pickles whole objects (classes, not plain data), refused by weights_only=True",
+                  "if you trust the file, load it once inside torch.serialization.safe_globals([...those classes]) "
+                  "and re-save model.state_dict() with its config")
 
 
-def _writer(records: dict[str, str]) -> str:
-    """What the records say about the PyTorch that wrote the file (the file never names its version)."""
-    since = "2.1" if "byteorder" in records else "1.6"  # zip format: default since 1.6; byteorder: since 2.1
-    shown = ", ".join(f"{k}={v}" for k, v in records.items() if k != ".data/serialization_id")
-    return f"written by PyTorch {since} or later ({shown})"
+# --------------------------------------------------------------------------------------------------
+# Loaded objects: what is in them, where the weights are, whether they fit
 
 
 def _tensors(obj: Any, out: list[torch.Tensor], depth: int = 0) -> None:
@@ -150,21 +183,33 @@ def _find_state_dict(obj: Any) -> tuple[str | None, dict[str, torch.Tensor] | No
 def _check_fit(d: Diagnosis, state: dict[str, torch.Tensor], config: dict[str, Any] | None) -> Diagnosis:
     if config is None:
         return d
-    model = build_model(config)
-    table = state_dict_mismatch(model, state)
-    if table is None:
+    found = find_mismatch(build_model(config), state)
+    if found is None:
         d.lines.append(f"fits config {json.dumps(config, sort_keys=True)}: every key and shape matches")
         return d
-    summary, *rows = table.splitlines()
-    hint = rows[-1] if rows and rows[-1].startswith(("every saved key", "the model's keys")) else None
-    if hint:  # the prefix explains every row: a few are enough
-        rows = rows[:-1] if len(rows) <= 5 else [*rows[:4], f"... ({len(rows) - 2} rows in all)"]
+    rows = found.table(limit=len(found.rows))
+    if found.hint:  # the prefix explains every row: a few are enough
+        rows = rows if len(rows) <= 5 else [*rows[:4], f"... ({len(rows) - 1} rows in all)"]
     d.lines += rows
-    if hint:
-        return d.fail(f"the weights do not fit the model ({summary}): {hint.split(';')[0]}", hint.split("; ", 1)[1])
-    return d.fail(f"the weights do not fit the model ({summary})",
-                  "build the model from the config the file was saved with, or load the matching keys on purpose "
-                  "with load_state_dict(..., strict=False) and check what it returns")
+    cause = f"the weights do not fit the model ({found.summary})" + (f": {found.hint[0]}" if found.hint else "")
+    return d.fail(cause, found.fix)
+
+
+def _lightning(d: Diagnosis, obj: dict[str, Any], config: dict[str, Any] | None) -> Diagnosis:
+    state = obj["state_dict"]
+    heads = {k.split(".", 1)[0] for k in state}
+    prefix = f"{heads.pop()}." if len(heads) == 1 and all("." in k for k in state) else None
+    version = obj.get("pytorch-lightning_version", obj.get("lightning_version", "?"))
+    d.lines.append(f"a PyTorch Lightning checkpoint (Lightning {version}): weights in checkpoint['state_dict']"
+                   + (f", every key prefixed {prefix!r} (the LightningModule's attribute)" if prefix else ""))
+    if prefix is None:
+        return d.ok("a Lightning checkpoint whose keys share no single prefix",
+                    "rebuild your LightningModule and call YourModule.load_from_checkpoint(path)")
+    d.ok(f"a Lightning checkpoint; the plain model's weights are checkpoint['state_dict'] without {prefix!r}",
+         "checkpoint = torch.load(path, map_location='cpu', weights_only=True); state = checkpoint['state_dict']; "
+         f"torch.nn.modules.utils.consume_prefix_in_state_dict_if_present(state, {prefix!r}); "
+         "model.load_state_dict(state)")
+    return _check_fit(d, {k[len(prefix):]: v for k, v in state.items()}, config)
 
 
 def _describe_loaded(d: Diagnosis, obj: Any, locations: set[str], config: dict[str, Any] | None) -> Diagnosis:
@@ -176,22 +221,35 @@ def _describe_loaded(d: Diagnosis, obj: Any, locations: set[str], config: dict[s
         d.lines.append(f"holds a {type(obj).__name__}")
     d.lines.append(f"tensors: {len(tensors)}, devices {sorted(locations) or ['-']}, "
                    f"dtypes {sorted({str(t.dtype).removeprefix('torch.') for t in tensors}) or ['-']}")
+    if any(t.is_meta for t in tensors):
+        return d.fail("it holds tensors on the meta device: shapes without data, nothing to load",
+                      "save the real weights (model.to('cpu').state_dict()), or " + EARLIER)
+    if isinstance(obj, dict) and _is_state_dict(obj.get("state_dict")) and any(
+            k in obj for k in ("pytorch-lightning_version", "lightning_version")):
+        return _lightning(d, obj, config)
     where, state = _find_state_dict(obj)
     if state is None:
-        d.cause = "loads with weights_only=True; no model state_dict found in it"
-        return d
+        return d.ok("loads with weights_only=True; no model state_dict found in it",
+                    "torch.load(path, map_location='cpu', weights_only=True)")
     label = "the file itself" if where == "" else f"entry {where!r}"
     count = sum(t.numel() for t in state.values() if t.is_floating_point())
     d.lines.append(f"model weights: {label}, {len(state)} tensors, {count} numbers (floating point)")
     if locations - {"cpu"}:
         d.lines.append(f"saved on {sorted(locations - {'cpu'})}: load with map_location='cpu' where there is no GPU")
-    d.cause = "loads with weights_only=True" + (f"; its weights are in checkpoint[{where!r}]" if where else "")
-    d.fix = ("torch.load(path, map_location='cpu', weights_only=True)"
-             + (f", then model.load_state_dict(checkpoint[{where!r}])" if where else ""))
+    d.ok("loads with weights_only=True" + (f"; its weights are in checkpoint[{where!r}]" if where else ""),
+         "torch.load(path, map_location='cpu', weights_only=True)"
+         + (f", then model.load_state_dict(checkpoint[{where!r}])" if where else ""))
     return _check_fit(d, state, config)
 
 
-def _load_weights_only(d: Diagnosis, path: Path, config: dict[str, Any] | None) -> Diagnosis:
+def _load(d: Diagnosis, path: Path, globals_: set[str], meta: bool, config: dict[str, Any] | None) -> Diagnosis:
+    """Load with weights_only=True once the opcodes showed nothing beyond plain data is needed."""
+    needed = sorted(globals_ - _allowed_globals())
+    if needed:
+        return _refused(d, needed)
+    if meta:
+        return d.fail("it holds tensors on the meta device: shapes without data, nothing to load",
+                      "save the real weights (model.to('cpu').state_dict()), or " + EARLIER)
     locations: set[str] = set()
 
     def record(storage: Any, location: str) -> Any:  # storages arrive on the CPU: note where they were saved
@@ -201,104 +259,215 @@ def _load_weights_only(d: Diagnosis, path: Path, config: dict[str, Any] | None) 
     try:
         obj = torch.load(path, map_location=record, weights_only=True)
     except pickle.UnpicklingError as exc:
-        return _refused(d, sorted(set(re.findall(r"GLOBAL (\S+) was not an allowed global", str(exc)))))
-    except Exception as exc:  # a damaged archive fails in many ways
-        return d.fail(f"torch.load(weights_only=True) failed: {str(exc).splitlines()[0][:120]}", EARLIER)
+        return d.fail(f"refused by weights_only=True ({str(exc).splitlines()[-1][:160]})",
+                      "do not load this file; it can run code")
+    except Exception as exc:  # a damaged file that passed every check still fails in many ways
+        return d.fail(f"torch.load(weights_only=True) failed: {(str(exc).splitlines() or [''])[0][:160]}", EARLIER)
     return _describe_loaded(d, obj, locations, config)
 
 
-def _refused(d: Diagnosis, needed: list[str]) -> Diagnosis:
-    d.lines.append(f"weights_only=True refuses it; the pickle names {needed}")
-    dangerous = [g for g in needed if g.startswith(DANGEROUS) or "." not in g]
-    if dangerous:
-        return d.fail(f"the pickle calls {dangerous}, which would run code when loaded",
-                      "do not load it; ask for the weights as a state_dict or a safetensors file")
-    main = [g for g in needed if g.startswith("__main__.")]
-    if main:
-        d.lines.append(f"{main} lived in a script's __main__: only a process that defines them can load it "
-                       "(AttributeError: Can't get attribute ... on <module '__main__'>)")
-    return d.fail("it pickles whole objects (classes, not plain data), refused by weights_only=True",
-                  "if you trust the file, load it once inside torch.serialization.safe_globals([...those classes]) "
-                  "and re-save model.state_dict() with its config")
+# --------------------------------------------------------------------------------------------------
+# One check per kind of file
+
+
+def _writer(records: dict[str, str]) -> str:
+    """What the records say about the PyTorch that wrote the file (the file never names its version)."""
+    since = "2.1" if "byteorder" in records else "1.6"  # zip format: default since 1.6; byteorder: since 2.1
+    shown = ", ".join(f"{k}={v}" for k, v in records.items() if k not in (".data/serialization_id", ".data/version"))
+    return f"written by PyTorch {since} or later ({shown})"
 
 
 def _torch_zip(d: Diagnosis, path: Path, config: dict[str, Any] | None) -> Diagnosis:
-    d.lines.append(_writer(_records(path)))
-    problem = verify_zip(path)
-    if problem is not None:
-        d.lines.append(f"CRC-32 check: {problem}")
-        return d.fail(f"corrupted: {problem} (its bytes changed after torch.save wrote them)", EARLIER)
+    archive = open_torch_zip(path)
+    d.lines.append(_writer(archive.records))
     d.lines.append("CRC-32 check: every member matches")
-    needed = sorted(torch.serialization.get_unsafe_globals_in_checkpoint(path))  # reads opcodes, runs nothing
-    if needed:
-        return _refused(d, needed)
-    return _load_weights_only(d, path, config)
+    return _load(d, path, archive.scan.globals, archive.scan.meta, config)
+
+
+def _legacy(d: Diagnosis, path: Path, config: dict[str, Any] | None) -> Diagnosis:
+    d.lines.append("PyTorch's legacy format (before 1.6, or _use_new_zipfile_serialization=False): no CRCs")
+    scan = check_legacy(path)
+    d = _load(d, path, scan.globals, scan.meta, config)
+    if d.healthy:
+        d.fix = KINDS["legacy"].fix
+    return d
+
+
+def _plain_pickle(d: Diagnosis, path: Path, config: dict[str, Any] | None) -> Diagnosis:
+    try:
+        names = sorted(scan_pickle(path.read_bytes()).globals)
+    except (ValueError, IndexError, KeyError) as exc:
+        return d.fail(f"the file {KINDS['pickle'].cause}, and it is malformed ({exc})", KINDS["pickle"].fix)
+    d.lines.append(f"the pickle names {names}")
+    unsafe = [g for g in names if not allowlistable(g) and g not in _allowed_globals()]
+    if unsafe:
+        return d.fail(f"a plain pickle that names {unsafe}: loading it could run code",
+                      "do not load this file; it can run code. " + KINDS["pickle"].fix)
+    return d.fail(f"the file {KINDS['pickle'].cause}", KINDS["pickle"].fix)
+
+
+def _tensor_shapes(header: dict[str, Any]) -> dict[str, torch.Tensor]:
+    return {k: torch.empty(shape, dtype=_SAFETENSORS_DTYPES.get(dtype, torch.uint8), device="meta")
+            for k, (shape, dtype) in header["tensors"].items()}
 
 
 def _safetensors(d: Diagnosis, path: Path, config: dict[str, Any] | None) -> Diagnosis:
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        (length,) = struct.unpack("<Q", f.read(8))
-        try:
-            header = json.loads(f.read(length))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return d.fail("safetensors header is not valid JSON (truncated or damaged)", EARLIER)
-    metadata = header.pop("__metadata__", None) or {}
-    end = max((info["data_offsets"][1] for info in header.values()), default=0)
-    dtypes = sorted({info["dtype"] for info in header.values()})
-    count = sum(int(torch.Size(info["shape"]).numel()) for info in header.values())
-    d.lines.append(f"header: {length} bytes, {len(header)} tensors, dtypes {dtypes}, {count} numbers, "
-                   f"metadata keys {sorted(metadata)}")
-    if 8 + length + end != size:
-        return d.fail(f"the header promises {8 + length + end} bytes but the file has {size} (truncated?)", EARLIER)
-    d.cause, d.fix = "a complete safetensors file (tensors only, nothing to unpickle)", HOW_TO_LOAD["safetensors"]
-    dtype = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
-    state = {k: torch.empty(v["shape"], dtype=dtype.get(v["dtype"], torch.float32), device="meta")
-             for k, v in header.items()}
+    header = safetensors_header(path)  # validated by safetensors itself
+    shapes = header["tensors"]
+    count = sum(int(torch.Size(s).numel()) for s, _ in shapes.values())
+    d.lines.append(f"header: {len(shapes)} tensors, dtypes {sorted({t for _, t in shapes.values()})}, "
+                   f"{count} numbers, metadata keys {sorted(header['metadata'])}; validated by safetensors")
+    d.ok("a complete safetensors file (tensors only, nothing to unpickle)", KINDS["safetensors"].fix)
+    return _check_fit(d, _tensor_shapes(header), config)
+
+
+def _hf(d: Diagnosis, path: Path, config: dict[str, Any] | None) -> Diagnosis:
+    folder = path if path.is_dir() else path.parent
+    index_path = path if path.is_file() else next(iter(sorted(folder.glob("*.index.json"))), None)
+    if index_path is None:  # one unsharded weights file
+        shards = sorted(folder.glob("*.safetensors"))
+        weight_map = {k: shards[0].name for k in safetensors_header(shards[0])["tensors"]} if len(shards) == 1 else {}
+        if not weight_map:
+            return d.fail(f"a model folder with {len(shards)} .safetensors files and no index", KINDS["hf-index"].fix)
+    else:
+        index = read_json(index_path)
+        weight_map = index.get("weight_map") if isinstance(index, dict) else None
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            return d.fail(f"{index_path.name} has no weight_map of key -> shard file", "restore the index file")
+    state: dict[str, torch.Tensor] = {}
+    for shard in sorted(set(weight_map.values())):
+        shard_path = folder / shard
+        if Path(shard).name != shard or not shard_path.is_file():
+            return d.fail(f"shard {shard} named by the index is missing", "copy the whole folder again")
+        header = safetensors_header(shard_path)
+        wanted = {k for k, v in weight_map.items() if v == shard}
+        if set(header["tensors"]) != wanted:
+            return d.fail(f"shard {shard} holds {len(header['tensors'])} tensors where the index names "
+                          f"{len(wanted)} (the keys do not add up)", "copy the whole folder again")
+        state.update(_tensor_shapes(header))
+    d.lines.append(f"{len(weight_map)} tensors in {len(set(weight_map.values()))} shard file(s), each validated "
+                   "by safetensors; the keys match the index"
+                   + ("; config.json present" if (folder / "config.json").is_file() else "; no config.json"))
+    d.ok(f"a complete Hugging Face {'sharded ' if index_path else ''}weights folder", KINDS["hf-folder"].fix)
     return _check_fit(d, state, config)
 
 
-def _folder(d: Diagnosis, path: Path) -> Diagnosis:
+_DCP_MODULES = ("torch.distributed.checkpoint.metadata.", "torch.distributed.checkpoint.filesystem.",
+                "torch.distributed.checkpoint.planner.")
+
+
+def _dcp_global(name: str) -> bool:
+    return name.startswith(_DCP_MODULES) or name in _allowed_globals() or name in PLAIN_DATA
+
+
+class _DCPUnpickler(pickle.Unpickler):
+    """Unpickles a DCP ``.metadata`` file, but only torch's own metadata classes and dtypes."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        full = f"{module}.{name}"
+        if _dcp_global(full):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{full} is not a DCP metadata class")
+
+
+def _dcp(d: Diagnosis, path: Path) -> Diagnosis:
     shards = sorted(p.name for p in path.glob("*.distcp"))
     d.lines.append(f"shard files: {shards}")
     if d.kind == "dcp-incomplete":
-        return d.fail("a DCP folder without its .metadata file: the save never finished (rank 0 writes .metadata "
-                      "last)", "use an earlier checkpoint folder; the shards alone cannot be loaded")
+        return d.fail(KINDS["dcp-incomplete"].cause.removeprefix("is "), KINDS["dcp-incomplete"].fix)
     d.lines.append(".metadata present (written last, after every shard)")
-    d.cause, d.fix = "a complete torch.distributed.checkpoint (DCP) folder", HOW_TO_LOAD["dcp"]
-    return d
+    raw = (path / ".metadata").read_bytes()
+    try:
+        scan = scan_pickle(raw)
+    except (ValueError, IndexError, KeyError) as exc:
+        return d.fail(f"the .metadata file is damaged ({exc})", "use an earlier checkpoint folder")
+    unsafe = sorted(g for g in scan.globals if not _dcp_global(g))
+    if unsafe:
+        return d.fail(f"the .metadata pickle names {unsafe}: dcp.load unpickles it with pickle.load, which "
+                      "would run them", "do not load this folder; it can run code")
+    import io
+
+    metadata = _DCPUnpickler(io.BytesIO(raw)).load()
+    ranges = getattr(metadata, "storage_data", None) or {}
+    for item in ranges.values():
+        shard = path / item.relative_path
+        if not shard.is_file():
+            return d.fail(f"shard {item.relative_path} that .metadata names is missing", "use an earlier checkpoint folder")
+        if shard.stat().st_size < item.offset + item.length:
+            return d.fail(f"shard {item.relative_path} is shorter than the byte ranges .metadata gives it (cut?)",
+                          "use an earlier checkpoint folder")
+    d.lines.append(f"{len(ranges)} byte ranges in {len({i.relative_path for i in ranges.values()})} shard file(s), "
+                   "every one present in full")
+    return d.ok("a complete torch.distributed.checkpoint (DCP) folder", KINDS["dcp"].fix)
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[pos]
+        value |= (byte & 0x7F) << shift
+        pos, shift = pos + 1, shift + 7
+        if byte < 0x80:
+            return value, pos
+        if shift > 63:
+            raise ValueError("a varint longer than 10 bytes")
+
+
+def _onnx(d: Diagnosis, path: Path) -> Diagnosis:
+    """Walk the ModelProto's top-level protobuf fields to the end of the file; it must hold a graph."""
+    data, pos, fields = path.read_bytes(), 0, {}
+    try:
+        while pos < len(data):
+            tag, pos = _varint(data, pos)
+            number, wire = tag >> 3, tag & 7
+            if wire == 0:
+                value, pos = _varint(data, pos)
+            elif wire in (1, 5):
+                value, pos = None, pos + (8 if wire == 1 else 4)
+            elif wire == 2:
+                value, pos = _varint(data, pos)
+                pos += value
+            else:
+                raise ValueError(f"wire type {wire}")
+            fields.setdefault(number, value)
+            if pos > len(data):
+                raise ValueError("a field runs past the end of the file")
+    except (ValueError, IndexError) as exc:
+        return d.fail(f"a damaged ONNX file ({exc})", "export the model again with torch.onnx.export")
+    if 7 not in fields:
+        return d.fail("an ONNX file without a graph", "export the model again with torch.onnx.export")
+    d.lines.append(f"ONNX ir_version {fields.get(1)}, a graph of {fields[7]} bytes; every top-level field is whole")
+    return d.ok(KINDS["onnx"].cause.removeprefix("is "), KINDS["onnx"].fix)
+
+
+def _zip_program(d: Diagnosis, path: Path) -> Diagnosis:
+    check_zip(path)
+    d.lines.append("CRC-32 check: every member matches")
+    return d.ok(KINDS[d.kind].cause.removeprefix("is "), KINDS[d.kind].fix)
 
 
 def diagnose(path: str | Path, config: dict[str, Any] | None = None) -> Diagnosis:
     """Examine ``path`` without running anything in it; ``config`` (a ``build_model`` dict) checks the fit."""
     path = Path(path)
-    kind = detect_kind(path)
-    d = Diagnosis(display_path(path), kind)
-    if kind == "torch-zip":
-        return _torch_zip(d, path, config)
-    if kind == "legacy":
-        d.lines.append("PyTorch's legacy format (before 1.6, or _use_new_zipfile_serialization=False): no CRCs")
-        d = _load_weights_only(d, path, config)
-        if d.healthy:
-            d.fix = "convert it once: torch.save(torch.load(path, weights_only=True), new_path)"
-        return d
-    if kind == "safetensors":
-        return _safetensors(d, path, config)
-    if kind in ("dcp", "dcp-incomplete"):
-        return _folder(d, path)
-    if kind == "torch-export":
-        problem = verify_zip(path)
-        d.lines.append(f"CRC-32 check: {problem or 'every member matches'}")
-        if problem is not None:
-            return d.fail(f"corrupted: {problem}", EARLIER)
-        d.cause, d.fix = "a torch.export program (.pt2): a graph and its weights", HOW_TO_LOAD["torch-export"]
-        return d
-    if kind in HOW_TO_LOAD:
-        d.cause, d.fix = f"a {kind} file, not a torch.save checkpoint", HOW_TO_LOAD[kind]
-        return d
-    cause, fix = KINDS[kind]
-    return d.fail(f"the file {cause}" if cause.startswith("is ") else cause,
-                  fix.format(listing="") if kind == "directory" else fix)
+    kind = sniff(path)
+    d = Diagnosis(shown_path(path), kind)
+    checks = {"torch-zip": lambda: _torch_zip(d, path, config), "legacy": lambda: _legacy(d, path, config),
+              "pickle": lambda: _plain_pickle(d, path, config), "safetensors": lambda: _safetensors(d, path, config),
+              "hf-index": lambda: _hf(d, path, config), "hf-folder": lambda: _hf(d, path, config),
+              "dcp": lambda: _dcp(d, path), "dcp-incomplete": lambda: _dcp(d, path), "onnx": lambda: _onnx(d, path),
+              "torch-export": lambda: _zip_program(d, path), "torchscript": lambda: _zip_program(d, path)}
+    try:
+        if kind in checks:
+            return checks[kind]()
+        if KINDS[kind].other_format:
+            return d.ok(KINDS[kind].cause.removeprefix("is "), KINDS[kind].fix)
+        error = kind_error(path, kind)
+        return d.fail(f"the file {error.cause}" if error.cause.startswith("is ") else error.cause, error.fix)
+    except CheckpointError as exc:
+        return d.fail(exc.cause, exc.fix)
+    except (Exception, RecursionError) as exc:  # never a traceback: say what failed
+        return d.fail(f"could not be examined ({type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:160]})",
+                      EARLIER)
 
 
 def main(argv: list[str] | None = None) -> int:

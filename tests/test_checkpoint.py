@@ -302,43 +302,56 @@ def test_find_unsafe_values_walks_every_container():
     assert found[0][1] == "numpy.float64" and found[2][1] == "collections.defaultdict"
 
 
-def dead_pid() -> int:
-    child = subprocess.Popen([sys.executable, "-c", "pass"])
-    child.wait()
-    return child.pid
+HOLD_LOCK = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("locked", flush=True)
+time.sleep(60)
+"""
 
 
-def test_stale_temp_files_of_dead_writers_are_removed_live_ones_kept(tmp_path):
-    host = ckpt._host()
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+def test_stale_temp_files_are_removed_only_when_their_lock_is_free(tmp_path):
+    dead = tmp_path / ".last.pt.0123456789abcdef.tmp"  # its writer is gone: nobody holds its lock
+    live = tmp_path / ".last.pt.fedcba9876543210.tmp"  # a writer in another process holds its lock
+    unrelated = tmp_path / "notes.tmp"
+    for p in (dead, live, unrelated):
+        p.write_bytes(b"x" * 1000)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(live)], stdout=subprocess.PIPE, text=True)
     try:
-        dead = tmp_path / f".last.pt.{host}.{dead_pid()}.0123abcd.tmp"
-        live = tmp_path / f".last.pt.{host}.{sleeper.pid}.0123abcd.tmp"
-        other_host = tmp_path / f".last.pt.elsewhere-{host}.{dead_pid()}.0123abcd.tmp"
-        unrelated = tmp_path / "notes.tmp"
-        for p in (dead, live, other_host, unrelated):
-            p.write_bytes(b"x" * 1000)
+        assert holder.stdout.readline().strip() == "locked"
         good_file(tmp_path)  # any save into the folder cleans up
         assert not dead.exists()
-        assert live.exists() and other_host.exists() and unrelated.exists()
+        assert live.exists() and unrelated.exists()
         assert remove_stale_temp_files(tmp_path) == []
     finally:
-        sleeper.kill()
-        sleeper.wait()
-    assert remove_stale_temp_files(tmp_path) == [live]
+        holder.kill()
+        holder.wait()
+    assert remove_stale_temp_files(tmp_path) == [live]  # the lock died with its holder
 
 
-def test_the_temp_file_is_named_for_this_host_and_process(tmp_path, monkeypatch):
+def test_the_temp_file_is_locked_while_it_is_written(tmp_path, monkeypatch):
+    import fcntl
+
     seen = []
 
     def spy(obj, f, *args, **kwargs):
-        seen.append(Path(f.name).name)
+        (tmp,) = tmp_path.glob(".x.pt.*.tmp")
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            seen.append("unlocked")
+        except BlockingIOError:
+            seen.append("locked")
+        finally:
+            os.close(fd)
+        assert remove_stale_temp_files(tmp_path) == []  # a cleaner running now leaves it alone
         raise OSError("disk full")
 
     monkeypatch.setattr(ckpt.torch, "save", spy)
     with pytest.raises(OSError):
         save_checkpoint({"a": 1}, tmp_path / "x.pt")
-    assert ckpt._TEMP.match(seen[0])["pid"] == str(os.getpid())
+    assert seen == ["locked"]
     assert list(tmp_path.iterdir()) == []
 
 
@@ -383,7 +396,8 @@ def test_folder_keeps_last_k_and_the_best(tmp_path):
     assert run.best.name == "epoch-0002.pt" and run.latest.name == "epoch-0005.pt"
     again = CheckpointFolder(tmp_path, keep_last=2)  # a new process reads the pointer
     assert again.best == run.best and again.latest == run.latest
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+    hidden = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("."))
+    assert hidden == [".lock", f".run-{run.run}.lock"]  # no temporary file left; the folder and run locks
 
 
 def test_resume_falls_back_to_the_newest_good_checkpoint_and_says_so(tmp_path):

@@ -67,14 +67,16 @@ def files(tmp_path_factory) -> dict[str, Path]:
     save_file({k: v.contiguous() for k, v in state.items()}, made["safetensors"])
     made["safetensors_cut"] = root / "cut.safetensors"
     made["safetensors_cut"].write_bytes(made["safetensors"].read_bytes()[:-100])
-    for name, complete in (("dcp", True), ("dcp_incomplete", False)):
-        folder = root / name
-        folder.mkdir()
-        (folder / "__0_0.distcp").write_bytes(b"\0" * 16)
-        (folder / "__1_0.distcp").write_bytes(b"\0" * 16)
-        if complete:
-            (folder / ".metadata").write_bytes(b"\0" * 16)
-        made[name] = folder
+    import torch.distributed.checkpoint as dcp
+
+    for name in ("dcp", "dcp_incomplete", "dcp_missing_shard", "dcp_cut_shard"):
+        made[name] = root / name
+        dcp.save({"model": {k: v.clone() for k, v in state.items()}}, checkpoint_id=made[name])
+        shard = sorted(made[name].glob("*.distcp"))[0]
+    (made["dcp_incomplete"] / ".metadata").unlink()
+    next(made["dcp_missing_shard"].glob("*.distcp")).unlink()
+    shard = next(made["dcp_cut_shard"].glob("*.distcp"))
+    shard.write_bytes(shard.read_bytes()[:100])
     made["cuda"] = DATA_DIR / "digits_mlp_cuda_state_dict.pt"
     return made
 
@@ -88,13 +90,15 @@ TABLE = {
     "safetensors": ("safetensors", True, "safetensors.torch.load_file"),
     "dcp": ("dcp", True, "dcp_to_torch_save"),
     "whole_module": ("torch-zip", False, "refused by weights_only=True"),
-    "payload": ("torch-zip", False, "would run code"),
+    "payload": ("torch-zip", False, "do not load this file; it can run code"),
     "truncated": ("damaged-zip", False, "truncated"),
     "flipped": ("torch-zip", False, "fails its CRC-32 check"),
     "empty": ("empty", False, "empty (0 bytes)"),
     "text": ("text", False, "text file"),
     "safetensors_cut": ("safetensors", False, "truncated"),
     "dcp_incomplete": ("dcp-incomplete", False, ".metadata"),
+    "dcp_missing_shard": ("dcp", False, "is missing"),
+    "dcp_cut_shard": ("dcp", False, "shorter than the byte ranges"),
     "prefixed": ("torch-zip", False, "'module.'"),
     "compiled": ("torch-zip", False, "'_orig_mod.'"),
     "wrong_shapes": ("torch-zip", False, "3 wrong shape"),

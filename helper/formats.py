@@ -1,0 +1,534 @@
+"""What a checkpoint file is, and whether its bytes can be trusted, decided before anything is unpickled.
+
+One table of file kinds (``KINDS``: how each is named, its cause, its fix,
+whether it is a healthy file of another format) shared by
+``helper.checkpoint.load_checkpoint`` and ``helper.doctor``; ``sniff`` names
+the kind from the file system and the first bytes. For ``torch.save`` files,
+``open_torch_zip`` validates the archive more strictly than ``torch.load``
+(no compressed or directory members, local headers that agree with the
+central directory, sizes that agree with the pickle, a ``version`` record,
+every CRC-32) and ``scan_pickle`` walks ``data.pkl``'s opcodes with
+``pickletools.genops`` without executing them: the globals it names (every
+protocol), the storages it declares and the memory it would ask for
+(``bytearray(N)``), so a tiny file cannot allocate gigabytes.
+"""
+
+from __future__ import annotations
+
+import _compat_pickle
+import json
+import mmap
+import os
+import pickletools
+import struct
+import zipfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from helper.paths import REPO_ROOT
+
+EARLIER = "use an earlier checkpoint (CheckpointFolder.resume picks the newest good one)"
+PathLike = str | os.PathLike[str]
+
+
+def shown_path(path: PathLike) -> str:
+    """``path`` relative to the repository when inside it, else the full absolute path."""
+    p = Path(path).absolute()
+    try:
+        return p.relative_to(REPO_ROOT).as_posix()
+    except ValueError:
+        return str(p)
+
+
+class CheckpointError(Exception):
+    """A checkpoint file could not be used. The message names the file, the cause and a fix."""
+
+    def __init__(self, path: PathLike | None, cause: str, fix: str):
+        self.path, self.cause, self.fix = (None if path is None else Path(path)), cause, fix
+        where = "the checkpoint" if path is None else shown_path(path)
+        super().__init__(f"{where}: {cause}. Fix: {fix}")
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One kind of file: the cause ``load_checkpoint`` reports, the fix, and whether it is a healthy other format."""
+
+    cause: str
+    fix: str
+    other_format: bool = False
+
+
+_DCP_FIX = ("load it with torch.distributed.checkpoint.load(state_dict, checkpoint_id=folder), or convert it "
+            "once with torch.distributed.checkpoint.format_utils.dcp_to_torch_save(folder, 'model.pt')")
+_HF_FIX = ("load the folder with transformers' AutoModel.from_pretrained(folder), or each shard with "
+           "safetensors.torch.load_file(shard) (the index's weight_map says which shard holds which key)")
+KINDS: dict[str, Kind] = {
+    "missing": Kind("no such file", "check the path, or train and save a checkpoint first"),
+    "not-a-file": Kind("not a regular file", "pass the path of a checkpoint file"),
+    "directory": Kind("is a folder, not a checkpoint file", "pass the path of a file inside it{listing}"),
+    "dcp": Kind("is a torch.distributed.checkpoint (DCP) folder, not a torch.save file", _DCP_FIX, True),
+    "dcp-incomplete": Kind("is a DCP folder without its .metadata file: the save never finished (rank 0 writes "
+                           ".metadata last)", "use an earlier checkpoint folder; the shards alone cannot be loaded"),
+    "hf-folder": Kind("is a Hugging Face model folder (config.json and safetensors weights), not a torch.save file",
+                      _HF_FIX, True),
+    "hf-index": Kind("is a Hugging Face sharded-weights index (model.safetensors.index.json), not a checkpoint",
+                     _HF_FIX, True),
+    "empty": Kind("is empty (0 bytes): the save that wrote it never finished", EARLIER),
+    "damaged-zip": Kind("is truncated or damaged: a zip archive whose directory (at the end of the file) is "
+                        "missing, as when a save is killed half way or a copy is cut short", EARLIER),
+    "torch-zip": Kind("is a torch.save archive", "torch.load(path, map_location='cpu', weights_only=True)", True),
+    "incomplete-torch-zip": Kind("is an incomplete torch.save archive: torch.save's bookkeeping records but no "
+                                 "data.pkl, as when torch.save raised part way (a value it could not pickle)", EARLIER),
+    "torch-export": Kind("is a torch.export program (.pt2): a graph and its weights",
+                         "load it with torch.export.load(path), not torch.load", True),
+    "torchscript": Kind("is a TorchScript archive (torch.jit.save), not a checkpoint dict",
+                        "load it with torch.jit.load(path); save training checkpoints with save_checkpoint", True),
+    "zip": Kind("is a zip archive, but not one torch.save wrote (no data.pkl inside)", "check the path"),
+    "legacy": Kind("is in PyTorch's legacy format (before 1.6, or _use_new_zipfile_serialization=False), which "
+                   "has no checksums", "convert it once: torch.save(torch.load(path, weights_only=True), new_path)"),
+    "safetensors": Kind("is a safetensors file (tensors only), not a torch.save file, whatever its name says",
+                        "load it with safetensors.torch.load_file(path), and name it .safetensors", True),
+    "onnx": Kind("is an ONNX model (a graph for inference runtimes), not a torch.save file",
+                 "run it with onnxruntime.InferenceSession(path); it has no optimizer state to resume from", True),
+    "numpy": Kind("is a NumPy .npy file, not a torch.save file", "load it with numpy.load(path)", True),
+    "pickle": Kind("is a plain pickle (pickle.dump), not a torch.save file; unpickling it could run code",
+                   "re-create it with torch.save from tensors and plain data"),
+    "git-lfs-pointer": Kind("is a Git LFS pointer (a small text file), not the checkpoint itself",
+                            "fetch the real file: git lfs pull"),
+    "html": Kind("is an HTML page (a failed download?), not a checkpoint", "download the file again"),
+    "text": Kind("is a text file, not a checkpoint", "check the path"),
+    "unknown": Kind("is not a torch.save file (unknown format)", "check the path, or " + EARLIER),
+}
+_LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19."  # pickle of torch's legacy MAGIC_NUMBER
+_ONNX_FIELDS = {0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42, 0x72}  # ModelProto fields 2-8 and 14, after ir_version
+
+
+def sniff(path: PathLike) -> str:
+    """What ``path`` really is, from the file system, its first 64 bytes and a zip's directory: a key of ``KINDS``."""
+    path = Path(path)
+    if path.is_dir():
+        if (path / ".metadata").is_file():
+            return "dcp"
+        if any(path.glob("*.distcp")):
+            return "dcp-incomplete"
+        if (path / "config.json").is_file() and any(path.glob("*.safetensors*")):
+            return "hf-folder"
+        return "directory"
+    if not path.exists():
+        return "missing"
+    if not path.is_file():
+        return "not-a-file"
+    size = path.stat().st_size
+    if size == 0:
+        return "empty"
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if head[:4] in (b"PK\x03\x04", b"PK\x05\x06") or (len(head) < 4 and b"PK\x03\x04".startswith(head)):
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except Exception:  # zipfile raises many kinds on a damaged directory
+            return "damaged-zip"
+        if any(n.endswith("/archive_format") for n in names):
+            return "torch-export"
+        if any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names):
+            return "torchscript"
+        if any(n.endswith("data.pkl") for n in names):
+            return "torch-zip"
+        bookkeeping = ("/version", "/byteorder", "/.format_version", "/.data/serialization_id")
+        return "incomplete-torch-zip" if any(n.endswith(bookkeeping) for n in names) else "zip"
+    if head.startswith(_LEGACY_MAGIC):
+        return "legacy"
+    if len(head) >= 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] <= size - 8:
+        return "safetensors"
+    if head.startswith(b"\x93NUMPY"):
+        return "numpy"
+    if len(head) > 1 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        return "pickle"
+    if len(head) > 2 and head[0] == 0x08 and 3 <= head[1] <= 30 and head[2] in _ONNX_FIELDS:
+        return "onnx"
+    if head.startswith(b"version https://git-lfs"):
+        return "git-lfs-pointer"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is not None and text.lstrip().lower().startswith(("<!doctype html", "<html")):
+        return "html"
+    if text is not None and path.name.endswith(".index.json") and text.lstrip().startswith("{"):
+        return "hf-index"
+    if text is not None and all(ch.isprintable() or ch in "\r\n\t" for ch in text):
+        return "text"
+    return "unknown"
+
+
+def kind_error(path: Path, kind: str) -> CheckpointError:
+    """The ``CheckpointError`` ``load_checkpoint`` raises for a file of ``kind`` (anything but a torch.save zip)."""
+    fix = KINDS[kind].fix
+    if kind == "directory":
+        names = sorted(p.name for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+        shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+        fix = fix.format(listing=f" (it holds {shown})" if names else " (it is empty)")
+    return CheckpointError(path, KINDS[kind].cause, fix)
+
+
+# --------------------------------------------------------------------------------------------------
+# A pickle's opcodes, walked without executing anything
+
+_STORAGE_BYTES = {name: dtype.itemsize for dtype, name in torch.storage._dtype_to_storage_type_map().items()}
+_STORAGE_BYTES["UntypedStorage"] = 1
+_MARK, _ANY = object(), object()
+_CONSTANTS = {"INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4", "STRING", "BINSTRING",
+              "SHORT_BINSTRING", "BINBYTES", "SHORT_BINBYTES", "BINBYTES8", "UNICODE", "SHORT_BINUNICODE",
+              "BINUNICODE", "BINUNICODE8", "FLOAT", "BINFLOAT"}
+
+
+@dataclass
+class PickleScan:
+    """What a pickle names and asks for: ``globals`` (``module.name``), ``storages`` (key -> (type, numel)),
+    ``allocates`` (bytes requested by ``bytearray(N)``), ``meta`` (tensors without data), ``end`` (after STOP)."""
+
+    globals: set[str] = field(default_factory=set)
+    storages: dict[str, tuple[str, int]] = field(default_factory=dict)
+    allocates: int = 0
+    meta: bool = False
+    end: int = 0
+    strings: list[str] = field(default_factory=list)
+
+
+def _global(module: Any, name: Any) -> str:
+    if not (isinstance(module, str) and isinstance(name, str)):
+        return "<a global computed at load time>"
+    module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+    return f"{_compat_pickle.IMPORT_MAPPING.get(module, module)}.{name}"
+
+
+def _pop_to_mark(stack: list[Any]) -> list[Any]:
+    for i in range(len(stack) - 1, -1, -1):
+        if stack[i] is _MARK:
+            items = stack[i + 1:]
+            del stack[i:]
+            return items
+    raise ValueError("MARK missing")
+
+
+def scan_pickle(data: bytes | memoryview, start: int = 0) -> PickleScan:
+    """Walk the pickle at ``data[start:]`` opcode by opcode (nothing is imported or called).
+
+    Raises ``ValueError`` for a malformed pickle. Tracks a small abstract stack
+    so ``STACK_GLOBAL`` (protocol 4+), ``bytearray(N)`` and torch's storage
+    references are seen whatever the protocol.
+    """
+    import io
+
+    scan, stack, memo = PickleScan(), [], {}
+    stream = io.BytesIO(data)
+    stream.seek(start)
+    for op, arg, pos in pickletools.genops(stream):
+        name = op.name
+        if name == "STOP":
+            scan.end = pos + 1
+            return scan
+        if name == "MARK":
+            stack.append(_MARK)
+        elif name in ("GLOBAL", "INST"):
+            module, _, attr = arg.partition(" ")
+            scan.globals.add(_global(module, attr))
+            if name == "INST":
+                _pop_to_mark(stack)
+            stack.append(("global", _global(module, attr)))
+        elif name == "STACK_GLOBAL":
+            attr, module = stack.pop(), stack.pop()
+            scan.globals.add(_global(module, attr))
+            stack.append(("global", _global(module, attr)))
+        elif name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
+            memo[len(memo) if name == "MEMOIZE" else arg] = stack[-1]
+        elif name in ("GET", "BINGET", "LONG_BINGET"):
+            stack.append(memo[arg])
+        elif name in ("TUPLE", "TUPLE1", "TUPLE2", "TUPLE3", "EMPTY_TUPLE"):
+            n = {"TUPLE1": 1, "TUPLE2": 2, "TUPLE3": 3, "EMPTY_TUPLE": 0}.get(name)
+            items = _pop_to_mark(stack) if n is None else [stack.pop() for _ in range(n)][::-1]
+            stack.append(tuple(items))
+        elif name == "REDUCE":
+            args, func = stack.pop(), stack.pop()
+            if func == ("global", "builtins.bytearray") and args and isinstance(args[0], int):
+                scan.allocates += args[0]
+            if func == ("global", "torch._utils._rebuild_meta_tensor_no_storage"):
+                scan.meta = True
+            stack.append(_ANY)
+        elif name == "BINPERSID":
+            pid = stack.pop()
+            if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"
+                    and isinstance(pid[1], tuple) and isinstance(pid[2], str) and isinstance(pid[4], int)):
+                raise ValueError("a persistent id that is not a torch storage reference")
+            scan.storages[pid[2]] = (pid[1][1].rpartition(".")[2], pid[4])
+            stack.append(_ANY)
+        elif name.startswith("EXT"):
+            scan.globals.add(f"<extension code {arg}>")
+            stack.append(_ANY)
+        elif name in _CONSTANTS:
+            stack.append(arg)
+            if isinstance(arg, str):
+                scan.strings.append(arg)
+        else:
+            if pickletools.markobject in op.stack_before:
+                _pop_to_mark(stack)
+                n = op.stack_before.index(pickletools.markobject)
+            else:
+                n = len(op.stack_before)
+            if n > len(stack):
+                raise ValueError(f"{name} on a stack too short")
+            del stack[len(stack) - n:]
+            stack.extend(_ANY for _ in op.stack_after)
+    raise ValueError("no STOP opcode")
+
+
+def storage_bytes(scan: PickleScan) -> dict[str, int]:
+    """Bytes each storage the pickle declares takes (``ValueError`` for an unknown storage type)."""
+    sizes = {}
+    for key, (kind, numel) in scan.storages.items():
+        if kind not in _STORAGE_BYTES or numel < 0:
+            raise ValueError(f"storage {key!r} has an unknown type {kind!r}")
+        sizes[key] = numel * _STORAGE_BYTES[kind]
+    return sizes
+
+
+# --------------------------------------------------------------------------------------------------
+# A torch.save zip, validated before torch.load sees it
+
+_RECORDS = (".format_version", ".storage_alignment", "byteorder", "version", ".data/serialization_id",
+            ".data/version")
+
+
+@dataclass
+class Member:
+    name: str
+    start: int  # of its data
+    size: int
+    crc: int
+
+
+@dataclass
+class TorchZip:
+    """A validated ``torch.save`` archive: its members (data offsets), records, and the scan of ``data.pkl``."""
+
+    path: Path
+    prefix: str
+    members: dict[str, Member]
+    records: dict[str, str]
+    scan: PickleScan
+
+    def tensor_members(self) -> list[Member]:
+        return [m for n, m in self.members.items() if n.startswith(self.prefix + "data/")]
+
+
+def crc_problem(path: PathLike, members: list[Member], view: memoryview | None = None) -> str | None:
+    """The first member whose bytes do not match their CRC-32, as a sentence, or ``None``."""
+    if view is None:
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            with memoryview(mm) as whole:
+                return crc_problem(path, members, whole)
+    for m in members:
+        if zlib.crc32(view[m.start:m.start + m.size]) != m.crc:
+            return f"member {m.name!r} fails its CRC-32 check"
+    return None
+
+
+def _corrupt(path: Path, problem: str) -> CheckpointError:
+    return CheckpointError(path, f"is corrupted: {problem} (its bytes changed after torch.save wrote them)",
+                           EARLIER + "; copy checkpoints with a checksum (sha256sum)")
+
+
+def _central_directory(view: memoryview, size: int) -> int:
+    """Offset of the central directory from the end records (torch.save writes zip64 ones), checked for agreement."""
+    if size < 22 or bytes(view[size - 22:size - 18]) != b"PK\x05\x06":
+        raise ValueError("the end-of-archive record is not where torch.save puts it (no zip comment)")
+    disk, cd_disk, here, total, cd_size, cd_offset, comment = struct.unpack("<HHHHIIH", view[size - 18:size])
+    end = size - 22
+    if size >= 98 and bytes(view[size - 42:size - 38]) == b"PK\x06\x07":  # zip64 locator and end record
+        end = size - 98
+        (where,) = struct.unpack("<Q", view[size - 34:size - 26])
+        if where != end or bytes(view[end:end + 4]) != b"PK\x06\x06":
+            raise ValueError("the zip64 end record is not where its locator says")
+        here64, total64, size64, offset64 = struct.unpack("<QQQQ", view[end + 24:end + 56])
+        if (here64, total64) != (here, total) and here != 0xFFFF or (size64, offset64) != (cd_size, cd_offset) \
+                and 0xFFFFFFFF not in (cd_size, cd_offset):
+            raise ValueError("the zip64 end record disagrees with the end-of-archive record")
+        here, total, cd_size, cd_offset = here64, total64, size64, offset64
+    if disk or cd_disk or comment or here != total or cd_offset + cd_size != end:
+        raise ValueError("the end-of-archive record disagrees with the central directory")
+    return cd_offset
+
+
+def _read_zip(path: Path, validate: Callable[[memoryview, int, dict[str, Member]], Any]) -> Any:
+    """Check a zip's end records and every member against its local header, then call ``validate``.
+
+    Members must be stored (not compressed), carry no directory, attribute
+    or encryption bits, have local headers that agree with the central
+    directory, and lie inside the file without overlapping.
+    """
+    try:
+        with zipfile.ZipFile(path) as z:
+            infos, start_dir = z.infolist(), z.start_dir
+    except Exception as exc:  # zipfile raises many kinds on a damaged directory
+        raise CheckpointError(path, KINDS["damaged-zip"].cause + f" ({type(exc).__name__}: {exc})", EARLIER) from None
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        view, size = memoryview(mm), len(mm)
+        try:
+            cd_offset = _central_directory(view, size)
+            if cd_offset != start_dir:
+                raise ValueError("the central directory is not where the end record says")
+            members: dict[str, Member] = {}
+            ends = 0
+            for info in sorted(infos, key=lambda i: i.header_offset):
+                members[info.filename] = member = _member(view, info, cd_offset, ends, members)
+                ends = member.start + member.size
+            return validate(view, size, members)
+        except (ValueError, struct.error, IndexError, KeyError, EOFError) as exc:
+            raise _corrupt(path, str(exc) or type(exc).__name__) from None
+        finally:
+            view.release()
+
+
+def _member(view: memoryview, info: zipfile.ZipInfo, cd_offset: int, ends: int, seen: dict[str, Member]) -> Member:
+    name, start = info.filename, info.header_offset
+    if (info.compress_type != zipfile.ZIP_STORED or info.external_attr or info.internal_attr
+            or info.flag_bits & ~0x808 or info.volume or name.endswith("/") or name in seen):
+        raise ValueError(f"member {name!r} has attributes torch.save never writes (compressed, a folder, "
+                         "encrypted or repeated)")
+    if start < ends or bytes(view[start:start + 4]) != b"PK\x03\x04":
+        raise ValueError(f"the local header of member {name!r} is damaged")
+    flags, method = struct.unpack("<HH", view[start + 6:start + 10])
+    name_len, extra_len = struct.unpack("<HH", view[start + 26:start + 30])
+    data = start + 30 + name_len + extra_len
+    if flags != info.flag_bits or method != 0 or bytes(view[start + 30:data - extra_len]) != \
+            info.orig_filename.encode("utf-8"):
+        raise ValueError(f"the local header of member {name!r} disagrees with the directory")
+    if info.compress_size != info.file_size or data + info.file_size > cd_offset:
+        raise ValueError(f"member {name!r} runs past its space in the file")
+    return Member(name, data, info.file_size, info.CRC)
+
+
+def check_zip(path: PathLike) -> dict[str, Member]:
+    """Validate any zip that PyTorch wrote (``torch.export``, TorchScript): structure and every CRC-32."""
+    def validate(view: memoryview, size: int, members: dict[str, Member]) -> dict[str, Member]:
+        problem = crc_problem(path, list(members.values()), view)
+        if problem is not None:
+            raise ValueError(problem)
+        return members
+    return _read_zip(Path(path), validate)
+
+
+def open_torch_zip(path: PathLike, *, check_data_crc: bool = True) -> TorchZip:
+    """Validate a ``torch.save`` archive before unpickling it; ``CheckpointError`` names the first problem.
+
+    The zip checks of ``_read_zip``, then: one ``data.pkl``, a ``version``
+    record, the CRC-32 of ``data.pkl`` and the small records, the pickle's
+    opcodes (storages it names exist with the sizes it declares; no more
+    memory asked for than the file holds) and, with ``check_data_crc``, the
+    CRC-32 of every tensor's bytes.
+    """
+    path = Path(path)
+
+    def validate(view: memoryview, size: int, members: dict[str, Member]) -> TorchZip:
+        pickles = [n for n in members if n.endswith("/data.pkl") and n.count("/") == 1]
+        if len(pickles) != 1:
+            raise ValueError("no single <name>/data.pkl record")
+        prefix = pickles[0][:-len("data.pkl")]
+        if prefix + "version" not in members:
+            raise ValueError("the 'version' record torch.save writes is missing")
+        problem = crc_problem(path, [m for n, m in members.items() if not n.startswith(prefix + "data/")], view)
+        if problem is not None:
+            raise ValueError(problem)
+        records = {n[len(prefix):]: bytes(view[m.start:m.start + min(m.size, 64)]).decode("ascii", "replace").strip()
+                   for n, m in members.items() if n[len(prefix):] in _RECORDS}
+        pkl = members[prefix + "data.pkl"]
+        scan = scan_pickle(bytes(view[pkl.start:pkl.start + pkl.size]))
+        for key, nbytes in storage_bytes(scan).items():
+            member = members.get(f"{prefix}data/{key}")
+            if member is None or member.size != nbytes:
+                raise ValueError(f"storage {key!r} declares {nbytes} bytes but the archive holds "
+                                 f"{'none' if member is None else member.size}")
+        if scan.allocates > size:
+            raise CheckpointError(path, f"refused: its pickle asks for {scan.allocates:,} bytes (bytearray) from a "
+                                  f"file of {size:,} bytes, a memory bomb (nothing was allocated)",
+                                  "do not load this file; ask for the weights as a state_dict or safetensors file")
+        archive = TorchZip(path, prefix, members, records, scan)
+        problem = crc_problem(path, archive.tensor_members(), view) if check_data_crc else None
+        if problem is not None:
+            raise ValueError(problem)
+        return archive
+    return _read_zip(path, validate)
+
+
+def check_legacy(path: PathLike) -> PickleScan:
+    """Validate a legacy-format file (pickles, then each storage as its size and bytes) before unpickling it.
+
+    Returns the scan of the main pickle; ``CheckpointError`` for anything that
+    does not add up (storages whose sizes disagree, more bytes asked for than
+    the file holds, bytes left over or missing).
+    """
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        pos = 0
+        for _ in range(3):  # magic number, protocol version, system info
+            pos = scan_pickle(data, pos).end
+        main = scan_pickle(data, pos)
+        keys = scan_pickle(data, main.end)
+        pos, sizes = keys.end, storage_bytes(main)
+        if scan_pickle(data, 0).allocates or main.allocates > len(data) or sum(sizes.values()) > len(data):
+            raise CheckpointError(path, f"refused: it asks for more memory ({main.allocates + sum(sizes.values()):,} "
+                                  f"bytes) than the file holds ({len(data):,} bytes), a memory bomb",
+                                  "do not load this file")
+        for key in keys.strings:
+            kind, numel = main.storages[key]
+            (count,) = struct.unpack("<q", data[pos:pos + 8])
+            if count != numel:
+                raise ValueError(f"storage {key!r} holds {count} elements where the pickle says {numel}")
+            pos += 8 + sizes[key]
+        if pos != len(data) or set(keys.strings) != set(main.storages):
+            raise ValueError("its storages do not add up to the file's length")
+        return main
+    except (ValueError, struct.error, KeyError, IndexError, UnicodeDecodeError) as exc:
+        raise CheckpointError(path, f"is corrupted: {exc} (legacy format: no checksums to say where)",
+                              EARLIER) from None
+
+
+def safetensors_header(path: Path) -> dict[str, Any]:
+    """The header of a safetensors file once ``safetensors`` itself has validated it (``CheckpointError`` if not)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, "pt") as f:
+            keys = list(f.keys())
+            metadata = f.metadata() or {}
+            shapes = {k: (f.get_slice(k).get_shape(), f.get_slice(k).get_dtype()) for k in keys}
+    except Exception as exc:  # safetensors raises SafetensorError and others; its message is the cause
+        raise CheckpointError(path, f"is not a valid safetensors file ({str(exc).splitlines()[0][:160]})"
+                              + _safetensors_truncated(path), EARLIER) from None
+    return {"tensors": shapes, "metadata": metadata}
+
+
+def _safetensors_truncated(path: Path) -> str:
+    """``": truncated ..."`` when the header promises more bytes than the file has (else "")."""
+    try:
+        with open(path, "rb") as f:
+            (length,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(min(length, 100 << 20)))
+        end = 8 + length + max(v["data_offsets"][1] for k, v in header.items() if k != "__metadata__")
+        size = path.stat().st_size
+        return f": truncated, the header promises {end} bytes but the file has {size}" if end > size else ""
+    except Exception:  # the header itself is unreadable: safetensors' message says enough
+        return ""
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(path, f"is not valid JSON ({exc})", "restore the file from where it came") from None

@@ -1,0 +1,170 @@
+"""Fuzz load_checkpoint and the doctor: every single-byte change and every truncation of a small file.
+
+Each changed copy must either load bit-identically to the original or raise
+``CheckpointError`` (never another exception, never different values); the
+doctor must end with exit code 0 or 1 and no traceback, and never say OK for a
+copy ``load_checkpoint`` refuses. ``make test`` runs a fixed sample of
+``SAMPLE`` changes; ``make fuzz`` (``FUZZ_FULL=1``) sweeps them all, on every
+core, and prints the figures.
+"""
+
+from __future__ import annotations
+
+import collections
+import multiprocessing
+import os
+import random
+import re
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from helper.checkpoint import CheckpointError, load_checkpoint, make_checkpoint, save_checkpoint
+from helper.doctor import diagnose
+from helper.models import build_model
+
+SAMPLE = 400
+FLIPS = (0x01, 0x10, 0xFF)
+
+
+def same(a, b) -> bool:
+    """Bit-identical: same types, keys in order, tensors with equal dtype, shape, stride and bytes."""
+    if isinstance(a, torch.Tensor):
+        return (isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape
+                and a.stride() == b.stride() and torch.equal(a.view(torch.uint8) if a.numel() else a,
+                                                             b.view(torch.uint8) if b.numel() else b))
+    if isinstance(a, dict):
+        return type(a) is type(b) and list(a) == list(b) and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    return type(a) is type(b) and a == b
+
+
+def small_checkpoint(folder: Path) -> Path:
+    """A real save_checkpoint file of about 5 kB (a small model, SGD state, a short RNG record)."""
+    torch.manual_seed(0)
+    model = build_model({"arch": "mlp", "hidden": [8]})
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.randn(4, 64)).sum().backward()
+    optimizer.step()
+    checkpoint = make_checkpoint(model, optimizer, epoch=3, step=30, history={"val_loss": [0.5, 0.4]})
+    checkpoint["rng"] = {"torch": torch.get_rng_state()[:32].clone()}
+    return save_checkpoint(checkpoint, folder / "small.pt")
+
+
+def cases(size: int) -> list[tuple[str, int, int]]:
+    """Every change: (XOR, position, mask) for each byte and mask, and (cut, length, 0) for each length."""
+    return [("xor", i, m) for i in range(size) for m in FLIPS] + [("cut", n, 0) for n in range(size)]
+
+
+def cause_of(exc: CheckpointError) -> str:
+    """A short class of refusal for the figures."""
+    text = re.sub(r"'[^']*'|\d[\d,]*", "_", exc.cause)
+    return text.split(" (")[0][:70]
+
+
+_STATE: dict = {}
+
+
+def _init(original: bytes, folder: str) -> None:
+    path = Path(folder) / f"copy-{os.getpid()}.pt"
+    path.write_bytes(original)
+    _STATE.update(original=original, path=path, reference=load_checkpoint(path))
+
+
+def run_case(case: tuple[str, int, int], doctor: bool = True) -> tuple[str, str, str]:
+    """(load outcome, cause or detail, doctor outcome) for one changed copy."""
+    what, where, mask = case
+    data = bytearray(_STATE["original"])
+    if what == "xor":
+        data[where] ^= mask
+    else:
+        del data[where:]
+    path = _STATE["path"]
+    path.write_bytes(bytes(data))
+    try:
+        loaded = load_checkpoint(path)
+        load, detail = ("identical", "") if same(loaded, _STATE["reference"]) else ("GARBAGE", repr(case))
+    except CheckpointError as exc:
+        load, detail = "refused", cause_of(exc)
+    except Exception as exc:  # noqa: BLE001 - any other exception is a finding
+        load, detail = "RAISED", f"{case}: {type(exc).__name__}: {exc}"[:300]
+    verdict = "-"
+    if doctor:
+        try:
+            d = diagnose(path)
+            verdict = "OK" if d.healthy else "PROBLEM"
+            if d.exit_code not in (0, 1) or not d.report().splitlines()[-1].startswith(("OK: ", "PROBLEM: ")):
+                verdict = "BAD-REPORT"
+        except BaseException as exc:  # noqa: BLE001 - a traceback is the finding
+            verdict = f"TRACEBACK {type(exc).__name__}: {exc}"[:200]
+    return load, detail, verdict
+
+
+def sweep(original: bytes, chosen: list[tuple[str, int, int]], processes: int) -> dict:
+    shm = Path("/dev/shm")  # a memory file system where there is one: the sweep writes a file per change
+    with tempfile.TemporaryDirectory(dir=shm if shm.is_dir() and os.access(shm, os.W_OK) else None) as folder:
+        if processes > 1:
+            with multiprocessing.get_context("fork").Pool(processes, _init, (original, folder)) as pool:
+                results = pool.map(run_case, chosen, chunksize=64)
+        else:
+            _init(original, folder)
+            results = [run_case(c) for c in chosen]
+    figures = {"changes": len(chosen), "loads": collections.Counter(r[0] for r in results),
+               "refusals": collections.Counter(r[1] for r in results if r[0] == "refused"),
+               "findings": [r[1] for r in results if r[0] in ("GARBAGE", "RAISED")],
+               "doctor": collections.Counter(r[2].split(":")[0] for r in results),
+               "doctor_ok_on_refused": sum(r[0] == "refused" and r[2] == "OK" for r in results),
+               "doctor_tracebacks": [r[2] for r in results if r[2].startswith(("TRACEBACK", "BAD-REPORT"))]}
+    return figures
+
+
+def report(figures: dict) -> str:
+    lines = [f"changes tried: {figures['changes']}", f"loads: {dict(figures['loads'])}",
+             f"silent garbage loads: {figures['loads'].get('GARBAGE', 0)}, other exceptions: "
+             f"{figures['loads'].get('RAISED', 0)}", f"doctor: {dict(figures['doctor'])}, OK on a refused copy: "
+             f"{figures['doctor_ok_on_refused']}, tracebacks: {len(figures['doctor_tracebacks'])}",
+             "refusals by cause:"]
+    lines += [f"  {n:6d}  {cause}" for cause, n in figures["refusals"].most_common()]
+    return "\n".join(lines)
+
+
+def test_every_change_loads_identically_or_is_refused(tmp_path, capsys):
+    original = small_checkpoint(tmp_path).read_bytes()
+    everything = cases(len(original))
+    full = os.environ.get("FUZZ_FULL") == "1"
+    chosen = everything if full else random.Random(int(os.environ.get("FUZZ_SEED", "14"))).sample(everything, SAMPLE)
+    figures = sweep(original, chosen, processes=os.cpu_count() or 1 if full else 1)
+    with capsys.disabled():
+        print(f"\nfuzz ({'full sweep' if full else f'sample of {SAMPLE}'}, file of {len(original)} bytes)\n"
+              + report(figures))
+    assert figures["findings"] == [], figures["findings"][:10]
+    assert figures["doctor_tracebacks"] == [], figures["doctor_tracebacks"][:10]
+    assert figures["doctor_ok_on_refused"] == 0
+    assert figures["loads"]["refused"] > 0 and figures["loads"]["identical"] > 0  # both outcomes were exercised
+
+
+def test_the_fuzz_harness_catches_a_silent_garbage_load(tmp_path):
+    """The check can fail: with the validation switched off, a flipped tensor byte loads as different weights."""
+    original = small_checkpoint(tmp_path).read_bytes()
+    _init(original, str(tmp_path))
+    at = original.find(b"data/0") + 200  # inside the first tensor's bytes
+    data = bytearray(original)
+    data[at] ^= 0x10
+    _STATE["path"].write_bytes(bytes(data))
+    unchecked = torch.load(_STATE["path"], weights_only=True)
+    assert not same(unchecked, _STATE["reference"])
+    assert run_case(("xor", at, 0x10))[0] == "refused"
+
+
+@pytest.mark.parametrize("mask", FLIPS)
+def test_directory_bit_on_a_tensor_member_is_refused(tmp_path, mask):
+    """The central directory's external attributes: torch ignores them, zipfile reads 0x10 as a folder."""
+    original = small_checkpoint(tmp_path).read_bytes()
+    _init(original, str(tmp_path))
+    positions = [i for i in range(len(original)) if original.startswith(b"PK\x01\x02", i)]
+    for start in positions:
+        load, _, verdict = run_case(("xor", start + 38, mask))  # first byte of the external attributes
+        assert load == "refused" and verdict == "PROBLEM"
