@@ -1,6 +1,11 @@
-"""The tools behind `make run` and `make test-portable` must report failures, not hide them."""
+"""The tools behind `make run`, `make test-portable` and `make benchmark` must report failures
+(and noise), not hide them."""
 
 import importlib.util
+import json
+import os
+import sys
+import time
 from pathlib import Path
 
 import nbformat
@@ -13,6 +18,7 @@ from helper.paths import REPO_ROOT
 def load_tool(name: str):
     spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "tools" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -71,3 +77,95 @@ def test_portability_settings_reach_the_kernels(tmp_path, test_portable):
     assert (name, code) == ("aten-default", 0), summary
     _, _, code, summary = test_portable.run_setting("aten-avx2", [nb])
     assert code == 1 and "FAILED" in summary
+
+
+# --------------------------------------------------------------------------------------------------
+# make benchmark: figures that say how noisy they were
+
+
+@pytest.fixture(scope="module")
+def noise():
+    return load_tool("bench_noise")
+
+
+@pytest.fixture
+def benchmark(monkeypatch, tmp_path):
+    module = load_tool("benchmark")
+    monkeypatch.setattr(module, "ROOT", tmp_path)  # results.json goes to tmp_path/artifacts
+    return module
+
+
+def sample(noise, load1: float, others: float | None, busy: bool = False):
+    return noise.Sample(1.0, (load1, load1, load1), (load1, load1, load1), others, busy)
+
+
+def test_busy_detection_on_fake_load_averages(noise):
+    # where /proc says what other processes used, that decides (the load average trails by a minute)
+    assert noise.noise_reasons(sample(noise, 0.0, 0.6)) == ["other processes used 0.60 cores meanwhile"]
+    assert noise.noise_reasons(sample(noise, 2.9, 0.05)) == []  # our busy core, just stopped
+    # without /proc (macOS): the 1-minute load average above the benchmark's own processes
+    assert noise.noise_reasons(sample(noise, 1.1, None)) == []
+    assert noise.noise_reasons(sample(noise, 2.0, None), own_runnable=2) == []  # ours + our busy core
+    reasons = noise.noise_reasons(sample(noise, 3.0, None), own_runnable=2)
+    assert reasons == ["1-minute load average 3.00 with 2 runnable of the benchmark's own"]
+    assert noise.noise_reasons(sample(noise, 2.0, None))  # one process too many: noisy
+
+
+def test_meter_counts_the_busy_core_as_the_benchmarks_own(noise):
+    if noise._system_busy_ticks() is None:
+        pytest.skip("no /proc/stat: the load average alone decides")
+    with noise.busy_core() as process:
+        time.sleep(0.5)
+        before = noise._own_ticks()
+        time.sleep(1.0)
+        stat = Path(f"/proc/{process.pid}/stat").read_text()
+        spun = sum(int(x) for x in stat[stat.rindex(")") + 2:].split()[11:13])
+        after = noise._own_ticks()
+        assert process.poll() is None
+    assert process.poll() is not None  # stopped after the block
+    assert spun > 0 and after - before > 0 and after >= spun  # the busy process is inside our own tree
+    with noise.Meter() as meter:
+        time.sleep(0.3)
+    s = meter.sample
+    assert s.seconds >= 0.3 and s.others_cores is not None and 0 <= s.others_cores <= os.cpu_count() + 0.5
+    assert len(s.load_before) == 3 and noise.cpu_model()
+
+
+def fake_io(noise, others: float):
+    def io(log, mb, rounds):
+        log.add("io", "load_checkpoint (quiet)", sample(noise, 1.0, others))
+        ratios = {"load_checkpoint / torch.load": [1.02, 1.04, 1.03]}
+        return {"quiet": ratios, "busy": ratios}
+    return io
+
+
+@pytest.mark.parametrize("others, code", [(0.9, 1), (0.05, 0)])
+def test_benchmark_refuses_readme_figures_from_a_busy_machine(benchmark, noise, monkeypatch, others, code, capsys):
+    written = []
+    monkeypatch.setattr(benchmark, "io", fake_io(noise, others))
+    monkeypatch.setattr(benchmark, "write_readme", written.append)
+    assert benchmark.main(["--only", "io", "--readme"]) == code
+    out = capsys.readouterr().out
+    if code:
+        assert written == [] and "README.md not written: the machine was busy" in out and "WARNING" in out
+    else:
+        assert "| load_checkpoint / torch.load | 1.03 (1.02-1.04) | 1.03 (1.02-1.04) |" in written[0]
+    results = json.loads((benchmark.ROOT / "artifacts" / "benchmark" / "results.json").read_text())
+    assert results["samples"][0]["others_cores"] == others and results["machine"]["cpu"]
+
+
+def test_benchmark_readme_block_replaces_only_its_markers(benchmark, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"before\n{benchmark.README_START}\nold\n{benchmark.README_END}\nafter\n")
+    benchmark.write_readme(f"{benchmark.README_START}\nnew\n{benchmark.README_END}", readme)
+    assert readme.read_text() == f"before\n{benchmark.README_START}\nnew\n{benchmark.README_END}\nafter\n"
+    (tmp_path / "none.md").write_text("no markers\n")
+    with pytest.raises(SystemExit):
+        benchmark.write_readme("x", tmp_path / "none.md")
+
+
+def test_benchmark_sections_and_rotation(benchmark):
+    assert benchmark.rotated([1, 2, 3], 1) == [2, 3, 1] and benchmark.rotated([1, 2, 3], 3) == [1, 2, 3]
+    assert benchmark.scenarios(0) == [False, True] and benchmark.scenarios(1) == [True, False]
+    with pytest.raises(SystemExit):
+        benchmark.main(["--only", "nonsense"])

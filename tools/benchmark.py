@@ -1,155 +1,400 @@
-"""Time the course's building blocks on this machine (speed targets live here, not in tests).
+"""Time the course on this machine and say how noisy each figure was (``make benchmark``).
 
-    python tools/benchmark.py      # or: make benchmark
+    python tools/benchmark.py                       # everything (about 15 minutes on 2 cores)
+    python tools/benchmark.py --only io             # checkpoint save/load ratios only
+    python tools/benchmark.py --only notebooks 03   # lesson 03's run time, quiet and busy
+    python tools/benchmark.py --only io,notebooks --readme   # final figures into README.md
+    make benchmark BENCH="--only io"
 
-Prints, for the two default models, the CPU training time to reach the epoch
-count the lessons use and the test accuracy reached, and the time to save and
-load a full training checkpoint. Each figure is the median of REPEATS runs.
+Sections (``--only``, comma-separated):
 
-Then the cost of crash safety on a large checkpoint (``IO_MB`` of tensors):
-``save_checkpoint`` (temp file, fsync, weights_only check, rename, folder
-fsync) against plain ``torch.save`` with and without fsync and against writing
-the same bytes raw + fsync (the limit); ``load_checkpoint`` (CRC-32 of every
-member checked) against plain ``torch.load`` and against reading the bytes.
-Disks are noisy (the same call varies 2-3x), so the methods are interleaved,
-each is repeated ``IO_REPEATS`` times with ``os.sync()`` before every call,
-and medians are printed with the spread (min-max).
+- ``training``: CPU training time of the two default models and a small checkpoint's save/load.
+- ``io``: the price of safety on a large checkpoint (``IO_MB`` of tensors): ``save_checkpoint``
+  against ``torch.save`` + fsync, ``load_checkpoint`` (CRC-32 checked) against ``torch.load``;
+  printed as ratios per round (same round, same disk state), median and spread.
+- ``notebooks``: every notebook's run time (``tools/run_notebooks.py``, own kernel, thread
+  policy of the harness), quiet and with one core busy, and the busy/quiet ratio (target 1.5).
+- ``loading``: lesson 10's loading table (``tools/bench_loading.py``).
 
-    python tools/benchmark.py --io-only     # only the checkpoint I/O part
+The io and notebook sections run in rounds and each round alternates "quiet" and "busy" (one
+core kept busy by a process this benchmark starts and stops: ``tools/bench_noise.py``); within a
+round the methods take turns, rotated each round, so drift hits every method alike. Every figure
+is printed with its median, min-max, the load average (1/5/15 min) before it, and the cores other
+processes used meanwhile; figures measured while other processes used more than a quarter of a
+core are flagged, a warning closes the run, and ``--readme`` refuses to write them. Raw samples
+go to ``artifacts/benchmark/results.json``.
 """
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
+import json
 import os
+import re
 import shutil
 import statistics
+import subprocess
 import sys
-import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
+from typing import Callable
 
-import torch
-
-from helper.checkpoint import FORMAT_VERSION, load_checkpoint, make_checkpoint, save_checkpoint, verify_zip
-from helper.paths import ARTIFACTS_DIR
-from helper.data import make_loaders, split_digits
-from helper.models import build_model
-from helper.training import build_optimizer, evaluate, fit, seed_everything
-
-REPEATS = 3
-RECIPES = {
-    "mlp, Adam 1e-2, 8 epochs": ({"arch": "mlp"}, {"name": "adam", "lr": 1e-2}, 8),
-    "cnn, Adam 3e-3, 6 epochs": ({"arch": "cnn"}, {"name": "adam", "lr": 3e-3}, 6),
-}
+ROOT = Path(__file__).resolve().parent.parent
+SECTIONS = ("training", "io", "notebooks", "loading")
+IO_MB, IO_ROUNDS, NB_ROUNDS, TRAIN_ROUNDS = 384, 10, 2, 3
+BUSY_LIMIT = 1.5  # issue 18: a notebook's time with one core busy, at most this times its quiet time
+README_START, README_END = "<!-- benchmark:start -->", "<!-- benchmark:end -->"
 
 
-def median_seconds(fn, repeats: int = REPEATS) -> tuple[float, object]:
-    """Median wall-clock seconds of ``fn()`` over ``repeats`` calls, and its last result."""
-    times, result = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), result
+def _sibling(name: str):
+    """Import another script of tools/ (tools/ is a folder of scripts, not a package)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
-IO_MB, IO_REPEATS = 384, 10
+noise = _sibling("bench_noise")
 
 
-def interleaved(methods: dict, repeats: int) -> dict[str, list[float]]:
-    """Seconds per call of each method, the methods taking turns (rotated each round), os.sync() before each."""
-    times: dict[str, list[float]] = {name: [] for name in methods}
-    names = list(methods)
-    for round_ in range(repeats):
-        for name in names[round_ % len(names):] + names[:round_ % len(names)]:
-            os.sync()
-            start = time.perf_counter()
-            methods[name]()
-            times[name].append(time.perf_counter() - start)
-    return times
+class Log:
+    """Every sample with its label, the noise verdicts, and the figures for the README."""
+
+    def __init__(self) -> None:
+        self.samples: list[dict] = []
+        self.noisy: list[str] = []
+        self.readme: list[str] = []
+
+    def add(self, section: str, label: str, sample, own_runnable: float = 1.0) -> list[str]:
+        reasons = noise.noise_reasons(sample, own_runnable=own_runnable)
+        self.samples.append({"section": section, "label": label, **asdict(sample), "noisy": reasons})
+        if reasons:
+            self.noisy.append(f"{section}: {label}: {reasons[0]}")
+        return reasons
 
 
-def report(times: dict[str, list[float]], size: int, reference: str) -> None:
-    ref = statistics.median(times[reference])
-    print(f"  {'method':<40} {'median s':>9} {'min-max s':>13} {'MB/s':>7} {'vs ' + reference.split()[0]:>10}")
-    for name, values in times.items():
-        med = statistics.median(values)
-        print(f"  {name:<40} {med:9.3f} {min(values):6.3f}-{max(values):<6.3f} {size / med / 1e6:7.0f} "
-              f"{med / ref:9.2f}x")
+def summary(values: list[float], digits: int = 3) -> str:
+    """``median (min-max)`` of a list of figures."""
+    return f"{statistics.median(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
 
 
-def checkpoint_io(mb: int = IO_MB, repeats: int = IO_REPEATS) -> None:
-    """Crash-safe save and checked load against plain torch.save/torch.load and raw I/O, on one disk."""
-    folder = ARTIFACTS_DIR / "benchmark"  # the disk the course writes to (not a tmpfs /tmp)
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    try:
-        tensors = {f"layer{i}.weight": torch.randn(1 << 20) for i in range(mb // 4)}  # 4 MB each
-        checkpoint = {"format_version": FORMAT_VERSION, "epoch": 1, "step": 1, "config": None, "model": tensors,
-                      "optimizer": None, "scheduler": None, "history": {}, "rng": {}}
-        save_checkpoint(checkpoint, folder / "ref.pt")
-        raw = (folder / "ref.pt").read_bytes()
-        size = len(raw)
-
-        def plain_fsync():
-            with open(folder / "plain_fsync.pt", "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-
-        def raw_fsync():
-            with open(folder / "raw.bin", "wb") as f:
-                f.write(raw)
-                f.flush()
-                os.fsync(f.fileno())
-
-        print(f"\ncheckpoint I/O, {size / 1e6:.0f} MB file, {repeats} interleaved rounds, os.sync() before each call")
-        print("save:")
-        report(interleaved({
-            "save_checkpoint (durable, checked)": lambda: save_checkpoint(checkpoint, folder / "durable.pt"),
-            "torch.save (no fsync)": lambda: torch.save(checkpoint, folder / "plain.pt"),
-            "torch.save + fsync": plain_fsync,
-            "raw write + fsync (the limit)": raw_fsync,
-        }, repeats), size, "raw write + fsync (the limit)")
-        print("load (the file is in the page cache, as right after a save):")
-        path = folder / "ref.pt"
-        report(interleaved({
-            "load_checkpoint (CRC-32 checked)": lambda: load_checkpoint(path),
-            "load_checkpoint(verify=False)": lambda: load_checkpoint(path, verify=False),
-            "torch.load(weights_only=True)": lambda: torch.load(path, map_location="cpu", weights_only=True),
-            "verify_zip alone (CRC-32 of every member)": lambda: verify_zip(path),
-            "read the bytes (the limit)": path.read_bytes,
-        }, repeats), size, "torch.load(weights_only=True)")
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+def conditions(samples: list) -> str:
+    """Load average before the first and after the last sample, and the most cores others used."""
+    others = [s.others_cores for s in samples if s.others_cores is not None]
+    worst = f", others up to {max(others):.2f} cores" if others else ""
+    return f"load {noise.fmt_load(samples[0].load_before)} -> {noise.fmt_load(samples[-1].load_after)}{worst}"
 
 
-def main() -> int:
-    if "--io-only" in sys.argv[1:]:
-        checkpoint_io()
-        return 0
+def noise_note(samples: list) -> str:
+    """Next to one figure: the 1-minute load average over its samples and others' median CPU use."""
+    loads = [s.load_before[0] for s in samples]
+    others = [s.others_cores for s in samples if s.others_cores is not None]
+    note = f"load {min(loads):.2f}-{max(loads):.2f}"
+    return note + (f", others {statistics.median(others):.2f} cores" if others else "")
+
+
+def rotated(items: list, round_: int) -> list:
+    """``items`` started at a different place each round, so no method always runs first."""
+    k = round_ % len(items)
+    return items[k:] + items[:k]
+
+
+def scenarios(round_: int) -> list[bool]:
+    """Quiet (False) and busy (True) in turn, the order swapped every round."""
+    return [False, True] if round_ % 2 == 0 else [True, False]
+
+
+def timed(fn: Callable[[], object], busy: bool, sync: bool = False):
+    """Run ``fn`` once under a Meter; with one core kept busy meanwhile if ``busy``."""
+    if sync:
+        os.sync()
+    if not busy:
+        with noise.Meter() as m:
+            fn()
+        return m.sample
+    with noise.busy_core():
+        time.sleep(0.2)  # let the busy process get going
+        with noise.Meter(busy_core=True) as m:
+            fn()
+    return m.sample
+
+
+# --------------------------------------------------------------------------------------------------
+# training
+
+
+def training(log: Log, rounds: int = TRAIN_ROUNDS) -> None:
+    import tempfile
+
+    import torch
+
+    from helper.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
+    from helper.data import make_loaders, split_digits
+    from helper.models import build_model
+    from helper.training import build_optimizer, evaluate, fit, seed_everything
+
+    recipes = {
+        "mlp, Adam 1e-2, 8 epochs": ({"arch": "mlp"}, {"name": "adam", "lr": 1e-2}, 8),
+        "cnn, Adam 3e-3, 6 epochs": ({"arch": "cnn"}, {"name": "adam", "lr": 3e-3}, 6),
+    }
     split = split_digits()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
-    print(f"{'training (CPU)':<28} {'seconds':>8} {'test acc':>9}")
-    for label, (model_config, optim_config, epochs) in RECIPES.items():
-        def train():
-            seed_everything(0)
-            loaders = make_loaders(split)
-            model = build_model(model_config)
-            optimizer = build_optimizer(model, optim_config)
-            fit(model, optimizer, loaders.train, loaders.val, epochs=epochs, progress=False)
-            return evaluate(model, loaders.test)[1], model, optimizer
-        seconds, (accuracy, model, optimizer) = median_seconds(train)
-        print(f"{label:<28} {seconds:8.2f} {accuracy:9.3f}")
+    results: dict[str, list] = {label: [] for label in recipes}
+    trained = {}
+    for round_ in range(rounds):
+        for label in rotated(list(recipes), round_):
+            model_config, optim_config, epochs = recipes[label]
 
+            def train():
+                seed_everything(0)
+                loaders = make_loaders(split)
+                model = build_model(model_config)
+                optimizer = build_optimizer(model, optim_config)
+                fit(model, optimizer, loaders.train, loaders.val, epochs=epochs, progress=False)
+                trained[label] = (evaluate(model, loaders.test)[1], model, optimizer, epochs)
+            sample = timed(train, busy=False)
+            log.add("training", label, sample)
+            results[label].append(sample)
+    print(f"\ntraining (CPU, {torch.get_num_threads()} thread(s), {rounds} rounds interleaved)")
+    print(f"  {'recipe':<28} {'median s (min-max)':>22} {'test acc':>9}  conditions")
+    for label, samples in results.items():
+        print(f"  {label:<28} {summary([s.seconds for s in samples]):>22} {trained[label][0]:9.3f}  "
+              f"{noise_note(samples)}")
+    accuracy, model, optimizer, epochs = trained["cnn, Adam 3e-3, 6 epochs"]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bench.pt"
         checkpoint = make_checkpoint(model, optimizer, epoch=epochs)
-        save_s, _ = median_seconds(lambda: save_checkpoint(checkpoint, path), repeats=10)
-        load_s, _ = median_seconds(lambda: load_checkpoint(path), repeats=10)
-        print(f"\ncheckpoint of the cnn ({path.stat().st_size:,} bytes): "
-              f"save {save_s * 1000:.1f} ms (atomic, fsync), load {load_s * 1000:.1f} ms (weights_only)")
-    checkpoint_io()
+        save = [timed(lambda: save_checkpoint(checkpoint, path), busy=False) for _ in range(10)]
+        load = [timed(lambda: load_checkpoint(path), busy=False) for _ in range(10)]
+        for label, samples in (("cnn checkpoint save", save), ("cnn checkpoint load", load)):
+            for s in samples:
+                log.add("training", label, s)
+        print(f"  checkpoint of the cnn ({path.stat().st_size:,} bytes): save "
+              f"{summary([s.seconds * 1000 for s in save])} ms (atomic, fsync), load "
+              f"{summary([s.seconds * 1000 for s in load])} ms (CRC-checked, weights_only)")
+
+
+# --------------------------------------------------------------------------------------------------
+# checkpoint I/O
+
+
+def io(log: Log, mb: int = IO_MB, rounds: int = IO_ROUNDS) -> dict[str, dict[str, list[float]]]:
+    """Save and load ratios, quiet and with one core busy; returns the per-round ratios."""
+    import torch
+
+    from helper.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint, verify_zip
+    from helper.paths import ARTIFACTS_DIR
+
+    folder = ARTIFACTS_DIR / "benchmark" / "io"  # the disk the course writes to (not a tmpfs /tmp)
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    model = torch.nn.Module()
+    for i in range(mb // 4):  # 4 MB each
+        model.register_buffer(f"layer{i}", torch.randn(1 << 20))
+    checkpoint = make_checkpoint(model, epoch=1, step=1, config={})
+    ref = folder / "ref.pt"
+    save_checkpoint(checkpoint, ref)
+    raw = ref.read_bytes()
+
+    def plain_fsync():
+        with open(folder / "plain_fsync.pt", "wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def raw_fsync():
+        with open(folder / "raw.bin", "wb") as f:
+            f.write(raw)
+            f.flush()
+            os.fsync(f.fileno())
+
+    methods = {
+        "save_checkpoint": lambda: save_checkpoint(checkpoint, folder / "durable.pt"),
+        "torch.save + fsync": plain_fsync,
+        "raw write + fsync": raw_fsync,
+        "load_checkpoint": lambda: load_checkpoint(ref),
+        "torch.load": lambda: torch.load(ref, map_location="cpu", weights_only=True),
+        "verify_zip": lambda: verify_zip(ref),
+        "read bytes": ref.read_bytes,
+    }
+    times: dict[bool, dict[str, list]] = {busy: {name: [] for name in methods} for busy in (False, True)}
+    try:
+        for round_ in range(rounds):
+            for busy in scenarios(round_):
+                for name in rotated(list(methods), round_):
+                    sample = timed(methods[name], busy, sync=True)
+                    log.add("io", f"{name} ({'busy' if busy else 'quiet'})", sample, own_runnable=1 + busy)
+                    times[busy][name].append(sample)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    ratios = {}
+    print(f"\ncheckpoint I/O, {len(raw) / 1e6:.0f} MB file, {rounds} rounds, methods rotated, "
+          f"os.sync() before each call")
+    for busy in (False, True):
+        t = {name: [s.seconds for s in samples] for name, samples in times[busy].items()}
+        ratio = {
+            "load_checkpoint / torch.load": [a / b for a, b in zip(t["load_checkpoint"], t["torch.load"])],
+            "save_checkpoint / (torch.save + fsync)":
+                [a / b for a, b in zip(t["save_checkpoint"], t["torch.save + fsync"])],
+            "save_checkpoint / raw write + fsync":
+                [a / b for a, b in zip(t["save_checkpoint"], t["raw write + fsync"])],
+        }
+        ratios["busy" if busy else "quiet"] = ratio
+        flat = [s for samples in times[busy].values() for s in samples]
+        print(f" {'one core busy' if busy else 'quiet'} ({conditions(flat)})")
+        for name, values in t.items():
+            print(f"  {name:<40} {summary(values):>22} s  {noise_note(times[busy][name])}")
+        for name, values in ratio.items():
+            target = {"load_checkpoint / torch.load": " (target <= 1.05)",
+                      "save_checkpoint / (torch.save + fsync)": " (target <= 1.1)"}.get(name, "")
+            print(f"  {name:<40} {summary(values):>22} x{target}")
+    return ratios
+
+
+# --------------------------------------------------------------------------------------------------
+# notebooks
+
+
+def notebooks(log: Log, prefixes: list[str], rounds: int = NB_ROUNDS) -> dict[str, dict[str, list[float]]]:
+    """Every notebook's run time quiet and with one core busy; returns seconds per notebook."""
+    runner = _sibling("run_notebooks")
+    os.environ["TQDM_DISABLE"] = "1"
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # the harness's thread policy (README, "Threads")
+    paths = sorted(p for p in (ROOT / "notebooks").glob("*.ipynb") if not prefixes or p.name.startswith(tuple(prefixes)))
+    samples: dict[str, dict[bool, list]] = {p.name: {False: [], True: []} for p in paths}
+    failed = []
+    print(f"\nnotebooks, {rounds} rounds, quiet and one core busy in turn, OMP_NUM_THREADS="
+          f"{os.environ['OMP_NUM_THREADS']}", flush=True)
+    for round_ in range(rounds):
+        for path in rotated(paths, round_):
+            for busy in scenarios(round_):
+                status = []
+                sample = timed(lambda: status.append(runner.run_one(path, write=False, timeout=600)[1]), busy)
+                if status[0] != "ok":
+                    failed.append(f"{path.name}: {status[0]}")
+                log.add("notebooks", f"{path.name} ({'busy' if busy else 'quiet'})", sample, own_runnable=1 + busy)
+                samples[path.name][busy].append(sample)
+            print(f"  round {round_ + 1}: {path.name:<40} quiet {samples[path.name][False][-1].seconds:6.1f} s, "
+                  f"busy {samples[path.name][True][-1].seconds:6.1f} s", flush=True)
+    print(f"\n  {'notebook':<40} {'quiet s (min-max)':>20} {'busy s (min-max)':>20} {'busy/quiet':>10}  conditions")
+    result = {}
+    for name, by in samples.items():
+        quiet, busy = [s.seconds for s in by[False]], [s.seconds for s in by[True]]
+        ratio = statistics.median(busy) / statistics.median(quiet)
+        flag = "" if ratio <= BUSY_LIMIT else f"  > {BUSY_LIMIT}x"
+        print(f"  {name:<40} {summary(quiet, 1):>20} {summary(busy, 1):>20} {ratio:9.2f}x  "
+              f"{noise_note(by[False] + by[True])}{flag}")
+        result[name] = {"quiet": quiet, "busy": busy}
+    for line in failed:
+        print(f"  FAILED {line}")
+    return result
+
+
+# --------------------------------------------------------------------------------------------------
+# lesson 10's loading table
+
+
+def loading(log: Log) -> None:
+    print("\nlesson 10's loading table (tools/bench_loading.py)", flush=True)
+    with noise.Meter() as m:
+        subprocess.run([sys.executable, str(ROOT / "tools" / "bench_loading.py")], check=False)
+    reasons = log.add("loading", "tools/bench_loading.py", m.sample)
+    print(f"  ({m.sample.seconds:.0f} s, load {noise.fmt_load(m.sample.load_before)} -> "
+          f"{noise.fmt_load(m.sample.load_after)}{', NOISY: ' + reasons[0] if reasons else ''})")
+
+
+# --------------------------------------------------------------------------------------------------
+# README
+
+
+def readme_block(machine: dict, io_ratios: dict | None, nb_times: dict | None, loads: str) -> str:
+    """The README's figures, in Markdown, from this run."""
+    lines = [README_START,
+             f"Measured by `make benchmark` on {machine['cpu']}, {machine['cores']} cores, Python "
+             f"{machine['python']}, OMP_NUM_THREADS={machine['OMP_NUM_THREADS']}; {loads}. "
+             "Medians with min-max; \"busy\": one other process kept a core busy throughout.", ""]
+    if io_ratios:
+        lines += ["| ratio (per round, 384 MB checkpoint) | quiet | one core busy |", "|---|---|---|"]
+        for name in io_ratios["quiet"]:
+            lines.append(f"| {name} | {summary(io_ratios['quiet'][name], 2)} | {summary(io_ratios['busy'][name], 2)} |")
+        lines.append("")
+    if nb_times:
+        lines += ["| notebook | quiet s | one core busy s | busy/quiet |", "|---|---|---|---|"]
+        for name, t in nb_times.items():
+            ratio = statistics.median(t["busy"]) / statistics.median(t["quiet"])
+            lines.append(f"| `{name}` | {summary(t['quiet'], 1)} | {summary(t['busy'], 1)} | {ratio:.2f}x |")
+        lines.append("")
+    lines.append(README_END)
+    return "\n".join(lines)
+
+
+def write_readme(block: str, readme: Path = ROOT / "README.md") -> None:
+    """Replace the text between the benchmark markers in the README with ``block``."""
+    text = readme.read_text(encoding="utf-8")
+    pattern = re.compile(re.escape(README_START) + ".*?" + re.escape(README_END), re.S)
+    if not pattern.search(text):
+        raise SystemExit(f"{readme.name} has no {README_START} ... {README_END} block")
+    readme.write_text(pattern.sub(lambda _: block, text), encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("prefixes", nargs="*", help="notebooks section: only notebooks whose name starts so")
+    parser.add_argument("--only", default=",".join(SECTIONS),
+                        help=f"comma-separated sections to run, of {', '.join(SECTIONS)} (default: all)")
+    parser.add_argument("--io-only", action="store_true", help="same as --only io")
+    parser.add_argument("--rounds", type=int, help="rounds per section (default: io 10, notebooks 2, training 3)")
+    parser.add_argument("--io-mb", type=int, default=IO_MB, help=f"io section: MB of tensors (default {IO_MB})")
+    parser.add_argument("--readme", action="store_true",
+                        help="write the io and notebook figures into README.md, unless the machine was busy")
+    args = parser.parse_args(argv)
+    sections = ["io"] if args.io_only else [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown section(s) {sorted(unknown)}; choose from {SECTIONS}")
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch loads: the thread policy
+    machine = noise.machine()
+    start_load = noise.load_average()
+    print(f"{machine['cpu']}, {machine['cores']} cores, Python {machine['python']}, {machine['os']}, "
+          f"OMP_NUM_THREADS={machine['OMP_NUM_THREADS']}; load average at start {noise.fmt_load(start_load)}")
+    if start_load[0] > noise.LOAD_MARGIN:
+        print(f"WARNING: the machine is already busy (1-minute load {start_load[0]:.2f}); figures will be noisy")
+    log = Log()
+    io_ratios = nb_times = None
+    if "training" in sections:
+        training(log, args.rounds or TRAIN_ROUNDS)
+    if "io" in sections:
+        io_ratios = io(log, args.io_mb, args.rounds or IO_ROUNDS)
+    if "notebooks" in sections:
+        nb_times = notebooks(log, args.prefixes, args.rounds or NB_ROUNDS)
+    if "loading" in sections:
+        loading(log)
+    loads = f"load average {noise.fmt_load(start_load)} at start, {noise.fmt_load(noise.load_average())} at end"
+
+    out = ROOT / "artifacts" / "benchmark" / "results.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"machine": machine, "sections": sections, "samples": log.samples}, indent=1))
+    print(f"\n{loads}; {len(log.samples)} samples in {out.relative_to(ROOT)}")
+    if log.noisy:
+        print(f"WARNING: {len(log.noisy)} of {len(log.samples)} figures were measured while other processes "
+              f"used the CPU (more than {noise.OTHERS_LIMIT} of a core); e.g.")
+        for line in log.noisy[:5]:
+            print(f"  {line}")
+    if args.readme:
+        if log.noisy:
+            print("README.md not written: the machine was busy; run again on a quiet machine")
+            return 1
+        if not (io_ratios or nb_times):
+            print("README.md not written: --readme needs the io or notebooks section")
+            return 1
+        write_readme(readme_block(machine, io_ratios, nb_times, loads))
+        print("README.md: benchmark figures written")
     return 0
 
 
