@@ -578,7 +578,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # the three slides in docs/: (deck, reveal.js "h/v", what it shows)
-SHOTS = [("02_state_dict", "0/0", "title"), ("02_state_dict", "2/0", "code"), ("02_state_dict", "3/0", "figure")]
+SHOTS = [("02_state_dict", "0/0", "title"), ("02_state_dict", "6/1", "error"), ("02_state_dict", "4/1", "figure")]
 
 if __name__ == "__main__":
     sys.exit(main())
