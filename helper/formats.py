@@ -339,8 +339,10 @@ def crc_problem(path: PathLike, members: list[Member], view: memoryview | None =
 
 
 def _corrupt(path: Path, problem: str) -> CheckpointError:
-    return CheckpointError(path, f"is corrupted: {problem} (its bytes changed after torch.save wrote them)",
-                           EARLIER + "; copy checkpoints with a checksum (sha256sum)")
+    why = "its bytes changed after torch.save wrote them" if "CRC-32" in problem else \
+        "torch.save never writes this: a damaged or crafted file"
+    return CheckpointError(path, f"is corrupted: {problem} ({why})", EARLIER + "; copy checkpoints with a checksum "
+                           "(sha256sum)")
 
 
 def _central_directory(view: memoryview, size: int) -> int:
