@@ -36,7 +36,7 @@ NORMALISE = [
     (re.compile(r"\x1b\[[0-9;]*m"), ""),  # ANSI colours
     (re.compile(r"0x[0-9a-fA-F]+"), "<addr>"),
     (re.compile(r"https?://\S+"), "<url>"),
-    (re.compile(r"'[^'\n]*'|\"[^\"\n]*\"|`[^`\n]*`"), "<q>"),  # quoted names, keys, paths
+    (re.compile(r"(?<!\w)'[^'\n]*'|\"[^\"\n]*\"|`[^`\n]*`"), "<q>"),  # quoted (not can't)
     (re.compile(r"(?:\.{0,2}/)?(?:[\w.-]+/)+[\w.-]*"), "<path>"),  # unquoted paths
     (re.compile(r"\bGLOBAL [\w.]+"), "GLOBAL <name>"),  # the global a pickle names
     (re.compile(r"\b\w+(?:\.\w+)+"), "<name>"),  # dotted names: modules, keys, versions
