@@ -455,8 +455,10 @@ def browser_check(decks: list[Path], screenshots: Path | None = None) -> dict[st
             for s in slides:
                 s["over"] = s["height"] > CANVAS[1] or s["width"] > CANVAS[0]
                 where = f"slide {s['number']} ({s['slide']}) {s['title']!r}"
+                one = (f" (one cell, id {s['cells'][0]['id']}, taller than the canvas: split it)"
+                       if len(s["cells"]) == 1 else "")
                 if s["height"] > CANVAS[1]:
-                    found.append(f"{where}: {s['height']} px tall, canvas {CANVAS[1]}")
+                    found.append(f"{where}: {s['height']} px tall, canvas {CANVAS[1]}{one}")
                 if s["width"] > CANVAS[0]:
                     found.append(f"{where}: {s['width']} px wide, canvas {CANVAS[0]}")
                 for heading in s["notes_headings"]:
