@@ -432,6 +432,12 @@ def load_checkpoint(path: PathLike, *, map_location: Any = "cpu", verify: bool =
     if kind != "torch-zip":
         raise kind_error(path, kind)
     archive = open_torch_zip(path, check_data_crc=False)
+    needed = sorted(archive.scan.globals - _allowed_globals())  # from the opcodes: nothing was unpickled
+    if needed:
+        raise CheckpointError(
+            path, f"refused by weights_only=True: it pickles {', '.join(needed)}, not plain data (nothing in it "
+            "was run)", "store only tensors and plain data (dict, list, str, int, float); save_checkpoint refuses "
+            "such objects at save time")
     if archive.scan.meta:
         raise CheckpointError(path, "holds tensors on the meta device: shapes without data",
                               "save the real weights (model.to('cpu').state_dict()), or " + EARLIER)
@@ -453,12 +459,9 @@ def load_checkpoint(path: PathLike, *, map_location: Any = "cpu", verify: bool =
         raise CheckpointError(path, f"is corrupted: {crc[0]} (its bytes changed after torch.save wrote them)",
                               EARLIER + "; copy checkpoints with a checksum (sha256sum)") from None
     if isinstance(error, pickle.UnpicklingError):
-        needed = sorted(archive.scan.globals - _allowed_globals())
-        what = f"it pickles {', '.join(needed)}" if needed else "it holds a pickled object"
-        raise CheckpointError(
-            path, f"refused by weights_only=True: {what}, not plain data (nothing in it was run)",
-            "store only tensors and plain data (dict, list, str, int, float); save_checkpoint refuses such "
-            "objects at save time") from error
+        raise CheckpointError(path, f"refused by weights_only=True ({str(error).splitlines()[-1][:200]}), nothing "
+                              "in it was run", "store only tensors and plain data (dict, list, str, int, float)"
+                              ) from error
     if error is not None:
         first = (str(error).splitlines() or [type(error).__name__])[0]
         raise CheckpointError(path, f"torch.load failed ({type(error).__name__}: {first[:200]})", EARLIER) from error

@@ -153,6 +153,12 @@ def sniff(path: PathLike) -> str:
         return "onnx"
     if head.startswith(b"version https://git-lfs"):
         return "git-lfs-pointer"
+    if size < 16 << 20 and head[:1] in (b"(", b"}", b"]", b")", b"c", b"I", b"V", b"S", b"N", b"X", b"K"):
+        try:  # a protocol 0 or 1 pickle (no PROTO opcode): the whole file must be one pickle
+            if scan_pickle(path.read_bytes()).end == size:
+                return "pickle"
+        except Exception:  # not a pickle after all
+            pass
     try:
         text = head.decode("utf-8")
     except UnicodeDecodeError:
