@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 
 import nbformat
 import pytest
@@ -179,3 +180,15 @@ def test_every_slide_of_every_deck_fits_and_opens_offline(tmp_path):
     report = slides.browser_check(decks + [broken])
     assert any("failed request" in p for p in report.pop("broken.slides.html")["problems"])
     assert {d: e["problems"] for d, e in report.items()} == {d.name: [] for d in decks}, slides.summary(report)
+
+
+def test_a_deck_needs_no_network_and_carries_the_presentation_settings(tmp_path):
+    nb = new_notebook(cells=[new_markdown_cell("# T"), new_code_cell("def f():\n    return 1")])
+    nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}, "version_major": 2,
+                                                                           "version_minor": 0}}
+    nbformat.write(nb, tmp_path / "01_t.ipynb")
+    deck = slides.export([tmp_path / "01_t.ipynb"], tmp_path / "out")[0].read_text(encoding="utf-8")
+    assert "unpkg.com" not in deck and not re.search(r'(src|href)="(https?:)?//', deck)
+    assert 'slideNumber: "c/t"' in deck
+    assert ".jp-InputPrompt, .jp-OutputPrompt { display: none" in deck
+    assert '<span class="cl" style="--i:4">' in deck  # the hanging indent of the body line
