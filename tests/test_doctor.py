@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
+import struct
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -167,3 +170,163 @@ def test_cli_in_a_fresh_process(files):
     bad = subprocess.run([*run, str(files["truncated"])], capture_output=True, text=True, cwd=REPO_ROOT)
     assert ok.returncode == 0, ok.stderr
     assert bad.returncode == 1 and bad.stdout.splitlines()[-1].startswith("PROBLEM: "), bad.stdout + bad.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# "OK" means proven, and every fix works when followed
+
+
+def test_meta_tensors_are_not_ok(tmp_path):
+    torch.save(build_model(MLP).to("meta").state_dict(), tmp_path / "meta.pt")
+    d = diagnose(tmp_path / "meta.pt", MLP)
+    assert not d.healthy and "meta device" in d.cause, d.report()
+
+
+def safetensors_bytes(header: dict, data: bytes) -> bytes:
+    raw = json.dumps(header).encode()
+    return struct.pack("<Q", len(raw)) + raw + data
+
+
+@pytest.mark.parametrize("header, data", [
+    ({"w": {"dtype": "F32", "shape": [2]}}, bytes(8)),  # no data_offsets
+    ({"w": {"dtype": "F32", "shape": [2**40, 2**40], "data_offsets": [0, 8]}}, bytes(8)),
+    ({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+      "v": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, bytes(12)),  # overlapping
+    ({"w": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, bytes(8)),  # size disagrees with shape
+    ({"w": {"dtype": "Q99", "shape": [2], "data_offsets": [0, 8]}}, bytes(8)),  # no such dtype
+])
+def test_safetensors_headers_that_safetensors_rejects_are_problems(tmp_path, header, data):
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(safetensors_bytes(header, data))
+    d = diagnose(path)
+    assert d.kind == "safetensors" and not d.healthy and "not a valid safetensors file" in d.cause, d.report()
+
+
+def test_a_zip_without_its_version_record_is_a_problem(files, tmp_path):
+    with zipfile.ZipFile(files["good"]) as z:
+        records = {n: z.read(n) for n in z.namelist() if not n.endswith("/version")}
+    with zipfile.ZipFile(tmp_path / "no_version.pt", "w") as out:
+        for name, data in records.items():
+            out.writestr(zipfile.ZipInfo(name), data)
+            out.filelist[-1].external_attr = 0
+    d = diagnose(tmp_path / "no_version.pt")
+    assert not d.healthy and "'version' record" in d.cause, d.report()
+
+
+def hf_folder(root: Path, state: dict) -> Path:
+    """A transformers-style sharded folder: two safetensors shards, the index, config.json."""
+    root.mkdir()
+    keys = list(state)
+    weight_map = {}
+    for i, part in enumerate((keys[:2], keys[2:])):
+        shard = f"model-{i + 1:05d}-of-00002.safetensors"
+        save_file({k: state[k].contiguous() for k in part}, root / shard)
+        weight_map.update({k: shard for k in part})
+    total = sum(t.numel() * t.element_size() for t in state.values())
+    (root / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total},
+                                                                    "weight_map": weight_map}))
+    (root / "config.json").write_text(json.dumps({"model_type": "mlp"}))
+    return root
+
+
+def test_hugging_face_sharded_folder_and_index(tmp_path):
+    state = build_model(MLP).state_dict()
+    folder = hf_folder(tmp_path / "hf", state)
+    for path, kind in ((folder, "hf-folder"), (folder / "model.safetensors.index.json", "hf-index")):
+        d = diagnose(path, MLP)
+        assert (d.kind, d.healthy) == (kind, True), d.report()
+        assert "fits config" in d.report() and "load_file" in d.fix
+    # the fix, followed: each shard with safetensors, the index says which key lives where
+    from safetensors.torch import load_file
+
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    loaded = {}
+    for shard in set(index["weight_map"].values()):
+        loaded.update(load_file(folder / shard))
+    model = build_model(MLP)
+    model.load_state_dict(loaded)
+    assert all(torch.equal(model.state_dict()[k], state[k]) for k in state)
+    # a missing shard, and a shard whose keys do not add up
+    shards = sorted(folder.glob("*.safetensors"))
+    shards[1].rename(tmp_path / "away.safetensors")
+    assert "is missing" in diagnose(folder).cause
+    save_file({"other": torch.zeros(1)}, shards[1])
+    assert "do not add up" in diagnose(folder).cause
+
+
+def lightning_like(path: Path, state: dict) -> Path:
+    torch.save({"epoch": 2, "global_step": 40, "pytorch-lightning_version": "2.5.0",
+                "state_dict": {f"model.{k}": v for k, v in state.items()},
+                "loops": {"fit_loop": {"state_dict": {}}}, "callbacks": {"ModelCheckpoint": {"best_model_score": None}},
+                "optimizer_states": [{"state": {}, "param_groups": [{"lr": 0.1, "params": [0, 1, 2, 3]}]}],
+                "lr_schedulers": [], "hyper_parameters": {"lr": 0.1}}, path)
+    return path
+
+
+def test_lightning_checkpoint_names_the_prefix_and_a_fix_that_works(tmp_path):
+    state = build_model(MLP).state_dict()
+    path = lightning_like(tmp_path / "epoch=2-step=40.ckpt", state)
+    d = diagnose(path, MLP)
+    assert d.healthy and "'model.'" in d.report() and "fits config" in d.report(), d.report()
+    model = build_model(MLP)
+    exec(d.fix, {"torch": torch, "path": path, "model": model})  # the printed fix, run as it stands
+    assert all(torch.equal(model.state_dict()[k], state[k]) for k in state)
+    plain = build_model(MLP)  # the fix the doctor used to print fails:
+    with pytest.raises(RuntimeError, match="Missing key"):
+        plain.load_state_dict(torch.load(path, weights_only=True)["state_dict"])
+
+
+def onnx_like() -> bytes:
+    """A ModelProto's top-level fields: ir_version, producer_name, graph (field 7), opset_import (field 8)."""
+    graph = b"\x0a\x05\x12\x01x\x1a\x01y" + b"\x12\x04main"
+    return b"\x08\x08" + b"\x12\x07pytorch" + b"\x3a" + bytes([len(graph)]) + graph + b"\x42\x02\x10\x11"
+
+
+def test_onnx_file_is_recognised_and_checked(tmp_path):
+    (tmp_path / "model.onnx").write_bytes(onnx_like())
+    d = diagnose(tmp_path / "model.onnx")
+    assert (d.kind, d.healthy) == ("onnx", True) and "onnxruntime" in d.fix, d.report()
+    (tmp_path / "cut.onnx").write_bytes(onnx_like()[:12])
+    d = diagnose(tmp_path / "cut.onnx")
+    assert (d.kind, d.healthy) == ("onnx", False), d.report()
+
+
+def test_the_printed_fixes_work(files, tmp_path, monkeypatch):
+    reference = torch.load(files["good"], weights_only=True)
+
+    def fits(state) -> bool:
+        model = build_model(MLP)
+        model.load_state_dict(state)
+        return all(torch.equal(model.state_dict()[k], reference[k]) for k in reference)
+
+    # 'torch.load(path, ...), then model.load_state_dict(checkpoint[...])'
+    for name in ("good", "checkpoint"):
+        load, _, then = diagnose(files[name]).fix.partition(", then ")
+        checkpoint = eval(load, {"torch": torch, "path": files[name]})
+        if then:
+            model = build_model(MLP)
+            exec(then, {"model": model, "checkpoint": checkpoint})
+            checkpoint = model.state_dict()
+        assert fits(checkpoint), name
+    # the prefix: strip it with consume_prefix_in_state_dict_if_present
+    for name in ("prefixed", "compiled"):
+        fix = diagnose(files[name], MLP).fix.removeprefix("strip it: ")
+        state = torch.load(files[name], weights_only=True)
+        exec(fix, {"torch": torch, "state_dict": state})
+        assert fits(state), name
+    # legacy: convert it once
+    fix = diagnose(files["legacy"]).fix.removeprefix("convert it once: ")
+    exec(fix, {"torch": torch, "path": files["legacy"], "new_path": tmp_path / "converted.pt"})
+    assert fits(torch.load(tmp_path / "converted.pt", weights_only=True))
+    assert diagnose(tmp_path / "converted.pt").healthy
+    # safetensors
+    assert "safetensors.torch.load_file(path)" in diagnose(files["safetensors"]).fix
+    from safetensors.torch import load_file
+    assert fits(load_file(files["safetensors"]))
+    # DCP: convert it once with dcp_to_torch_save
+    fix = diagnose(files["dcp"]).fix
+    assert "dcp_to_torch_save(folder, 'model.pt')" in fix
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+    monkeypatch.chdir(tmp_path)
+    dcp_to_torch_save(files["dcp"], "model.pt")
+    assert fits(torch.load(tmp_path / "model.pt", weights_only=True)["model"])
