@@ -4,6 +4,7 @@
 import importlib.util
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -169,3 +170,23 @@ def test_benchmark_sections_and_rotation(benchmark):
     assert benchmark.scenarios(0) == [False, True] and benchmark.scenarios(1) == [True, False]
     with pytest.raises(SystemExit):
         benchmark.main(["--only", "nonsense"])
+
+
+def test_busy_core_stops_when_the_benchmark_is_killed(noise):
+    """The busy process exits by itself once its parent is gone (a killed benchmark runs no finally)."""
+    parent = ("import os, subprocess, sys\n"
+              f"p = subprocess.Popen([sys.executable, '-c', {noise.BUSY_LOOP!r}, str(os.getpid())],\n"
+              "                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
+              "print(p.pid, flush=True)\n")  # exits at once, leaving the busy process orphaned
+    done = subprocess.run([sys.executable, "-c", parent], capture_output=True, text=True, check=True, timeout=60)
+    pid = int(done.stdout)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(pid, 9)
+        pytest.fail("the busy process outlived the benchmark")

@@ -13,8 +13,6 @@ Used by ``tools/benchmark.py`` (``make benchmark``); no torch here, so it is che
   load average above what the benchmark itself runs.
 """
 
-from __future__ import annotations
-
 import os
 import platform
 import subprocess
@@ -145,13 +143,21 @@ def noise_reasons(sample: Sample, *, own_runnable: float = 1.0) -> list[str]:
     return []
 
 
-BUSY_LOOP = "while True:\n    pass\n"
+# spins on one core; checks every few milliseconds that the benchmark is still its parent, so a
+# benchmark killed outright leaves no busy process behind
+BUSY_LOOP = """
+import os, sys
+parent = int(sys.argv[1])  # the benchmark's pid, given by it (getppid() here could already be 1)
+while os.getppid() == parent:
+    for _ in range(200_000):
+        pass
+"""
 
 
 @contextmanager
 def busy_core() -> Iterator[subprocess.Popen]:
     """One process spinning on one core for the duration of the block, stopped after it."""
-    process = subprocess.Popen([sys.executable, "-c", BUSY_LOOP], stdin=subprocess.DEVNULL)
+    process = subprocess.Popen([sys.executable, "-c", BUSY_LOOP, str(os.getpid())], stdin=subprocess.DEVNULL)
     try:
         yield process
     finally:

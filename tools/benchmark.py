@@ -33,6 +33,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -359,6 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown section(s) {sorted(unknown)}; choose from {SECTIONS}")
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch loads: the thread policy
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the busy core on kill, too
     machine = noise.machine()
     start_load = noise.load_average()
     print(f"{machine['cpu']}, {machine['cores']} cores, Python {machine['python']}, {machine['os']}, "
