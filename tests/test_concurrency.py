@@ -1,0 +1,165 @@
+"""Concurrent writers: two processes saving into one folder, two runs in one CheckpointFolder, and a writer
+in another PID namespace (a container) whose live temporary file must survive another process's save."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from helper.checkpoint import CheckpointError, CheckpointFolder, load_checkpoint, make_checkpoint, verify_zip
+from helper.models import build_model
+from helper.paths import REPO_ROOT
+
+WRITER = textwrap.dedent("""
+    import sys, time, torch
+    from helper.checkpoint import save_checkpoint
+    folder, name, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    for i in range(rounds):
+        save_checkpoint({"writer": name, "round": i, "w": torch.full((20000,), float(i))}, f"{folder}/{name}.pt")
+        save_checkpoint({"writer": name, "round": i, "w": torch.full((20000,), float(i))}, f"{folder}/shared.pt")
+    print("done", flush=True)
+""")
+
+RUN = textwrap.dedent("""
+    import json, sys, time
+    from helper.checkpoint import CheckpointFolder, make_checkpoint
+    from helper.models import build_model
+    folder, first, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    run = CheckpointFolder(folder, keep_last=2)
+    model = build_model({"arch": "mlp", "hidden": [8]})
+    for epoch in range(first, first + count):
+        run.save(make_checkpoint(model, epoch=epoch), metric=1.0 / epoch if epoch % 2 else 5.0)
+        time.sleep(0.05)
+    print(json.dumps({"best": run.best.name, "latest": run.latest.name}), flush=True)
+    time.sleep(float(sys.argv[4]))  # stay alive: the other run must still see this one as live
+""")
+
+
+def start(code: str, *args) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", code, *map(str, args)], cwd=REPO_ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={"OMP_NUM_THREADS": "1",
+                                                                                 "PATH": "/usr/bin:/bin"})
+
+
+def finish(proc: subprocess.Popen, timeout: float = 300) -> str:
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err[-3000:]
+    return out
+
+
+def test_two_writers_into_one_folder_lose_nothing(tmp_path):
+    writers = [start(WRITER, tmp_path, name, 15) for name in ("a", "b")]
+    for w in writers:
+        assert "done" in finish(w)
+    for name in ("a", "b"):
+        assert verify_zip(tmp_path / f"{name}.pt") is None
+        assert torch.load(tmp_path / f"{name}.pt", weights_only=True)["round"] == 14
+    assert verify_zip(tmp_path / "shared.pt") is None  # whole, from one or the other
+    assert torch.load(tmp_path / "shared.pt", weights_only=True)["writer"] in ("a", "b")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pt", "b.pt", "shared.pt"]  # no temp file left
+
+
+def test_two_runs_in_one_checkpoint_folder_keep_each_others_files(tmp_path):
+    """Run B (epochs 101-106) saves while run A (epochs 1-6) rotates: neither deletes the other's files."""
+    a = start(RUN, tmp_path, 1, 6, 3)
+    b = start(RUN, tmp_path, 101, 6, 3)
+    ends = [json.loads(finish(p).splitlines()[-1]) for p in (a, b)]
+    names = sorted(p.name for p in tmp_path.glob("epoch-*.pt"))
+    for end, first in zip(ends, (1, 101)):
+        mine = [n for n in names if first <= int(n[6:10]) < first + 6]
+        assert f"epoch-{first + 5:04d}.pt" in mine and f"epoch-{first + 4:04d}.pt" in mine, names
+        assert end["best"] in mine and end["latest"] == f"epoch-{first + 5:04d}.pt", (end, names)
+        assert len(mine) <= 3, names  # keep_last=2 plus the best: each run rotated its own files
+    index = json.loads((tmp_path / "latest.json").read_text())
+    for run in index["runs"].values():  # every file the pointer names exists
+        assert (tmp_path / run["latest"]).exists() and (tmp_path / run["best"]["file"]).exists()
+    for name in names:
+        load_checkpoint(tmp_path / name)
+
+
+def test_a_second_run_may_not_overwrite_a_live_runs_file(tmp_path):
+    a = start(RUN, tmp_path, 1, 2, 20)
+    assert a.stdout.readline()  # run A has saved epochs 1-2 and stays alive
+    try:
+        before = (tmp_path / "epoch-0002.pt").read_bytes()
+        other = CheckpointFolder(tmp_path, keep_last=2)
+        with pytest.raises(CheckpointError, match=r"another run .* owns this file"):
+            other.save(make_checkpoint(build_model({"arch": "mlp"}), epoch=2))
+        assert (tmp_path / "epoch-0002.pt").read_bytes() == before
+    finally:
+        a.kill()
+        a.wait()
+    # once run A is gone, a new run adopts its files (a resumed run may replace them)
+    again = CheckpointFolder(tmp_path, keep_last=2)
+    again.save(make_checkpoint(build_model({"arch": "mlp"}), epoch=2))
+    assert load_checkpoint(tmp_path / "epoch-0002.pt")["config"]["hidden"] == [64]  # run A's had [8]
+
+
+PAUSED_WRITER = textwrap.dedent("""
+    import os, sys, time, torch
+    from pathlib import Path
+    import helper.checkpoint as ckpt
+    folder = Path(sys.argv[1])
+    real_save = torch.save
+
+    def slow_save(obj, f, *args, **kwargs):
+        real_save(obj, f, *args, **kwargs)
+        print("writing", os.getpid(), flush=True)  # the temp file exists and is locked now
+        while not (folder / "go").exists():
+            time.sleep(0.05)
+
+    ckpt.torch.save = slow_save
+    ckpt.save_checkpoint({"w": torch.ones(10)}, folder / "container.pt")
+    print("saved", flush=True)
+""")
+
+
+def unshare_works() -> str | None:
+    """None if this machine lets us start a process in a new PID namespace, else why not."""
+    if shutil.which("unshare") is None:
+        return "no unshare command"
+    probe = subprocess.run(["unshare", "--user", "--map-root-user", "--pid", "--fork", "sh", "-c", "echo $$"],
+                           capture_output=True, text=True)
+    if probe.returncode != 0:
+        probe = subprocess.run(["unshare", "--pid", "--fork", "sh", "-c", "echo $$"], capture_output=True, text=True)
+        if probe.returncode != 0:
+            return f"unshare refused here: {probe.stderr.strip()[:120]}"
+        return None if probe.stdout.strip() == "1" else "no new PID namespace"
+    return None if probe.stdout.strip() == "1" else "no new PID namespace"
+
+
+def test_a_writer_in_another_pid_namespace_keeps_its_temp_file(tmp_path):
+    why = unshare_works()
+    if why is not None:
+        pytest.skip(why)
+    user = ["--user", "--map-root-user"] if subprocess.run(
+        ["unshare", "--user", "--map-root-user", "true"], capture_output=True).returncode == 0 else []
+    writer = subprocess.Popen(["unshare", *user, "--pid", "--fork", sys.executable, "-c", PAUSED_WRITER,
+                               str(tmp_path)], cwd=REPO_ROOT, text=True, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    try:
+        line = writer.stdout.readline().split()
+        assert line[:1] == ["writing"], writer.stderr.read()[-2000:]
+        assert int(line[1]) < 10  # its PID inside the namespace: the host's PIDs say nothing about it
+        (temp,) = tmp_path.glob(".container.pt.*.tmp")
+        from helper.checkpoint import save_checkpoint
+
+        save_checkpoint({"w": 1}, tmp_path / "host.pt")  # its clean-up runs while the other save is live
+        assert temp.exists(), "the host's save removed a live writer's temporary file"
+        (tmp_path / "go").touch()
+        out, err = writer.communicate(timeout=120)
+        assert writer.returncode == 0 and "saved" in out, err[-2000:]
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+            writer.wait()
+    assert torch.load(tmp_path / "container.pt", weights_only=True)["w"].sum() == 10
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["container.pt", "go", "host.pt"]
