@@ -221,10 +221,13 @@ def misplaced_headings(cell: Any) -> list[str]:
 
 
 def tall_cells(nb: Any, heights: dict[str, int] | None = None) -> list[tuple[int, int]]:
-    """(cell index, px) of every shown cell taller than a slide: it must be split by hand."""
+    """(cell index, px) of every shown cell taller than the canvas: it must be split by hand.
+
+    (Slides are packed to ``BUDGET``, a little less, but a cell alone that fits the canvas is fine.)
+    """
     heights = load_heights() if heights is None else heights
     return [(i, cell_height(c, heights)) for i, (c, k) in enumerate(zip(nb.cells, slide_types(nb, heights)))
-            if k not in ("notes", "skip") and cell_height(c, heights) > BUDGET]
+            if k not in ("notes", "skip") and cell_height(c, heights) > CANVAS[1]]
 
 
 def problems(nb: Any, name: str, heights: dict[str, int] | None = None) -> list[str]:
@@ -244,7 +247,7 @@ def problems(nb: Any, name: str, heights: dict[str, int] | None = None) -> list[
             found.append(f"{name} cell {i}: solution shows its outputs (set jupyter.outputs_hidden: "
                          f"tools/slides.py apply)")
     for i, px in tall_cells(nb, heights):
-        found.append(f"{name} cell {i}: {px} px, taller than a slide ({BUDGET} px); split it")
+        found.append(f"{name} cell {i}: {px} px, taller than a slide ({CANVAS[1]} px); split it")
     return found
 
 
