@@ -112,7 +112,11 @@ def test_links_between_lessons_point_at_the_deck_and_slide():
     out = slides._rewrite_links(body, maps, "03_x")
     assert 'href="12_troubleshooting.slides.html#/2/5"' in out
     assert 'href="12_troubleshooting.slides.html"' in out
-    assert 'href="#/4/1"' in out and 'href="https://pytorch.org/x.html#y"' in out and 'href="#gone"' in out
+    assert 'href="#/4/1"' in out and 'href="https://pytorch.org/x.html#y"' in out
+    assert 'href="#gone" data-broken-link="gone"' in out  # the browser check reports these
+    assert out.count("data-broken-link") == 1
+    out = slides._rewrite_links('<a href="14_none.ipynb#x">f</a>', maps, "03_x")
+    assert 'href="14_none.slides.html" data-broken-link="x"' in out
 
 
 def test_the_estimate_is_not_far_under_the_measured_height():
@@ -134,7 +138,7 @@ def bad_decks(tmp_path_factory):
     tall = new_notebook(cells=[new_markdown_cell("# Tall"), code(18), code(18), code(18)])
     for cell in tall.cells[1:]:
         cell.metadata["slideshow"] = {"slide_type": "-"}  # all three on the title's slide
-    notes = new_notebook(cells=[new_markdown_cell("# Notes"), new_markdown_cell(
+    notes = new_notebook(cells=[new_markdown_cell("# Notes [gone](#nowhere)"), new_markdown_cell(
         "A paragraph of prose first.\n\n" + "More prose.\n\n" * 4 + "## 2. A section\n\nIts text.")])
     slides.apply(notes, {})
     assert notes.cells[1].metadata.slideshow.slide_type == "notes"
@@ -151,6 +155,7 @@ def test_the_browser_check_fails_on_a_slide_over_the_canvas_and_on_a_heading_in_
     assert any("px tall, canvas 700" in p for p in tall["problems"])
     assert notes["slides"][0]["notes_headings"] == ["h2 2. A section"]
     assert any("heading in speaker notes" in p for p in notes["problems"])
+    assert any("link to a lesson or anchor the decks do not have: #nowhere" in p for p in notes["problems"])
     assert slides.main(["browser", "--notebooks", str(bad_decks), "--out", str(tmp_path / "cli")]) == 1
     assert (tmp_path / "cli" / "report.json").exists()
     nb = nbformat.read(bad_decks / "02_notes.ipynb", as_version=4)

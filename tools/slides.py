@@ -311,16 +311,23 @@ def hanging_indent(pre_html: str) -> str:
     return "".join(out)
 
 
-def _rewrite_links(body: str, maps: dict[str, dict[str, tuple[int, int]]], own: str) -> str:
-    """``NN_name.ipynb#anchor`` -> ``NN_name.slides.html#/h/v`` (the slide holding the anchor); ``#anchor`` too."""
+def _rewrite_links(body: str, maps: dict[str, dict[str, tuple[int, int]]], own: str,
+                   elsewhere: frozenset[str] = frozenset()) -> str:
+    """``NN_name.ipynb#anchor`` -> ``NN_name.slides.html#/h/v`` (the slide holding the anchor); ``#anchor`` too.
+
+    A link to an anchor that deck lacks, or to a lesson with no deck (not in ``maps``, not in
+    ``elsewhere``: decks already beside it) gets ``data-broken-link``, which the browser check reports.
+    """
     def link(m: re.Match[str]) -> str:
         path, anchor = m.group(1) or "", (m.group(2) or "")[1:]
         stem = Path(path).stem if path else own
         ids = maps.get(stem, {})
         where = ids.get(anchor) or ids.get(unquote(anchor)) if anchor else None
+        lost = (anchor and not where and stem in maps) or (stem not in maps and stem not in elsewhere)
+        broken = f' data-broken-link="{anchor or stem}"' if lost else ""
         if not path and not where:
-            return m.group(0)
-        return f'href="{stem + ".slides.html" if path else ""}{f"#/{where[0]}/{where[1]}" if where else ""}"'
+            return m.group(0) + broken
+        return f'href="{stem + ".slides.html" if path else ""}{f"#/{where[0]}/{where[1]}" if where else ""}"{broken}'
 
     return re.sub(r'href="((?:\./)?\d\d_[\w-]+\.ipynb)?(#[^"]*)?"', link, body)
 
@@ -353,10 +360,11 @@ def export(paths: list[Path], out: Path = OUT, *, all_slides: bool = False) -> l
         body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": path.stem}})
         bodies[path.stem] = _PRE.sub(lambda m: m.group(1) + hanging_indent(m.group(2)) + m.group(3), body)
     maps = {stem: anchors(body) for stem, body in bodies.items()}
+    elsewhere = frozenset(p.name.split(".")[0] for p in out.glob("*.slides.html"))
     decks = []
     for stem, body in bodies.items():
         deck = out / f"{stem}.slides.html"
-        deck.write_text(_rewrite_links(body, maps, stem), encoding="utf-8")
+        deck.write_text(_rewrite_links(body, maps, stem, elsewhere), encoding="utf-8")
         decks.append(deck)
     return decks
 
@@ -400,7 +408,9 @@ _SLIDES = """() => {
                   height: sec.scrollHeight, width: Math.round(right), canvas: [W, H],
                   notes_headings: [...sec.querySelectorAll('aside.notes h1, aside.notes h2, aside.notes h3')]
                       .map(e => e.tagName.toLowerCase() + ' ' + e.textContent.replace('¶', '').trim().slice(0, 60)),
-                  cells});
+                  cells,
+                  broken_links: [...sec.querySelectorAll('a[data-broken-link], a[href*=".ipynb"]')]
+                      .map(a => a.getAttribute('href'))});
     }
     Reveal.slide(0, 0);
     return out;
@@ -464,6 +474,8 @@ def browser_check(decks: list[Path], screenshots: Path | None = None) -> dict[st
                     found.append(f"{where}: {s['height']} px tall, canvas {CANVAS[1]}{one}")
                 if s["width"] > CANVAS[0]:
                     found.append(f"{where}: {s['width']} px wide, canvas {CANVAS[0]}")
+                for href in s["broken_links"]:
+                    found.append(f"{where}: link to a lesson or anchor the decks do not have: {href}")
                 for heading in s["notes_headings"]:
                     found.append(f"{where}: heading in speaker notes: {heading}")
             report[deck.name] = {"slides": slides, "problems": found}
