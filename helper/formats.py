@@ -22,7 +22,6 @@ import os
 import pickletools
 import struct
 import zipfile
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -30,6 +29,11 @@ from typing import Any, Callable
 import torch
 
 from helper.paths import REPO_ROOT
+
+try:  # ISA-L's CRC-32: same polynomial as zlib's, about 7x faster (make benchmark); optional
+    from isal.isal_zlib import crc32 as _crc32
+except ImportError:
+    from zlib import crc32 as _crc32
 
 EARLIER = "use an earlier checkpoint (CheckpointFolder.resume picks the newest good one)"
 PathLike = str | os.PathLike[str]
@@ -339,7 +343,7 @@ def crc_problem(path: PathLike, members: list[Member], view: memoryview | None =
             with memoryview(mm) as whole:
                 return crc_problem(path, members, whole)
     for m in members:
-        if zlib.crc32(view[m.start:m.start + m.size]) != m.crc:
+        if _crc32(view[m.start:m.start + m.size]) != m.crc:
             return f"member {m.name!r} fails its CRC-32 check"
     return None
 

@@ -275,6 +275,29 @@ def test_a_flipped_byte_loads_silently_with_plain_torch_load_but_verify_catches_
     assert load_checkpoint(bad, verify=False)["epoch"] == 3  # the check is what catches it
 
 
+@pytest.mark.parametrize("threaded", [False, True])
+def test_tensors_whose_crc_fails_are_never_returned(tmp_path, monkeypatch, threaded):
+    """Small files are checked before torch.load; large ones in a thread while it runs: both refuse."""
+    monkeypatch.setattr(ckpt, "_THREAD_ABOVE", -1 if threaded else 1 << 40)
+    started = []
+    real_start = ckpt.threading.Thread.start
+    monkeypatch.setattr(ckpt.threading.Thread, "start", lambda self: started.append(1) or real_start(self))
+    bad = make_bad("flipped-tensor", tmp_path, good_file(tmp_path))
+    with pytest.raises(CheckpointError, match="fails its CRC-32 check"):
+        load_checkpoint(bad)
+    assert bool(started) == threaded
+
+
+def test_the_crc_in_use_is_zlibs():
+    import zlib
+
+    from helper import formats
+
+    data = os.urandom(1 << 16)
+    assert formats._crc32(data) == zlib.crc32(data) and formats._crc32(memoryview(data)[7:999]) == zlib.crc32(
+        data[7:999])
+
+
 # ---------------------------------------------------------------------------------------------
 # Saving: unsafe values refused with their key path; stale temporary files removed safely
 

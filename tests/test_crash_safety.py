@@ -8,6 +8,7 @@ the test kills it at a random moment and then checks the file on disk.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -20,8 +21,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from helper.checkpoint import (CheckpointFolder, load_checkpoint, remove_stale_temp_files, save_checkpoint,
-                               verify_zip)
+from helper.checkpoint import (CheckpointError, CheckpointFolder, load_checkpoint, remove_stale_temp_files,
+                               save_checkpoint, verify_zip)
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL") or not hasattr(os, "fork"),
                                 reason="needs SIGKILL and fork (Linux, macOS)")
@@ -222,3 +223,108 @@ def test_sigkill_during_training_then_resume_is_bit_for_bit_the_uninterrupted_ru
     for index, state in ref["optimizer"]["state"].items():
         assert torch.equal(state["momentum_buffer"], resumed["optimizer"]["state"][index]["momentum_buffer"])
     assert len(CheckpointFolder(tmp_path / "run").checkpoints()) <= 3  # keep_last=2, plus the best
+
+
+# ---------------------------------------------------------------------------------------------
+# Faults: disk full, read-only, a folder in the way, a pointer that could not be written
+
+
+def test_disk_full_is_a_checkpoint_error_with_the_errno_and_the_previous_file_intact(tmp_path, monkeypatch):
+    import errno
+
+    from helper import checkpoint as ckpt
+
+    path = save_checkpoint({"version": 1}, tmp_path / "last.pt")
+    before = path.read_bytes()
+    real_save = torch.save
+
+    def full(obj, f, *args, **kwargs):  # what torch.save does when a write fails: RuntimeError, OSError inside
+        try:
+            f.write(b"PK\x03\x04 part of a file")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError as exc:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0") from exc
+
+    monkeypatch.setattr(ckpt.torch, "save", full)
+    with pytest.raises(CheckpointError, match=r"No space left on device \(ENOSPC\).*Fix: free space") as caught:
+        save_checkpoint({"version": 2}, path)
+    assert str(tmp_path) in str(caught.value)  # the full path: it lies outside the repository
+    monkeypatch.setattr(ckpt.torch, "save", real_save)
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+
+
+def test_a_folder_where_the_file_should_go_is_named(tmp_path):
+    (tmp_path / "last.pt").mkdir()
+    with pytest.raises(CheckpointError, match=r"\(EISDIR\).*Fix: the target is a folder"):
+        save_checkpoint({"version": 1}, tmp_path / "last.pt")
+
+
+def test_resume_finds_the_newest_file_when_the_pointer_write_failed(tmp_path, monkeypatch):
+    import errno
+
+    from helper import checkpoint as ckpt
+    from helper.checkpoint import make_checkpoint
+    from helper.models import build_model
+
+    model = build_model({"arch": "mlp"})
+    run = CheckpointFolder(tmp_path)
+    run.save(make_checkpoint(model, epoch=1))
+    real = ckpt._atomic_write
+
+    def pointer_fails(path, write, check=None):
+        if Path(path).name == CheckpointFolder.POINTER:
+            raise CheckpointError(path, "not saved: No space left on device (ENOSPC)", "free space")
+        return real(path, write, check)
+
+    monkeypatch.setattr(ckpt, "_atomic_write", pointer_fails)
+    with pytest.raises(CheckpointError, match="ENOSPC"):
+        run.save(make_checkpoint(model, epoch=2))
+    monkeypatch.setattr(ckpt, "_atomic_write", real)
+    assert json.loads((tmp_path / "latest.json").read_text())["latest"] == "epoch-0001.pt"  # the stale pointer
+    found = CheckpointFolder(tmp_path).resume()
+    assert found.path.name == "epoch-0002.pt" and found.skipped == []
+
+
+REAL_FS = textwrap.dedent("""
+    import json, subprocess, sys, torch
+    from pathlib import Path
+    from helper.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+    folder = Path(sys.argv[1])
+    results = {}
+    save_checkpoint({"version": 1, "w": torch.ones(1000)}, folder / "last.pt")
+    before = (folder / "last.pt").read_bytes()
+    for name, setup in (("ENOSPC", None), ("EROFS", ["mount", "-o", "remount,ro", str(folder)])):
+        if setup:
+            subprocess.run(setup, check=True)
+        try:
+            save_checkpoint({"version": 2, "w": torch.ones(200_000)}, folder / "last.pt")
+            results[name] = "saved"
+        except CheckpointError as exc:
+            results[name] = str(exc)
+        except Exception as exc:
+            results[name] = "RAW " + repr(exc)
+        results[name + " intact"] = (folder / "last.pt").read_bytes() == before
+        results[name + " files"] = sorted(p.name for p in folder.iterdir())
+    print(json.dumps(results))
+""")
+
+
+def test_real_full_and_read_only_file_systems(tmp_path):
+    """A 256 kB tmpfs, mounted in a private mount namespace (skipped where unshare is refused)."""
+    import shutil
+
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare command")
+    user = [] if os.geteuid() == 0 else ["--user", "--map-root-user"]
+    script = 'mount -t tmpfs -o size=256k tmpfs "$1" && exec "$2" -c "$3" "$1"'
+    done = subprocess.run(["unshare", *user, "--mount", "sh", "-c", script, "sh", str(tmp_path), sys.executable,
+                           REAL_FS], capture_output=True, text=True, timeout=300,
+                          env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    if done.returncode != 0 and ("Operation not permitted" in done.stderr or "mount" in done.stderr[:300]):
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()[:160]}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads(done.stdout.splitlines()[-1])
+    assert "(ENOSPC)" in results["ENOSPC"] and "free space" in results["ENOSPC"], results
+    assert "(EROFS)" in results["EROFS"] and "read-only" in results["EROFS"], results
+    assert results["ENOSPC intact"] and results["EROFS intact"], results
+    assert results["ENOSPC files"] == results["EROFS files"] == ["last.pt"], results
