@@ -87,6 +87,10 @@ def test_check_flags_stale_metadata_misplaced_headings_shown_solutions_and_tall_
     assert any("stale in cells [6]" in p for p in found)
     nb.metadata.rise["scroll"] = False
     assert any("rise" in p for p in slides.problems(nb, "t", {}))
+    nb.cells[1].source = "y = 1\n" + "z" * (slides.MAX_CODE_LINE + 1)
+    assert any("t cell 1: code lines [2] longer than 70" in p for p in slides.problems(nb, "t", {}))
+    nb.cells[1].source = "z" * slides.MAX_CODE_LINE
+    assert not any("longer than" in p for p in slides.problems(nb, "t", {}))
     tall = code(40)
     nb.cells.append(tall)
     slides.apply(nb, {})

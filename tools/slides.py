@@ -5,8 +5,9 @@
     python tools/slides.py apply [NN ...]    # set slide types from the cached heights (run_notebooks.py
                                              # --write does it too), hide solutions, RISE settings
     python tools/slides.py check [NN ...]    # exit 1 if metadata is stale, a heading is not the first
-                                             # line of its cell, a solution shows its outputs, or one
-                                             # cell is taller than a slide (listed with its height)
+                                             # line of its cell, a solution shows its outputs, a code
+                                             # line is over 70 characters, or one cell is taller than
+                                             # the canvas (listed with its height)
     python tools/slides.py export [NN ...]   # artifacts/slides/NN_name.slides.html + a local reveal.js
     python tools/slides.py browser [NN ...]  # export, then open EVERY slide of every deck in headless
                                              # Chromium at 1280x800, offline: content height and width
@@ -58,6 +59,7 @@ CANVAS = (960, 700)  # reveal.js's slide size (nbconvert's default), scaled to f
 VIEWPORT = (1280, 800)  # the window the check opens every slide in
 SLIDE_PAD = 10  # px kept free on a slide: its height is the sum of its cells (measured), plus fonts that differ
 BUDGET = CANVAS[1] - SLIDE_PAD  # px of cells that fit on one slide
+MAX_CODE_LINE = 70  # characters of a code line: wider ones wrap on a slide (about 80 fit)
 NOTES_FROM = 8  # a paragraph of prose this many lines long or longer goes to the speaker notes
 RISE = {"scroll": True, "slideNumber": "c/t", "transition": "none", "start_slideshow_at": "selected"}
 SOLUTION_HIDDEN = {"source_hidden": True, "outputs_hidden": True}
@@ -243,6 +245,9 @@ def problems(nb: Any, name: str, heights: dict[str, int] | None = None) -> list[
         for heading in misplaced_headings(cell):
             found.append(f"{name} cell {i}: heading not on the first line of its cell (it goes to the speaker "
                          f"notes or an untitled slide): {heading[:60]!r}")
+        long = [n for n, line in enumerate(cell.source.splitlines(), 1) if len(line) > MAX_CODE_LINE]
+        if cell.cell_type == "code" and long:
+            found.append(f"{name} cell {i}: code lines {long} longer than {MAX_CODE_LINE} characters")
         if _is_solution(cell) and cell.get("outputs") and not cell.metadata.get("jupyter", {}).get("outputs_hidden"):
             found.append(f"{name} cell {i}: solution shows its outputs (set jupyter.outputs_hidden: "
                          f"tools/slides.py apply)")
