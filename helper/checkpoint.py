@@ -52,6 +52,7 @@ import re
 import secrets
 import threading
 import warnings
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
@@ -481,7 +482,8 @@ def load_checkpoint(path: PathLike, *, map_location: Any = "cpu", verify: bool =
 # --------------------------------------------------------------------------------------------------
 # Architecture mismatches: a readable table instead of load_state_dict's paragraph
 
-_PREFIX_CAUSE = {"module.": "a nn.DataParallel / DistributedDataParallel wrapper", "_orig_mod.": "a torch.compile wrapper"}
+_PREFIX_CAUSE = {"module.": "a nn.DataParallel / DistributedDataParallel wrapper",
+                 "_orig_mod.": "a torch.compile wrapper"}
 
 
 def _shape(value: Any) -> str:
@@ -737,6 +739,7 @@ class CheckpointFolder:
         if self._run_fd is None:  # held until this object is garbage-collected or the process ends
             self._run_fd = os.open(self.folder / f".run-{self.run}.lock", os.O_RDWR | os.O_CREAT, 0o666)
             _lock(self._run_fd)
+            weakref.finalize(self, os.close, self._run_fd)  # a cell run again: the old run is over
         with _locked(self.folder / ".lock"):
             index = self._adopt(self._read_pointer())
             owner = index["files"].get(target.name, self.run)

@@ -392,7 +392,8 @@ def _dcp(d: Diagnosis, path: Path) -> Diagnosis:
     for item in ranges.values():
         shard = path / item.relative_path
         if not shard.is_file():
-            return d.fail(f"shard {item.relative_path} that .metadata names is missing", "use an earlier checkpoint folder")
+            return d.fail(f"shard {item.relative_path} that .metadata names is missing",
+                          "use an earlier checkpoint folder")
         if shard.stat().st_size < item.offset + item.length:
             return d.fail(f"shard {item.relative_path} is shorter than the byte ranges .metadata gives it (cut?)",
                           "use an earlier checkpoint folder")

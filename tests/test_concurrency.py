@@ -163,3 +163,13 @@ def test_a_writer_in_another_pid_namespace_keeps_its_temp_file(tmp_path):
             writer.wait()
     assert torch.load(tmp_path / "container.pt", weights_only=True)["w"].sum() == 10
     assert sorted(p.name for p in tmp_path.iterdir()) == ["container.pt", "go", "host.pt"]
+
+
+def test_a_run_whose_object_is_gone_is_over(tmp_path):
+    """Running a notebook cell again replaces the CheckpointFolder: the new one may replace the old one's files."""
+    model = build_model({"arch": "mlp"})
+    run = CheckpointFolder(tmp_path, keep_last=2)
+    run.save(make_checkpoint(model, epoch=1))
+    run = CheckpointFolder(tmp_path, keep_last=2)  # the old object is collected: its run lock is released
+    run.save(make_checkpoint(model, epoch=1))
+    assert [p.name for p in run.checkpoints()] == ["epoch-0001.pt"]

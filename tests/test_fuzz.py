@@ -25,7 +25,7 @@ from helper.checkpoint import CheckpointError, load_checkpoint, make_checkpoint,
 from helper.doctor import diagnose
 from helper.models import build_model
 
-SAMPLE = 400
+SAMPLE = 300
 FLIPS = (0x01, 0x10, 0xFF)
 
 
@@ -43,9 +43,9 @@ def same(a, b) -> bool:
 
 
 def small_checkpoint(folder: Path) -> Path:
-    """A real save_checkpoint file of about 5 kB (a small model, SGD state, a short RNG record)."""
+    """A real save_checkpoint file of about 8 kB (a small model, SGD state, a short RNG record)."""
     torch.manual_seed(0)
-    model = build_model({"arch": "mlp", "hidden": [8]})
+    model = build_model({"arch": "mlp", "hidden": [4]})
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     model(torch.randn(4, 64)).sum().backward()
     optimizer.step()
