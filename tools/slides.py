@@ -63,6 +63,8 @@ MAX_CODE_LINE = 70  # characters of a code line: wider ones wrap on a slide (abo
 NOTES_FROM = 8  # a paragraph of prose this many lines long or longer goes to the speaker notes
 RISE = {"scroll": True, "slideNumber": "c/t", "transition": "none", "start_slideshow_at": "selected"}
 SOLUTION_HIDDEN = {"source_hidden": True, "outputs_hidden": True}
+# the three slides in docs/: (deck, reveal.js "h/v", what it shows)
+SHOTS = [("02_state_dict", "0/0", "title"), ("02_state_dict", "6/1", "error"), ("02_state_dict", "4/1", "figure")]
 HEADING = re.compile(r"#{1,3} ")
 ANCHOR_FIRST = re.compile(r"\s*<a\s[^>]*>\s*(</a>)?\s*#")
 
@@ -599,8 +601,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-# the three slides in docs/: (deck, reveal.js "h/v", what it shows)
-SHOTS = [("02_state_dict", "0/0", "title"), ("02_state_dict", "6/1", "error"), ("02_state_dict", "4/1", "figure")]
 
 if __name__ == "__main__":
     sys.exit(main())
