@@ -563,11 +563,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.out = args.out.resolve()
     paths = _notebooks(args.notebooks.resolve(), args.prefixes)
-    if args.command in ("measure", "browser", "shots") and chromium() is None:
+    if args.command in ("measure", "shots") and chromium() is None:
         print("Chromium not found: install Debian's chromium package (make chromium does)", file=sys.stderr)
         return 1
     if args.command == "measure":
-        heights = measure(paths, prune=not args.prefixes and args.notebooks == NOTEBOOKS)
+        heights = measure(paths, prune=not args.prefixes and args.notebooks.resolve() == NOTEBOOKS)
         print(f"{len(heights)} cell heights in {HEIGHTS.relative_to(ROOT)}")
         return 0
     heights = load_heights()
@@ -592,6 +592,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {path}")
         return 0
     if args.command == "browser":
+        if chromium() is None:  # the decks are exported all the same
+            print("Chromium not found, slides not checked: install Debian's chromium package (make chromium)",
+                  file=sys.stderr)
+            return 1
         report = browser_check(decks, args.out / "screenshots")
         (args.out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
         text = summary(report) + f"\nchecked in {time.perf_counter() - start:.0f} s; report: {args.out}/report.json"
