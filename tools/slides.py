@@ -560,7 +560,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("prefixes", nargs="*", help="only notebooks whose file name starts with one of these")
     parser.add_argument("--notebooks", type=Path, default=NOTEBOOKS, help="folder of the notebooks")
     parser.add_argument("--out", type=Path, default=OUT, help="folder of the decks and the report")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     args.out = args.out.resolve()
     paths = _notebooks(args.notebooks.resolve(), args.prefixes)
     if args.command in ("measure", "shots") and chromium() is None:
