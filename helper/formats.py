@@ -98,6 +98,8 @@ KINDS: dict[str, Kind] = {
                         "load it with safetensors.torch.load_file(path), and name it .safetensors", True),
     "onnx": Kind("is an ONNX model (a graph for inference runtimes), not a torch.save file",
                  "run it with onnxruntime.InferenceSession(path); it has no optimizer state to resume from", True),
+    "onnx-data": Kind("is the external-data file of an ONNX model (raw tensor bytes, no structure of its own)",
+                      "keep it next to its .onnx file and open that one (onnxruntime.InferenceSession)", True),
     "numpy": Kind("is a NumPy .npy file, not a torch.save file", "load it with numpy.load(path)", True),
     "pickle": Kind("is a plain pickle (pickle.dump), not a torch.save file; unpickling it could run code",
                    "re-create it with torch.save from tensors and plain data"),
@@ -155,6 +157,8 @@ def sniff(path: PathLike) -> str:
         return "pickle"
     if len(head) > 2 and head[0] == 0x08 and 3 <= head[1] <= 30 and head[2] in _ONNX_FIELDS:
         return "onnx"
+    if path.name.endswith(".onnx.data") and path.with_name(path.name[:-5]).is_file():
+        return "onnx-data"
     if head.startswith(b"version https://git-lfs"):
         return "git-lfs-pointer"
     if size < 16 << 20 and head[:1] in (b"(", b"}", b"]", b")", b"c", b"I", b"V", b"S", b"N", b"X", b"K"):

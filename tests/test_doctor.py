@@ -286,6 +286,9 @@ def test_onnx_file_is_recognised_and_checked(tmp_path):
     (tmp_path / "model.onnx").write_bytes(onnx_like())
     d = diagnose(tmp_path / "model.onnx")
     assert (d.kind, d.healthy) == ("onnx", True) and "onnxruntime" in d.fix, d.report()
+    (tmp_path / "model.onnx.data").write_bytes(bytes(64))  # weights saved as external data
+    d = diagnose(tmp_path / "model.onnx.data")
+    assert (d.kind, d.healthy) == ("onnx-data", True) and "model.onnx" not in d.fix, d.report()
     (tmp_path / "cut.onnx").write_bytes(onnx_like()[:12])
     d = diagnose(tmp_path / "cut.onnx")
     assert (d.kind, d.healthy) == ("onnx", False), d.report()
