@@ -237,6 +237,13 @@ def scan_pickle(data: bytes | memoryview, start: int = 0) -> PickleScan:
     so ``STACK_GLOBAL`` (protocol 4+), ``bytearray(N)`` and torch's storage
     references are seen whatever the protocol.
     """
+    try:
+        return _scan(data, start)
+    except (ValueError, TypeError, AttributeError, IndexError, KeyError, struct.error, OverflowError) as exc:
+        raise ValueError(f"a malformed pickle ({type(exc).__name__}: {exc})") from None
+
+
+def _scan(data: bytes | memoryview, start: int) -> PickleScan:
     import io
 
     scan, stack, memo = PickleScan(), [], {}
@@ -269,15 +276,16 @@ def scan_pickle(data: bytes | memoryview, start: int = 0) -> PickleScan:
             stack.append(tuple(items))
         elif name == "REDUCE":
             args, func = stack.pop(), stack.pop()
-            if func == ("global", "builtins.bytearray") and args and isinstance(args[0], int):
+            if func == ("global", "builtins.bytearray") and isinstance(args, tuple) and args \
+                    and isinstance(args[0], int):
                 scan.allocates += args[0]
             if func == ("global", "torch._utils._rebuild_meta_tensor_no_storage"):
                 scan.meta = True
             stack.append(_ANY)
         elif name == "BINPERSID":
             pid = stack.pop()
-            if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"
-                    and isinstance(pid[1], tuple) and isinstance(pid[2], str) and isinstance(pid[4], int)):
+            if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage" and isinstance(pid[1], tuple)
+                    and pid[1][:1] == ("global",) and isinstance(pid[2], str) and isinstance(pid[4], int)):
                 raise ValueError("a persistent id that is not a torch storage reference")
             scan.storages[pid[2]] = (pid[1][1].rpartition(".")[2], pid[4])
             stack.append(_ANY)

@@ -168,3 +168,42 @@ def test_directory_bit_on_a_tensor_member_is_refused(tmp_path, mask):
     for start in positions:
         load, _, verdict = run_case(("xor", start + 38, mask))  # first byte of the external attributes
         assert load == "refused" and verdict == "PROBLEM"
+
+
+def test_every_change_to_the_pickle_itself_is_scanned_or_refused(tmp_path):
+    """data.pkl with its CRC recomputed (a crafted file): the opcode scan never raises anything but ValueError,
+    and load_checkpoint raises nothing but CheckpointError on it; the doctor exits 0 or 1."""
+    import zipfile
+
+    from helper.formats import scan_pickle
+
+    original = small_checkpoint(tmp_path)
+    with zipfile.ZipFile(original) as z:
+        records = {n: z.read(n) for n in z.namelist()}
+    name = next(n for n in records if n.endswith("data.pkl"))
+    pkl = records[name]
+    rng = random.Random(18)
+    outcomes = collections.Counter()
+    for i in range(len(pkl)):
+        for mask in FLIPS:
+            data = bytearray(pkl)
+            data[i] ^= mask
+            try:
+                scan_pickle(bytes(data))
+                outcomes["scanned"] += 1
+            except ValueError:
+                outcomes["malformed"] += 1
+    assert outcomes["scanned"] and outcomes["malformed"]
+    _init(original.read_bytes(), str(tmp_path))
+    for i in rng.sample(range(len(pkl)), 40):
+        data = bytearray(pkl)
+        data[i] ^= rng.choice(FLIPS)
+        with zipfile.ZipFile(tmp_path / "crafted.pt", "w") as out:
+            for n, raw in records.items():
+                out.writestr(zipfile.ZipInfo(n), bytes(data) if n == name else raw)
+                out.filelist[-1].external_attr = 0
+        try:  # a crafted pickle may load other values (its CRC is valid): only the kind of failure is checked
+            load_checkpoint(tmp_path / "crafted.pt")
+        except CheckpointError:
+            pass
+        assert diagnose(tmp_path / "crafted.pt").exit_code in (0, 1)
