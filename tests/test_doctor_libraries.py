@@ -158,15 +158,6 @@ def test_lightning_with_a_path_hyperparameter(files):
     assert isinstance(ckpt["hyper_parameters"]["data_dir"], Path)
 
 
-def test_lightning_load_from_checkpoint_as_the_doctor_says(files):
-    d = diagnose(files["lightning"])
-    if "load_from_checkpoint" not in d.report():
-        pytest.skip("the doctor does not suggest load_from_checkpoint for this file")
-    module = DigitsModule.load_from_checkpoint(files["lightning"], map_location="cpu", weights_only=True)
-    ckpt = torch.load(files["lightning"], map_location="cpu", weights_only=True)
-    assert all(torch.equal(module.state_dict()[k], v) for k, v in ckpt["state_dict"].items())
-
-
 # ---------------------------------------------------------------- transformers
 
 
