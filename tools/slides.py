@@ -241,7 +241,8 @@ def problems(nb: Any, name: str, heights: dict[str, int] | None = None) -> list[
     copy = nbformat.from_dict(json.loads(json.dumps(nb)))
     if apply(copy, heights):
         stale = [i for i, (a, b) in enumerate(zip(nb.cells, copy.cells)) if a.metadata != b.metadata]
-        where = [f"cells {stale}"] * bool(stale) + ["the notebook's rise settings"] * (nb.metadata != copy.metadata)
+        shown = f"{stale[:8]}"[:-1] + (f", ... ({len(stale)} cells)]" if len(stale) > 8 else "]")
+        where = [f"cells {shown}"] * bool(stale) + ["the notebook's rise settings"] * (nb.metadata != copy.metadata)
         found.append(f"{name}: slide metadata missing or stale in {' and '.join(where)}: run tools/slides.py apply")
     for i, cell in enumerate(nb.cells):
         for heading in misplaced_headings(cell):
