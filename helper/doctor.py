@@ -321,14 +321,28 @@ def _safetensors(d: Diagnosis, path: Path, config: dict[str, Any] | None) -> Dia
     return _check_fit(d, _tensor_shapes(header), config)
 
 
+def _shard_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """Names and shapes (meta tensors) of one weights file: safetensors, or a torch.save ``.bin`` checked first."""
+    if path.suffix != ".bin":
+        return _tensor_shapes(safetensors_header(path))  # validated by safetensors itself
+    archive = open_torch_zip(path)
+    needed = sorted(archive.scan.globals - _allowed_globals())
+    if needed:
+        raise CheckpointError(path, f"its pickle names {needed}, not plain data", "do not load this file; it can "
+                              "run code. Ask for the safetensors weights (save_pretrained's default)")
+    return torch.load(path, map_location="meta", weights_only=True)
+
+
 def _hf(d: Diagnosis, path: Path, config: dict[str, Any] | None) -> Diagnosis:
     folder = path if path.is_dir() else path.parent
     index_path = path if path.is_file() else next(iter(sorted(folder.glob("*.index.json"))), None)
-    if index_path is None:  # one unsharded weights file
-        shards = sorted(folder.glob("*.safetensors"))
-        weight_map = {k: shards[0].name for k in safetensors_header(shards[0])["tensors"]} if len(shards) == 1 else {}
-        if not weight_map:
-            return d.fail(f"a model folder with {len(shards)} .safetensors files and no index", KINDS["hf-index"].fix)
+    if index_path is None:  # one unsharded weights file, or none
+        files = sorted([*folder.glob("*.safetensors"), *folder.glob("pytorch_model*.bin")])
+        if len(files) != 1:
+            return d.fail(f"a model folder with config.json and {len(files)} weights files but no index",
+                          "copy the weights too: save_pretrained writes model.safetensors (or shards and "
+                          "model.safetensors.index.json) next to config.json")
+        weight_map = {k: files[0].name for k in _shard_tensors(files[0])}
     else:
         index = read_json(index_path)
         weight_map = index.get("weight_map") if isinstance(index, dict) else None
@@ -339,15 +353,15 @@ def _hf(d: Diagnosis, path: Path, config: dict[str, Any] | None) -> Diagnosis:
         shard_path = folder / shard
         if Path(shard).name != shard or not shard_path.is_file():
             return d.fail(f"shard {shard} named by the index is missing", "copy the whole folder again")
-        header = safetensors_header(shard_path)
+        tensors = _shard_tensors(shard_path)
         wanted = {k for k, v in weight_map.items() if v == shard}
-        if set(header["tensors"]) != wanted:
-            return d.fail(f"shard {shard} holds {len(header['tensors'])} tensors where the index names "
+        if set(tensors) != wanted:
+            return d.fail(f"shard {shard} holds {len(tensors)} tensors where the index names "
                           f"{len(wanted)} (the keys do not add up)", "copy the whole folder again")
-        state.update(_tensor_shapes(header))
-    d.lines.append(f"{len(weight_map)} tensors in {len(set(weight_map.values()))} shard file(s), each validated "
-                   "by safetensors; the keys match the index"
-                   + ("; config.json present" if (folder / "config.json").is_file() else "; no config.json"))
+        state.update(tensors)
+    d.lines.append(f"{len(weight_map)} tensors in {len(set(weight_map.values()))} weights file(s), each validated; "
+                   "the keys match the index" + ("; config.json present" if (folder / "config.json").is_file()
+                                                   else "; no config.json"))
     d.ok(f"a complete Hugging Face {'sharded ' if index_path else ''}weights folder", KINDS["hf-folder"].fix)
     return _check_fit(d, state, config)
 

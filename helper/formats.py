@@ -69,7 +69,8 @@ class Kind:
 _DCP_FIX = ("load it with torch.distributed.checkpoint.load(state_dict, checkpoint_id=folder), or convert it "
             "once with torch.distributed.checkpoint.format_utils.dcp_to_torch_save(folder, 'model.pt')")
 _HF_FIX = ("load the folder with transformers' AutoModel.from_pretrained(folder), or each shard with "
-           "safetensors.torch.load_file(shard) (the index's weight_map says which shard holds which key)")
+           "safetensors.torch.load_file(shard) (a .bin one: torch.load(shard, weights_only=True)); the index's "
+           "weight_map says which shard holds which key")
 KINDS: dict[str, Kind] = {
     "missing": Kind("no such file", "check the path, or train and save a checkpoint first"),
     "not-a-file": Kind("not a regular file", "pass the path of a checkpoint file"),
@@ -77,7 +78,7 @@ KINDS: dict[str, Kind] = {
     "dcp": Kind("is a torch.distributed.checkpoint (DCP) folder, not a torch.save file", _DCP_FIX, True),
     "dcp-incomplete": Kind("is a DCP folder without its .metadata file: the save never finished (rank 0 writes "
                            ".metadata last)", "use an earlier checkpoint folder; the shards alone cannot be loaded"),
-    "hf-folder": Kind("is a Hugging Face model folder (config.json and safetensors weights), not a torch.save file",
+    "hf-folder": Kind("is a Hugging Face model folder (config.json and its weights), not a torch.save file",
                       _HF_FIX, True),
     "hf-index": Kind("is a Hugging Face sharded-weights index (model.safetensors.index.json), not a checkpoint",
                      _HF_FIX, True),
@@ -121,7 +122,7 @@ def sniff(path: PathLike) -> str:
             return "dcp"
         if any(path.glob("*.distcp")):
             return "dcp-incomplete"
-        if (path / "config.json").is_file() and any(path.glob("*.safetensors*")):
+        if (path / "config.json").is_file():
             return "hf-folder"
         return "directory"
     if not path.exists():
