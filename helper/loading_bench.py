@@ -41,8 +41,7 @@ from torch import nn
 
 __all__ = ["METHODS", "LIMITS", "Measurement", "ForkServer", "stack_config", "build_stack", "save_both",
            "load_by", "measure", "read_seconds", "evict_from_page_cache", "resident_fraction",
-           "mapped_file",
-           "run_benchmark", "format_table"]
+           "mapped_file", "MAPPED", "LABELS", "run_benchmark", "format_table"]
 
 MB = 2**20
 #: the memcpy limit is measured this many times (each in a fresh child) and the fastest run kept.
@@ -59,7 +58,21 @@ METHODS: dict[str, str] = {
 LIMITS: dict[str, str] = {
     "read the file, cold (cat > /dev/null)": "its bytes from the disk, after evicting them from the page cache",
     "read the file, warm (cat > /dev/null)": "its bytes from the page cache",
-    "one memcpy of the same size": "torch.empty_like(x).copy_(x), pages of the copy faulted in; fastest of 3 runs",
+    "memcpy into touched memory": "y.copy_(x) where y was allocated and written once before the clock"
+                                  " starts (no page faults): memory bandwidth; fastest of 3 runs",
+}
+#: methods whose load maps the file and reads nothing: a GB/s figure for them would measure no reading.
+MAPPED = frozenset({"meta + mmap=True + assign=True", "safetensors load_file + assign=True"})
+#: short names for the table (it must fit a slide).
+LABELS: dict[str, str] = {
+    "torch.load + load_state_dict": "torch.load + copy",
+    "torch.load mmap=True + load_state_dict": "mmap=True + copy",
+    "meta + mmap=True + assign=True": "meta + mmap + assign",
+    "safetensors load_file + assign=True": "load_file + assign",
+    "safetensors safe_open, per tensor": "safe_open per tensor",
+    "read the file, cold (cat > /dev/null)": "cat, cold cache",
+    "read the file, warm (cat > /dev/null)": "cat, warm cache",
+    "memcpy into touched memory": "memcpy, touched dest",
 }
 
 
@@ -165,7 +178,7 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
 
     ``job``: ``{"method": ..., "pt": ..., "st": ..., "config": ..., "device": ...}`` for a method of
     METHODS (checked with ``torch.equal`` against the *other* file: .pt methods against the
-    .safetensors file and the other way round), or ``{"method": "one memcpy of the same size",
+    .safetensors file and the other way round), or ``{"method": "memcpy into touched memory",
     "nbytes": ...}``. Figures: ``seconds`` (the load), ``used_seconds`` (the load plus a first touch of
     every page of every weight: one value per 4 KiB page), ``peak_mb`` (RSS high-water growth during
     the load), ``used_mb`` (the same after the touch), ``private_mb`` (growth of private memory after
@@ -175,11 +188,13 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
     if device.startswith("cuda"):
         torch.cuda.init()
         torch.cuda.reset_peak_memory_stats()
-    if job["method"] == "one memcpy of the same size":
+    if job["method"] == "memcpy into touched memory":
         source = torch.ones(job["nbytes"], dtype=torch.uint8, device=device)
         base, private = _peak_mb(), _private_mb()
+        copy = torch.zeros_like(source)  # allocated and written: every page faulted in before the clock
+        _sync(device)
         start = time.perf_counter()
-        copy = torch.empty_like(source).copy_(source)
+        copy.copy_(source)
         _sync(device)
         seconds = time.perf_counter() - start
         assert copy[-1].item() == 1
@@ -367,6 +382,7 @@ class Measurement:
     private_mb: float | None = None    # growth of private (anonymous) memory after that touch
     gpu_peak_mb: float | None = None   # torch.cuda.max_memory_allocated, when loading to a GPU
     same: bool | None = None           # every tensor torch.equal to the saved state
+    cached: float | None = None        # fraction of the file in the page cache when the method started
 
 
 def run_benchmark(pt: Path, st: Path, config: dict[str, int], *, device: str = "cpu", cold: bool = False,
@@ -374,8 +390,10 @@ def run_benchmark(pt: Path, st: Path, config: dict[str, int], *, device: str = "
                   progress: Callable[[str], None] | None = None) -> list[Measurement]:
     """Measure every method of METHODS (each in a fresh forked child), then the LIMITS on ``pt``.
 
-    ``cold=True`` evicts both files from the page cache before each method (warm otherwise: the
-    files were just written or read). The cold read row is left out where eviction does not work.
+    ``cold=True`` evicts both files from the page cache before each method; otherwise both are
+    read once (``cat``) before each method, so it starts warm. ``Measurement.cached`` records the
+    fraction of the method's file in the page cache just before it ran. The cold read row is left
+    out where eviction does not work.
     """
     own = server is None
     server = server or ForkServer()
@@ -385,25 +403,28 @@ def run_benchmark(pt: Path, st: Path, config: dict[str, int], *, device: str = "
         for method in methods or list(METHODS):
             if progress:
                 progress(method)
-            if cold:
-                evict_from_page_cache(pt), evict_from_page_cache(st)
+            for path in (pt, st):
+                evict_from_page_cache(path) if cold else read_seconds(path)
+            cached = resident_fraction(st if method.startswith("safetensors") else pt)
             result = server.run({"method": method, "pt": pt, "st": st, "config": config, "device": device})
             if "error" in result:
                 raise RuntimeError(f"{method}: {result['error']}")
-            rows.append(Measurement(method, **result))
+            rows.append(Measurement(method, **result, cached=cached))
         cold_read, warm_read = list(LIMITS)[:2]
         if evict_from_page_cache(pt):
             seconds = read_seconds(pt)
-            rows.append(Measurement(cold_read, seconds, seconds))
+            rows.append(Measurement(cold_read, seconds, seconds, cached=0.0))
+        cached = resident_fraction(pt)
         seconds = read_seconds(pt)
-        rows.append(Measurement(warm_read, seconds, seconds))
-        copies = [server.run({"method": "one memcpy of the same size", "nbytes": pt.stat().st_size, "device": device})
+        rows.append(Measurement(warm_read, seconds, seconds, cached=cached))
+        memcpy_name = list(LIMITS)[2]
+        copies = [server.run({"method": memcpy_name, "nbytes": pt.stat().st_size, "device": device})
                   for _ in range(MEMCPY_REPEATS)]
         for memcpy in copies:
             if "error" in memcpy:
                 raise RuntimeError(f"memcpy: {memcpy['error']}")
         # one run can be slowed by whatever else the machine does: keep the fastest
-        rows.append(Measurement("one memcpy of the same size", **min(copies, key=lambda c: c["seconds"])))
+        rows.append(Measurement(memcpy_name, **min(copies, key=lambda c: c["seconds"])))
     finally:
         if own:
             server.close()
@@ -411,19 +432,25 @@ def run_benchmark(pt: Path, st: Path, config: dict[str, int], *, device: str = "
 
 
 def format_table(rows: list[Measurement], size_mb: float) -> str:
-    """A text table: load time, load + first touch of every page, GB/s over ``size_mb``, memory growth in MB, same tensors."""
+    """A text table about 65 characters wide: seconds, GB/s, memory growth in MB, same tensors.
+
+    Methods are named by their LABELS. GB/s (``size_mb`` over ``+touch`` seconds) is left blank for
+    the MAPPED methods, whose load reads nothing and whose touch reads one value per page.
+    """
     gpu = any(r.gpu_peak_mb is not None for r in rows)
 
     def num(value: float | None, digits: int = 0) -> str:
         return "" if value is None else f"{value:.{digits}f}"
 
-    head = (f"{'method':<40} {'load s':>6} {'+touch s':>8} {'GB/s':>5} {'peak MB':>7} {'used MB':>7}"
-            f" {'private MB':>10}" + (f" {'GPU peak MB':>11}" if gpu else ""))
-    lines = [head + "  same", "-" * (len(head) + 6)]
+    head = (f"{'method':<20} {'load s':>6} {'+touch':>6} {'GB/s':>5} {'peak':>5} {'used':>5}"
+            f" {'priv.':>5}" + (f" {'GPU':>5}" if gpu else ""))
+    caption = "seconds; GB/s: file size / +touch; peak, used, priv.: MB grown"
+    lines = [caption, head + "  same", "-" * (len(head) + 6)]
     for r in rows:
-        rate = size_mb / 1024 / max(r.used_seconds or r.seconds, 1e-9)
-        line = (f"{r.name:<40} {r.seconds:6.3f} {num(r.used_seconds, 3):>8} {rate:5.1f} {num(r.peak_mb):>7}"
-                f" {num(r.used_mb):>7} {num(r.private_mb):>10}" + (f" {num(r.gpu_peak_mb):>11}" if gpu else ""))
+        rate = None if r.name in MAPPED else size_mb / 1024 / max(r.used_seconds or r.seconds, 1e-9)
+        line = (f"{LABELS.get(r.name, r.name):<20} {r.seconds:6.3f} {num(r.used_seconds, 3):>6}"
+                f" {num(rate, 1):>5} {num(r.peak_mb):>5} {num(r.used_mb):>5} {num(r.private_mb):>5}"
+                + (f" {num(r.gpu_peak_mb):>5}" if gpu else ""))
         lines.append(line + f"  {'' if r.same is None else r.same}")
     return "\n".join(lines)
 

@@ -75,7 +75,7 @@ def test_fork_server_reports_a_child_error(files, server):
     _, pt, st = files
     result = server.run({"method": "nope", "pt": pt, "st": st, "config": SMALL})
     assert result["error"].startswith("ValueError: unknown method")
-    assert server.run({"method": "one memcpy of the same size", "nbytes": 1000})["seconds"] > 0
+    assert server.run({"method": "memcpy into touched memory", "nbytes": 1000})["seconds"] > 0
 
 
 def test_meta_mmap_assign_peaks_far_below_the_naive_path(tmp_path, server):
@@ -93,7 +93,14 @@ def test_meta_mmap_assign_peaks_far_below_the_naive_path(tmp_path, server):
     assert lazy.used_mb > 0.8 * 48 and lazy.private_mb < 0.25 * 48 < 0.8 * 48 < naive.private_mb
     assert all(r.used_seconds >= r.seconds for r in rows.values())
     table = lb.format_table(list(rows.values()), 48)
-    assert "one memcpy of the same size" in table and "True" in table and "False" not in table
+    assert lb.LABELS["memcpy into touched memory"] in table and "True" in table and "False" not in table
+    # every method started warm (cold=False reads both files first), and no GB/s for a lazy load
+    assert all(rows[m].cached > 0.9 for m in lb.METHODS)
+    line = {label: row for row in table.splitlines() for label in lb.LABELS.values() if row.startswith(label)}
+    gbs = slice(35, 41)  # the GB/s column: blank for a lazy load, which reads nothing
+    assert table.splitlines()[1][gbs].strip() == "GB/s"
+    assert line[lb.LABELS[lazy.name]][gbs].strip() == "" and line[lb.LABELS[naive.name]][gbs].strip()
+    assert max(len(line) for line in table.splitlines()) <= 70
 
 
 @pytest.fixture
@@ -152,6 +159,6 @@ def test_bench_loading_tool_prints_the_table(tmp_path, capsys):
     folder = tmp_path / "bench"
     assert tool.main(["--size-gb", "0.02", "--width", "512", "--folder", str(folder)]) == 0
     out = capsys.readouterr().out
-    assert all(method in out for method in lb.METHODS) and "one memcpy of the same size" in out
+    assert all(lb.LABELS[m] in out for m in lb.METHODS) and lb.LABELS["memcpy into touched memory"] in out
     assert sum(line.endswith("  True") for line in out.splitlines()) == len(lb.METHODS)
     assert not folder.exists()  # files deleted without --keep

@@ -10,13 +10,20 @@ state_dict once with ``torch.save`` and once with safetensors (under
 it the five ways lesson 10 teaches, each in a fresh process
 (``helper.loading_bench``), and prints one table:
 
-- load s: seconds to a model holding the weights; +touch s: plus a first touch
+- load s: seconds to a model holding the weights; +touch: plus a first touch
   of every page (one value per 4 KiB page; memory-mapped methods read the file
   only then);
-- peak MB: growth of the process's RSS high-water mark while loading;
-  used MB: the same after that first use (it counts mapped file pages);
-  private MB: growth of private memory, the part the kernel cannot drop;
+- GB/s: the file's size over +touch, left blank for the two mapped methods
+  (their load reads nothing and their touch one value per page);
+- peak: growth of the process's RSS high-water mark while loading, in MB;
+  used: the same after that first use (it counts mapped file pages);
+  priv.: growth of private memory, the part the kernel cannot drop;
 - same: every tensor ``torch.equal`` to the one in the other file format.
+
+Without ``--cold`` both files are read once before each method, so every
+method starts with its file in the page cache (warm). The limits: ``cat`` of
+the file from disk (after eviction) and from the page cache, and a ``memcpy``
+into memory written once before (no page faults: memory bandwidth).
 """
 
 from __future__ import annotations
@@ -75,8 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if not args.keep:
             shutil.rmtree(args.folder, ignore_errors=True)
-    print(f"\n{machine()}; loading to {args.device}, methods {'cold' if args.cold else 'warm'} "
-          f"(file in the page cache)\n")
+    cache = ("cold (files evicted from the page cache)" if args.cold
+             else "warm (files in the page cache)")
+    print(f"\n{machine()}; loading to {args.device}, methods {cache}\n")
     print(lb.format_table(rows, size_mb), flush=True)
     if args.json:
         print(json.dumps(lb.as_dicts(rows), indent=1))
