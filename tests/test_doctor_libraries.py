@@ -110,6 +110,9 @@ def files(tmp_path_factory) -> dict[str, Path]:
     model = build_model(MLP).eval()
     torch.onnx.export(model, (torch.rand(2, 1, 8, 8),), made["onnx"], input_names=["images"],
                       dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
+    made["onnx_no_data"] = root / "graph_only" / made["onnx"].name  # copied without its .onnx.data
+    made["onnx_no_data"].parent.mkdir()
+    shutil.copy(made["onnx"], made["onnx_no_data"])
     made["onnx_cut"] = root / "cut.onnx"
     data = made["onnx"].read_bytes()
     made["onnx_cut"].write_bytes(data[: len(data) // 2])
@@ -260,6 +263,16 @@ def test_onnx_cut_short_is_a_problem(files):
     assert not d.healthy and d.exit_code == 1, d.report()
     with pytest.raises(Exception):  # onnx agrees that the file is damaged
         onnx.load(files["onnx_cut"])
+
+
+def test_onnx_without_its_external_data_is_a_problem(files):
+    """torch.onnx.export on torch 2.14 writes the weights to NAME.onnx.data; the graph alone cannot run."""
+    assert Path(f"{files['onnx']}.data").is_file(), "the exporter no longer writes external data: rethink this test"
+    with pytest.raises(Exception, match="External data"):  # onnxruntime agrees: it cannot load the graph alone
+        ort.InferenceSession(files["onnx_no_data"], providers=["CPUExecutionProvider"])
+    d = diagnose(files["onnx_no_data"])
+    assert not d.healthy and d.exit_code == 1, d.report()
+    assert ".onnx.data" in d.report(), d.report()
 
 
 # ---------------------------------------------------------------- the command line
