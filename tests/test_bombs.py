@@ -21,7 +21,8 @@ import torch
 
 from helper.paths import REPO_ROOT
 
-LIMIT_MB = 1024
+LIMIT_MB = 1024  # the issue's bound on the peak; the import baseline (500-850 MB here) varies with the page cache,
+GROWTH_MB = 256  # so what a bomb may add over that baseline is asserted too
 INFLATED = 512 << 20  # what the deflated data.pkl grows to
 
 CHILD = """
@@ -41,6 +42,7 @@ for path in sys.argv[1:]:
 """
 PLAIN = """
 import resource, sys, torch
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 try:
     torch.load(sys.argv[1], weights_only=True)
 except Exception:
@@ -132,13 +134,15 @@ EXPECTED = {
 def test_bombs_are_refused_with_little_memory(bombs, capsys):
     """All bombs in one child, in turn: ru_maxrss only grows, so each figure bounds every bomb before it."""
     baseline, *lines = run_child(CHILD, *(bombs[name] for name in EXPECTED))
+    base = json.loads(baseline)["baseline_mb"]
     results = dict(zip(EXPECTED, map(json.loads, lines)))
     with capsys.disabled():
-        print(f"\nbombs: peak resident memory after each (child's baseline {json.loads(baseline)['baseline_mb']:.0f} MB)")
+        print(f"\nbombs: peak resident memory after each (child's baseline {base:.0f} MB)")
         for name, result in results.items():
             print(f"  {name}: {result['peak_mb']:.0f} MB | {result['cause'][:100]}")
     for name, result in results.items():
-        assert result["peak_mb"] < LIMIT_MB, (name, result)
+        assert result["peak_mb"] - base < GROWTH_MB and result["peak_mb"] < max(LIMIT_MB, base + GROWTH_MB), (name, base,
+                                                                                                        result)
         assert EXPECTED[name] in result["cause"], (name, result)
         if name.startswith("control"):
             assert result["healthy"], result
@@ -148,8 +152,9 @@ def test_bombs_are_refused_with_little_memory(bombs, capsys):
 
 
 def test_the_memory_measurement_can_fail(bombs):
-    """Plain torch.load inflates the compressed data.pkl: the child's peak goes past the limit."""
-    assert float(run_child(PLAIN, bombs["inflating data.pkl (512 MB)"])[-1]) > LIMIT_MB
+    """Plain torch.load inflates the compressed data.pkl: the child's peak grows far past the allowance."""
+    base, peak = map(float, run_child(PLAIN, bombs["inflating data.pkl (512 MB)"])[-2:])
+    assert peak - base > 2 * GROWTH_MB
 
 
 def test_the_inflating_bomb_is_small_on_disk(bombs):
