@@ -428,30 +428,51 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
             raise ValueError("a varint longer than 10 bytes")
 
 
+def _fields(data: bytes) -> list[tuple[int, Any]]:
+    """The protobuf fields of ``data`` as (number, value): an int for varints, bytes for length-delimited."""
+    fields, pos = [], 0
+    while pos < len(data):
+        tag, pos = _varint(data, pos)
+        number, wire = tag >> 3, tag & 7
+        if wire == 0:
+            value, pos = _varint(data, pos)
+        elif wire in (1, 5):
+            value, pos = None, pos + (8 if wire == 1 else 4)
+        elif wire == 2:
+            length, pos = _varint(data, pos)
+            value, pos = data[pos:pos + length], pos + length
+        else:
+            raise ValueError(f"wire type {wire}")
+        if pos > len(data):
+            raise ValueError("a field runs past the end of the file")
+        fields.append((number, value))
+    return fields
+
+
 def _onnx(d: Diagnosis, path: Path) -> Diagnosis:
-    """Walk the ModelProto's top-level protobuf fields to the end of the file; it must hold a graph."""
-    data, pos, fields = path.read_bytes(), 0, {}
+    """Walk the ModelProto's fields to the end of the file; it must hold a graph whose external data exists."""
+    redo = "export the model again with torch.onnx.export"
     try:
-        while pos < len(data):
-            tag, pos = _varint(data, pos)
-            number, wire = tag >> 3, tag & 7
-            if wire == 0:
-                value, pos = _varint(data, pos)
-            elif wire in (1, 5):
-                value, pos = None, pos + (8 if wire == 1 else 4)
-            elif wire == 2:
-                value, pos = _varint(data, pos)
-                pos += value
-            else:
-                raise ValueError(f"wire type {wire}")
-            fields.setdefault(number, value)
-            if pos > len(data):
-                raise ValueError("a field runs past the end of the file")
-    except (ValueError, IndexError) as exc:
-        return d.fail(f"a damaged ONNX file ({exc})", "export the model again with torch.onnx.export")
-    if 7 not in fields:
-        return d.fail("an ONNX file without a graph", "export the model again with torch.onnx.export")
-    d.lines.append(f"ONNX ir_version {fields.get(1)}, a graph of {fields[7]} bytes; every top-level field is whole")
+        model = dict(_fields(path.read_bytes()))
+        graph = _fields(model[7]) if isinstance(model.get(7), bytes) else None
+        if graph is None:
+            return d.fail("an ONNX file without a graph", redo)
+        external: dict[str, int] = {}  # file -> bytes the initializers need from it
+        for tensor in (v for n, v in graph if n == 5 and isinstance(v, bytes)):  # GraphProto.initializer
+            entries = [dict(_fields(e)) for n, e in _fields(tensor) if n == 13]  # TensorProto.external_data
+            info = {e.get(1, b"").decode(): e.get(2, b"").decode() for e in entries}
+            if "location" in info:
+                end = int(info.get("offset", 0) or 0) + int(info.get("length", 0) or 0)
+                external[info["location"]] = max(external.get(info["location"], 0), end)
+    except (ValueError, IndexError, KeyError, UnicodeDecodeError, TypeError) as exc:
+        return d.fail(f"a damaged ONNX file ({exc})", redo)
+    d.lines.append(f"ONNX ir_version {model.get(1)}, a graph of {len(model[7])} bytes; every field is whole")
+    for name, end in sorted(external.items()):
+        data = path.parent / name
+        if Path(name).name != name or not data.is_file() or data.stat().st_size < end:
+            return d.fail(f"its weights live in the external-data file {name}, which is missing or short next to it",
+                          f"copy {name} next to {path.name} (an .onnx and its .onnx.data travel together)")
+        d.lines.append(f"external data: {name}, {end} bytes needed, present")
     return d.ok(KINDS["onnx"].cause.removeprefix("is "), KINDS["onnx"].fix)
 
 
@@ -470,7 +491,9 @@ def diagnose(path: str | Path, config: dict[str, Any] | None = None) -> Diagnosi
               "pickle": lambda: _plain_pickle(d, path, config), "safetensors": lambda: _safetensors(d, path, config),
               "hf-index": lambda: _hf(d, path, config), "hf-folder": lambda: _hf(d, path, config),
               "dcp": lambda: _dcp(d, path), "dcp-incomplete": lambda: _dcp(d, path), "onnx": lambda: _onnx(d, path),
-              "torch-export": lambda: _zip_program(d, path), "torchscript": lambda: _zip_program(d, path)}
+              "torch-export": lambda: _zip_program(d, path), "torchscript": lambda: _zip_program(d, path),
+              "onnx-data": lambda: d.ok(KINDS["onnx-data"].cause.removeprefix("is "), f"keep it next to "
+                                        f"{path.name[:-5]} and open that file (onnxruntime.InferenceSession)")}
     try:
         if kind in checks:
             return checks[kind]()

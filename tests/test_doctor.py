@@ -276,19 +276,32 @@ def test_lightning_checkpoint_names_the_prefix_and_a_fix_that_works(tmp_path):
         plain.load_state_dict(torch.load(path, weights_only=True)["state_dict"])
 
 
-def onnx_like() -> bytes:
-    """A ModelProto's top-level fields: ir_version, producer_name, graph (field 7), opset_import (field 8)."""
-    graph = b"\x0a\x05\x12\x01x\x1a\x01y" + b"\x12\x04main"
-    return b"\x08\x08" + b"\x12\x07pytorch" + b"\x3a" + bytes([len(graph)]) + graph + b"\x42\x02\x10\x11"
+def pb(number: int, payload: bytes) -> bytes:
+    """One length-delimited protobuf field (payloads under 128 bytes)."""
+    return bytes([number << 3 | 2, len(payload)]) + payload
+
+
+def onnx_like(external: str | None = None) -> bytes:
+    """A ModelProto: ir_version, producer_name, a graph (one node, optionally an initializer kept in an
+    external-data file), opset_import."""
+    graph = pb(1, pb(1, b"x") + pb(2, b"y")) + pb(2, b"main")
+    if external:
+        entries = pb(13, pb(1, b"location") + pb(2, external.encode())) + pb(13, pb(1, b"length") + pb(2, b"64"))
+        graph += pb(5, pb(8, b"w") + entries + b"\x70\x01")  # TensorProto: name, external_data, data_location=1
+    return b"\x08\x08" + pb(2, b"pytorch") + pb(7, graph) + pb(8, b"\x10\x11")
 
 
 def test_onnx_file_is_recognised_and_checked(tmp_path):
     (tmp_path / "model.onnx").write_bytes(onnx_like())
     d = diagnose(tmp_path / "model.onnx")
     assert (d.kind, d.healthy) == ("onnx", True) and "onnxruntime" in d.fix, d.report()
-    (tmp_path / "model.onnx.data").write_bytes(bytes(64))  # weights saved as external data
-    d = diagnose(tmp_path / "model.onnx.data")
-    assert (d.kind, d.healthy) == ("onnx-data", True) and "model.onnx" not in d.fix, d.report()
+    (tmp_path / "ext.onnx").write_bytes(onnx_like(external="ext.onnx.data"))
+    d = diagnose(tmp_path / "ext.onnx")
+    assert not d.healthy and "ext.onnx.data" in d.cause, d.report()  # the graph without its weights
+    (tmp_path / "ext.onnx.data").write_bytes(bytes(64))
+    assert diagnose(tmp_path / "ext.onnx").healthy
+    d = diagnose(tmp_path / "ext.onnx.data")
+    assert (d.kind, d.healthy) == ("onnx-data", True) and "ext.onnx" in d.fix, d.report()
     (tmp_path / "cut.onnx").write_bytes(onnx_like()[:12])
     d = diagnose(tmp_path / "cut.onnx")
     assert (d.kind, d.healthy) == ("onnx", False), d.report()
