@@ -5,7 +5,8 @@ Used by ``tools/benchmark.py`` (``make benchmark``); no torch here, so it is che
 - ``machine()``: CPU model, core count, Python and OS, printed once at the top.
 - ``Meter``: wraps one timed figure; records the load average before and after it and, on
   Linux, how many cores *other* processes used meanwhile (all CPU time in ``/proc/stat``
-  minus this process and its descendants, the kernels and the busy core included).
+  minus this process and its descendants, the kernels and the busy core included, and minus
+  the kernel's threads and interrupts, which flush and read our files).
 - ``busy_core()``: the "busy machine" scenario, one process spinning on one core (as a video
   call might on a student's laptop), started and stopped by the benchmark itself.
 - ``noise_reasons()``: why a figure cannot be trusted as a quiet-machine figure (empty if it
@@ -58,16 +59,19 @@ def load_average() -> tuple[float, float, float]:
 
 
 def _system_busy_ticks() -> int | None:
-    """CPU ticks spent by all processes (everything but idle and iowait) since boot."""
+    """CPU ticks spent since boot by processes (user, nice, system) and by other virtual machines
+    (steal); not idle, iowait, or interrupts (the disk's own work during our fsync)."""
     try:
         fields = [int(x) for x in (PROC / "stat").read_text().split("\n", 1)[0].split()[1:]]
     except (OSError, ValueError):
         return None
-    return sum(fields[:8]) - fields[3] - fields[4]  # user..steal, less idle and iowait
+    user, nice, system, _idle, _iowait, _irq, _softirq, steal = fields[:8]
+    return user + nice + system + steal
 
 
 def _own_ticks() -> int | None:
-    """CPU ticks of this process and every live descendant, with the reaped children they waited for."""
+    """CPU ticks of this process and every live descendant, with the reaped children they waited
+    for, plus the kernel's own threads (children of kthreadd, pid 2: they flush our writes)."""
     parents, ticks = {}, {}
     try:
         entries = [e for e in os.listdir(PROC) if e.isdigit()]
@@ -84,7 +88,7 @@ def _own_ticks() -> int | None:
     children: dict[int, list[int]] = {}
     for pid, ppid in parents.items():
         children.setdefault(ppid, []).append(pid)
-    total, todo = 0, [os.getpid()]
+    total, todo = 0, [os.getpid(), *children.get(2, [])]
     while todo:
         pid = todo.pop()
         total += ticks.get(pid, 0)
