@@ -16,7 +16,9 @@ Each mutation lives in ``tests/mutations/NN.toml`` (NN: the lesson's number)::
     fails_at = "assert best_epoch != last_epoch" # text of exactly one code cell: the cell that must fail
     error = "AssertionError"                     # optional: the exception expected there
 
-``find`` and ``replace`` may also be lists of the same length (several edits, one mutation).
+Write the texts as TOML basic strings (double quotes): ``\n`` is an escape there, not in
+single-quoted literal strings. ``find`` and ``replace`` may also be lists of the same length
+(several edits, one mutation).
 The notebook runs from the top up to and including the ``fails_at`` cell. The mutation is
 *killed* (the claim is proven) when no earlier cell deviates from the stored notebook (a
 cell raises that should not, or a ``raises-exception`` cell stops raising) and the
@@ -195,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ["TQDM_DISABLE"] = "1"
     os.environ.setdefault("PYTHONHASHSEED", "0")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # the course's thread policy (README, "Threads")
     chosen = [m for m in load_all([args.lesson] if args.lesson else None)
               if not args.name or args.name in m.name]
     if not chosen:
