@@ -152,9 +152,12 @@ def test_bombs_are_refused_with_little_memory(bombs, capsys):
 
 
 def test_the_memory_measurement_can_fail(bombs):
-    """Plain torch.load inflates the compressed data.pkl: the child's peak grows far past the allowance."""
+    """Plain torch.load inflates the compressed data.pkl: the child's peak grows past what a bomb may add.
+
+    (Measured growth 370-600 MB for the 512 MB member, depending on what the baseline already held.)
+    """
     base, peak = map(float, run_child(PLAIN, bombs["inflating data.pkl (512 MB)"])[-2:])
-    assert peak - base > 2 * GROWTH_MB
+    assert peak - base > GROWTH_MB
 
 
 def test_the_inflating_bomb_is_small_on_disk(bombs):

@@ -315,7 +315,7 @@ def test_the_printed_fixes_work(files, tmp_path, monkeypatch):
         model.load_state_dict(state)
         return all(torch.equal(model.state_dict()[k], reference[k]) for k in reference)
 
-    # 'torch.load(path, ...), then model.load_state_dict(checkpoint[...])'
+    # a fix reads '<the load call>, then model.load_state_dict(checkpoint[...])'
     for name in ("good", "checkpoint"):
         load, _, then = diagnose(files[name]).fix.partition(", then ")
         checkpoint = eval(load, {"torch": torch, "path": files[name]})
