@@ -280,10 +280,21 @@ def test_onnx_without_its_external_data_is_a_problem(files):
 
 @pytest.mark.parametrize("which,code", [("lightning", 0), ("hf", 0), ("torchvision", 0), ("onnx", 0),
                                         ("hf_missing_shard", 1), ("onnx_cut", 1)])
-def test_cli_exit_codes(files, which, code):
-    run = subprocess.run([sys.executable, "-m", "helper.doctor", str(files[which])], cwd=REPO_ROOT,
+def test_cli_exit_codes(files, which, code, capsys):
+    """``python -m helper.doctor PATH``'s exit code and last line, run in this process (a fresh
+    process costs 2-3 s of imports each; the next test runs one)."""
+    from helper.doctor import main
+
+    assert main([str(files[which])]) == code
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("OK: " if code == 0 else "PROBLEM: ") and "Fix: " in last, last
+
+
+def test_cli_in_a_fresh_process_without_this_modules_imports(files):
+    """This module imported lightning, transformers, onnx and torchvision; a fresh process proves the
+    doctor diagnoses a Lightning file (its pickle names lightning's classes) without them."""
+    run = subprocess.run([sys.executable, "-m", "helper.doctor", str(files["lightning"])], cwd=REPO_ROOT,
                          capture_output=True, text=True, timeout=120,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert run.returncode == code, run.stdout + run.stderr
-    last = run.stdout.strip().splitlines()[-1]
-    assert last.startswith("OK: " if code == 0 else "PROBLEM: ") and "Fix: " in last, run.stdout
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stdout.strip().splitlines()[-1].startswith("OK: "), run.stdout
