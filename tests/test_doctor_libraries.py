@@ -10,6 +10,7 @@ that it works. Nothing is downloaded: every model is built from a config.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -30,35 +31,36 @@ from helper.paths import REPO_ROOT
 from helper.quiet import quiet_libraries
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-L = pytest.importorskip("lightning")
-transformers = pytest.importorskip("transformers")
-onnx = pytest.importorskip("onnx")
-ort = pytest.importorskip("onnxruntime")
-torchvision = pytest.importorskip("torchvision")
+# Found, not imported: importing the five takes 4-5 s of CPU, and every pytest-xdist worker collects
+# this module while only one runs it. Each test imports what it uses.
+_MISSING = [name for name in ("lightning", "transformers", "onnx", "onnxruntime", "torchvision")
+            if importlib.util.find_spec(name) is None]
+if _MISSING:
+    pytest.skip(f"needs {', '.join(_MISSING)} (requirements.txt)", allow_module_level=True)
 
 CNN = {"arch": "cnn"}
 MLP = {"arch": "mlp"}
 
 
-class DigitsModule(L.LightningModule):
-    """helper's model as the attribute ``net``, as in lesson 13."""
-
-    def __init__(self, config: dict, lr: float = 3e-3, data_dir=None):
-        super().__init__()
-        self.save_hyperparameters()
-        self.net = build_model(config)
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        return F.cross_entropy(self.net(x), y)
-
-    def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
-
-
 def _lightning_ckpt(folder: Path, name: str, **hparams) -> Path:
     """Two optimizer steps of a Trainer on the digits, then its own checkpoint file."""
+    import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
+
+    class DigitsModule(L.LightningModule):
+        """helper's model as the attribute ``net``, as in lesson 13."""
+
+        def __init__(self, config: dict, lr: float = 3e-3, data_dir=None):
+            super().__init__()
+            self.save_hyperparameters()
+            self.net = build_model(config)
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return F.cross_entropy(self.net(x), y)
+
+        def configure_optimizers(self):
+            return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
 
     keep = ModelCheckpoint(dirpath=folder, filename=name)
     trainer = L.Trainer(max_epochs=1, limit_train_batches=2, accelerator="cpu", devices=1, logger=False,
@@ -251,6 +253,7 @@ def test_onnx_file_is_recognised(files):
 
 def test_onnx_fix_followed_runs(files):
     import numpy as np
+    import onnxruntime as ort
 
     session = ort.InferenceSession(files["onnx"], providers=["CPUExecutionProvider"])  # the fix, followed
     x = torch.rand(5, 1, 8, 8)
@@ -259,6 +262,8 @@ def test_onnx_fix_followed_runs(files):
 
 
 def test_onnx_cut_short_is_a_problem(files):
+    import onnx
+
     d = diagnose(files["onnx_cut"])
     assert not d.healthy and d.exit_code == 1, d.report()
     with pytest.raises(Exception):  # onnx agrees that the file is damaged
@@ -267,6 +272,8 @@ def test_onnx_cut_short_is_a_problem(files):
 
 def test_onnx_without_its_external_data_is_a_problem(files):
     """torch.onnx.export on torch 2.14 writes the weights to NAME.onnx.data; the graph alone cannot run."""
+    import onnxruntime as ort
+
     assert Path(f"{files['onnx']}.data").is_file(), "the exporter no longer writes external data: rethink this test"
     with pytest.raises(Exception, match="External data"):  # onnxruntime agrees: it cannot load the graph alone
         ort.InferenceSession(files["onnx_no_data"], providers=["CPUExecutionProvider"])
