@@ -104,6 +104,10 @@ def test_busy_detection_on_fake_load_averages(noise):
     # where /proc says what other processes used, that decides (the load average trails by a minute)
     assert noise.noise_reasons(sample(noise, 0.0, 0.6)) == ["other processes used 0.60 cores meanwhile"]
     assert noise.noise_reasons(sample(noise, 2.9, 0.05)) == []  # our busy core, just stopped
+    # one tick of a daemon during a 20 ms figure reads as half a core: too short to tell
+    short = noise.Sample(0.02, (0.0,) * 3, (0.0,) * 3, 0.5)
+    assert noise.noise_reasons(short) == []
+    assert noise.noise_reasons(noise.Sample(0.2, (0.0,) * 3, (0.0,) * 3, 0.5)) != []  # 10 ticks of others
     # without /proc (macOS): the 1-minute load average above the benchmark's own processes
     assert noise.noise_reasons(sample(noise, 1.1, None)) == []
     assert noise.noise_reasons(sample(noise, 2.0, None), own_runnable=2) == []  # ours + our busy core

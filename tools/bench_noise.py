@@ -26,6 +26,8 @@ from typing import Iterator
 
 #: other processes may use this many cores on average during a figure before it counts as noisy
 OTHERS_LIMIT = 0.25
+#: ...and at least this many clock ticks of theirs fell inside it (shorter figures cannot tell)
+MIN_TICKS = 2
 #: without /proc: the 1-minute load average may exceed what the benchmark runs by this much
 LOAD_MARGIN = 0.75
 PROC = Path("/proc")
@@ -138,7 +140,10 @@ def noise_reasons(sample: Sample, *, own_runnable: float = 1.0) -> list[str]:
     since a load average trails by a minute and still counts a busy core just stopped.
     """
     if sample.others_cores is not None:
-        if sample.others_cores > OTHERS_LIMIT:
+        # /proc/stat counts in ticks (1/HZ s): over a 20 ms figure one tick of a daemon reads as half a
+        # core, so a figure is flagged only when others used at least MIN_TICKS ticks in it
+        ticks = sample.others_cores * sample.seconds * HZ
+        if sample.others_cores > OTHERS_LIMIT and ticks >= MIN_TICKS:
             return [f"other processes used {sample.others_cores:.2f} cores meanwhile"]
         return []
     load = max(sample.load_before[0], sample.load_after[0])
