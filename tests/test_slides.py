@@ -5,6 +5,7 @@ exported deck, opened offline in a real browser (headless Chromium at 1280x800),
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 
@@ -134,6 +135,44 @@ def test_the_estimate_is_not_far_under_the_measured_height():
     assert len(under) <= len(cells) // 50, under[:10]
 
 
+PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4//8/AAX+Av4N70a4AAAAAElFTkSuQmCC"  # 1x1
+
+
+def test_our_exporter_writes_what_nbconvert_writes(tmp_path):
+    """export renders code cells without nbconvert's bleach pass and does its BeautifulSoup pass (alt text,
+    tabindex) with two regexes: the document must be the one nbconvert's full path writes."""
+    from bs4 import BeautifulSoup
+    from nbconvert import SlidesExporter
+
+    ours = slides.TEMPLATE_DIR / "offline_reveal"
+    stock = tmp_path / "stock_input" / "stock_reveal"  # our template less its `input` block: lab's, with clean_html
+    stock.mkdir(parents=True)
+    (stock / "conf.json").write_text((ours / "conf.json").read_text())
+    template, n = re.subn(r"\{% block input %\}.*?\{%- endblock input %\}", "", (ours / "index.html.j2").read_text(),
+                          flags=re.DOTALL)
+    assert n == 1
+    (stock / "index.html.j2").write_text(template)
+    cell = new_code_cell('def f(a="<b>&amp;</b>", b=\'x\'):\n    """doc\n    string"""\n    return a  # <i>',
+                         outputs=[new_output("stream", name="stdout", text="a < b & c\n"),
+                                  new_output("display_data", data={"image/png": PNG, "text/plain": "<Figure>"}),
+                                  new_output("execute_result", data={"text/html": "<p class='x'>hi<br></p>"},
+                                             execution_count=1),
+                                  new_output("error", ename="ValueError", evalue="<bad>", traceback=["tb"])])
+    nb = new_notebook(cells=[
+        new_markdown_cell('# T <a id="t"></a>\n\n<img src="data:image/png;base64,' + PNG + '"> <img alt="given" src="x.png"/>'
+                          ' <img src="y.png"/>\n\n![described](z.png)'),
+        cell, new_code_cell("x = 1"),
+    ])
+    settings = {"reveal_url_prefix": "reveal.js", "reveal_number": "c/t"}
+    mine, _ = slides._exporter(template_name="offline_reveal", extra_template_basedirs=[str(slides.TEMPLATE_DIR)],
+                               **settings).from_notebook_node(nb)
+    theirs, _ = SlidesExporter(template_name="stock_reveal", extra_template_basedirs=[str(stock.parent)],
+                               **settings).from_notebook_node(nb)
+    assert str(BeautifulSoup(mine, "html.parser")) == theirs
+    assert mine.count(slides.NO_ALT) == 3 and mine.count('alt="given"') == 1  # markdown x2, the figure
+    assert mine.count('tabindex="0"') == 3 + 4  # the three cells' inputs, the four outputs
+
+
 @pytest.fixture(scope="module")
 def bad_decks(tmp_path_factory):
     """Two tiny notebooks: one whose slide overflows the canvas, one with a heading in its notes."""
@@ -152,16 +191,15 @@ def bad_decks(tmp_path_factory):
 
 
 def test_the_browser_check_fails_on_a_slide_over_the_canvas_and_on_a_heading_in_notes(bad_decks, tmp_path):
-    decks = slides.export(sorted(bad_decks.glob("*.ipynb")), tmp_path)
-    report = slides.browser_check(decks)
+    # the command line (export, then browser_check) once: its exit status and its JSON report
+    assert slides.main(["browser", "--notebooks", str(bad_decks), "--out", str(tmp_path / "cli")]) == 1
+    report = json.loads((tmp_path / "cli" / "report.json").read_text())
     tall, notes = report["01_tall.slides.html"], report["02_notes.slides.html"]
     assert tall["slides"][0]["height"] > slides.CANVAS[1] and tall["slides"][0]["over"]
     assert any("px tall, canvas 700" in p for p in tall["problems"])
     assert notes["slides"][0]["notes_headings"] == ["h2 2. A section"]
     assert any("heading in speaker notes" in p for p in notes["problems"])
     assert any("link to a lesson or anchor the decks do not have: #nowhere" in p for p in notes["problems"])
-    assert slides.main(["browser", "--notebooks", str(bad_decks), "--out", str(tmp_path / "cli")]) == 1
-    assert (tmp_path / "cli" / "report.json").exists()
     nb = nbformat.read(bad_decks / "02_notes.ipynb", as_version=4)
     assert any("heading not on the first line" in p for p in slides.problems(nb, "02", {}))
 
@@ -186,7 +224,7 @@ def test_every_slide_of_every_deck_fits_and_opens_offline(tmp_path):
     broken = tmp_path / "broken.slides.html"  # the check itself must be able to fail
     broken.write_text(decks[0].read_text(encoding="utf-8").replace(
         "</head>", '<script src="https://cdn.example.org/x.js"></script></head>'), encoding="utf-8")
-    report = slides.browser_check(decks + [broken])
+    report = slides.browser_check(decks[:1] + [broken] + decks[1:])  # one page for all: nothing leaks to the next
     assert any("failed request" in p for p in report.pop("broken.slides.html")["problems"])
     assert {d: e["problems"] for d, e in report.items()} == {d.name: [] for d in decks}, slides.summary(report)
 

@@ -293,7 +293,7 @@ def anchors(deck_html: str) -> dict[str, tuple[int, int]]:
 
 
 _SPAN = re.compile(r"<(/?)span\b[^>]*>")
-_PRE = re.compile(r'(<div class="highlight[^"]*"><pre>)(.*?)(</pre>)', re.DOTALL)
+_PRE = re.compile(r'(<div class="\s*highlight[^"]*"><pre>)(.*?)(</pre>)', re.DOTALL)
 
 
 def hanging_indent(pre_html: str) -> str:
@@ -340,14 +340,52 @@ def _rewrite_links(body: str, maps: dict[str, dict[str, tuple[int, int]]], own: 
     return re.sub(r'href="((?:\./)?\d\d_[\w-]+\.ipynb)?(#[^"]*)?"', link, body)
 
 
+NO_ALT = "No description has been provided for this image"  # nbconvert's words for an image with no alt
+_IMG_NO_ALT = re.compile(r"<img\b(?![^>]*\salt=)([^>]*?)(\s*/?)>")
+_FOCUSABLE = re.compile(r'<div\b[^>]*\sclass="(?:[^"]*\s)?(?:jp-Cell-inputWrapper|jp-OutputArea-output)(?:\s[^"]*)?"[^>]*>')
+
+
+def accessible(body: str) -> str:
+    """What nbconvert's HTMLExporter does with BeautifulSoup after rendering, on the known markup with two regexes.
+
+    Alt text on every ``<img>`` without one, ``tabindex="0"`` (keyboard focus) on every cell input
+    and output area. (The soup parse and re-serialization was a sixth of the export's time; the
+    test ``test_our_exporter_writes_what_nbconvert_writes`` holds the two to the same document.)
+    """
+    body = _IMG_NO_ALT.sub(lambda m: f'<img{m.group(1)} alt="{NO_ALT}"{m.group(2)}>', body)
+    return _FOCUSABLE.sub(lambda m: m.group(0) if " tabindex=" in m.group(0) else m.group(0)[:-1] + ' tabindex="0">',
+                          body)
+
+
+def _exporter(**settings: Any) -> Any:
+    """nbconvert's SlidesExporter, its BeautifulSoup pass done by ``accessible`` instead."""
+    from nbconvert import SlidesExporter
+    from nbconvert.exporters.templateexporter import TemplateExporter
+    from nbconvert.filters.highlight import Highlight2HTML
+    from nbconvert.filters.widgetsdatatypefilter import WidgetsDataTypeFilter
+
+    class Exporter(SlidesExporter):  # type: ignore[misc]
+        def from_notebook_node(self, nb: Any, resources: Any = None, **kw: Any) -> tuple[str, Any]:
+            # HTMLExporter.from_notebook_node (nbconvert 7.17) up to its soup, which is replaced
+            langinfo = nb.metadata.get("language_info", {})
+            lexer = langinfo.get("pygments_lexer", langinfo.get("name", None))
+            self.register_filter("highlight_code",
+                                 self.filters.get("highlight_code", Highlight2HTML(pygments_lexer=lexer, parent=self)))
+            resources = self._init_resources(resources)
+            self.register_filter("filter_data_type", WidgetsDataTypeFilter(
+                notebook_metadata=self._nb_metadata, parent=self, resources=resources))
+            body, resources = TemplateExporter.from_notebook_node(self, nb, resources, **kw)
+            return accessible(body), resources
+
+    return Exporter(**settings)
+
+
 def export(paths: list[Path], out: Path = OUT, *, all_slides: bool = False) -> list[Path]:
     """Export each notebook to a reveal.js deck in ``out`` that needs no network, beside a reveal.js copy.
 
     Code lines get a hanging indent, links between lessons point at the deck and slide holding the
     anchor, slides are numbered. ``all_slides`` puts every cell on its own slide (to measure cells).
     """
-    from nbconvert import SlidesExporter
-
     import sphinx_revealjs  # ships reveal.js's built files: the local copy the decks point at
 
     reveal = Path(sphinx_revealjs.__file__).parent / "_static" / "revealjs"
@@ -356,8 +394,8 @@ def export(paths: list[Path], out: Path = OUT, *, all_slides: bool = False) -> l
     if not target.exists():
         shutil.copytree(reveal / "dist", target / "dist")
         shutil.copytree(reveal / "plugin" / "notes", target / "plugin" / "notes")
-    exporter = SlidesExporter(template_name="offline_reveal", extra_template_basedirs=[str(TEMPLATE_DIR)],
-                              reveal_url_prefix="reveal.js", reveal_theme="white", reveal_number="c/t")
+    exporter = _exporter(template_name="offline_reveal", extra_template_basedirs=[str(TEMPLATE_DIR)],
+                          reveal_url_prefix="reveal.js", reveal_theme="white", reveal_number="c/t")
     bodies: dict[str, str] = {}
     for path in paths:
         nb = nbformat.read(path, as_version=4)
@@ -395,6 +433,9 @@ _READY = """async () => {
 # Every slide in turn: its content size in canvas px (reveal.js lays a slide out at 960x700 and scales
 # it), elements wider than the slide, headings inside the speaker notes, and each cell's height.
 _SLIDES = """() => {
+    // for the check only (the deck as saved keeps its settings): no transition under way while a
+    // slide is measured, no URL rewritten per slide (half the time), only neighbouring slides laid out
+    Reveal.configure({transition: 'none', backgroundTransition: 'none', history: false, viewDistance: 1});
     const out = [];
     const [W, H] = [Reveal.getConfig().width, Reveal.getConfig().height];
     for (const s of Reveal.getSlides()) {
@@ -460,11 +501,12 @@ def browser_check(decks: list[Path], screenshots: Path | None = None) -> dict[st
     report: dict[str, dict[str, Any]] = {}
     with sync_playwright() as p:
         browser = _browser(p)
+        events: list[str] = []  # what the page's handlers report, for the deck open now
+        page = _offline_page(browser, VIEWPORT, events)  # one page for all decks: a new one costs ~0.2 s
         for deck in decks:
-            found: list[str] = []
-            page = _offline_page(browser, VIEWPORT, found)
             page.goto(deck.as_uri(), wait_until="load")
             slides: list[dict[str, Any]] = []
+            found: list[str] = []
             if not page.evaluate(_READY):
                 found.append("reveal.js did not start")
             else:
@@ -472,7 +514,9 @@ def browser_check(decks: list[Path], screenshots: Path | None = None) -> dict[st
                 if screenshots:
                     screenshots.mkdir(parents=True, exist_ok=True)
                     page.screenshot(path=str(screenshots / f"{deck.name.split('.')[0]}.png"))
-            page.close()
+            page.goto("about:blank")  # requests still open fail now, reported with this deck
+            found = [*events, *found]
+            events.clear()
             for s in slides:
                 s["over"] = s["height"] > CANVAS[1] or s["width"] > CANVAS[0]
                 where = f"slide {s['number']} ({s['slide']}) {s['title']!r}"
@@ -487,6 +531,7 @@ def browser_check(decks: list[Path], screenshots: Path | None = None) -> dict[st
                 for heading in s["notes_headings"]:
                     found.append(f"{where}: heading in speaker notes: {heading}")
             report[deck.name] = {"slides": slides, "problems": found}
+        page.close()
         browser.close()
     return report
 
