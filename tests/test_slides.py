@@ -110,6 +110,12 @@ def test_hanging_indent_keeps_each_line_whole():
     assert '<span class="cl" style="--i:4"><span class="sd">    lines"""</span></span>' in out  # reopened
 
 
+def test_anchors_map_each_id_to_its_slide():
+    deck = ('<section><h1 id="t">T</h1></section><section><section><span class="k">x</span></section>'
+            '<section><p><span id="in-span">y</span> <a id="a"></a></p></section></section>')
+    assert slides.anchors(deck) == {"t": (0, 0), "in-span": (1, 1), "a": (1, 1)}
+
+
 def test_links_between_lessons_point_at_the_deck_and_slide():
     maps = {"12_troubleshooting": {"size-mismatch": (2, 5)}, "03_x": {"here": (4, 1)}}
     body = ('<a href="12_troubleshooting.ipynb#size-mismatch">a</a> <a href="12_troubleshooting.ipynb">b</a> '
@@ -174,6 +180,14 @@ def test_our_exporter_writes_what_nbconvert_writes(tmp_path):
 
 
 @pytest.fixture(scope="module")
+def chromium_session():
+    """One Chromium for all of this module's browser checks (each would start its own: about 1 s apiece)."""
+    needs_chromium()
+    with slides.browser_session() as browser:
+        yield browser
+
+
+@pytest.fixture(scope="module")
 def bad_decks(tmp_path_factory):
     """Two tiny notebooks: one whose slide overflows the canvas, one with a heading in its notes."""
     needs_chromium()
@@ -190,7 +204,8 @@ def bad_decks(tmp_path_factory):
     return folder
 
 
-def test_the_browser_check_fails_on_a_slide_over_the_canvas_and_on_a_heading_in_notes(bad_decks, tmp_path):
+def test_the_browser_check_fails_on_a_slide_over_the_canvas_and_on_a_heading_in_notes(chromium_session, bad_decks,
+                                                                                        tmp_path):
     # the command line (export, then browser_check) once: its exit status and its JSON report
     assert slides.main(["browser", "--notebooks", str(bad_decks), "--out", str(tmp_path / "cli")]) == 1
     report = json.loads((tmp_path / "cli" / "report.json").read_text())
@@ -204,7 +219,7 @@ def test_the_browser_check_fails_on_a_slide_over_the_canvas_and_on_a_heading_in_
     assert any("heading not on the first line" in p for p in slides.problems(nb, "02", {}))
 
 
-def test_apply_with_measured_heights_splits_the_overflowing_slide(bad_decks, tmp_path):
+def test_apply_with_measured_heights_splits_the_overflowing_slide(chromium_session, bad_decks, tmp_path):
     path = tmp_path / "01_tall.ipynb"
     path.write_bytes((bad_decks / "01_tall.ipynb").read_bytes())
     heights = slides.measure([path], tmp_path / "heights.json")
@@ -218,8 +233,7 @@ def test_apply_with_measured_heights_splits_the_overflowing_slide(bad_decks, tmp
     assert max(s["height"] for s in report["01_tall.slides.html"]["slides"]) <= slides.CANVAS[1]
 
 
-def test_every_slide_of_every_deck_fits_and_opens_offline(tmp_path):
-    needs_chromium()
+def test_every_slide_of_every_deck_fits_and_opens_offline(chromium_session, tmp_path):
     decks = slides.export(NOTEBOOKS, tmp_path)
     broken = tmp_path / "broken.slides.html"  # the check itself must be able to fail
     broken.write_text(decks[0].read_text(encoding="utf-8").replace(
