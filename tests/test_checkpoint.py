@@ -378,6 +378,43 @@ def test_the_temp_file_is_locked_while_it_is_written(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc (Linux)")
+def test_a_big_replaced_file_is_released_after_the_save_and_on_failure(tmp_path, monkeypatch):
+    """Over 16 MiB, save_checkpoint holds the file it replaces open (its blocks are freed by a background
+    close, not inside os.replace): the descriptor must be closed once the new file is durable, and also
+    when the save fails; the replaced file's bytes must stay intact until the rename."""
+    import threading
+
+    def held() -> set[int]:
+        for thread in threading.enumerate():
+            if thread.name == "free-replaced-checkpoint":
+                thread.join(timeout=10)
+        inodes = set()
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                inodes.add(os.stat(f"/proc/self/fd/{fd}").st_ino)
+            except OSError:
+                pass
+        return inodes
+
+    path = tmp_path / "big.pt"
+    big = {"w": torch.zeros(5 << 20)}  # 20 MiB of float32
+    save_checkpoint(big, path)
+    first = path.stat().st_ino
+    big["w"] += 1
+    save_checkpoint(big, path)
+    assert path.stat().st_ino != first and first not in held()
+    assert torch.equal(torch.load(path, weights_only=True)["w"], big["w"])
+
+    second = path.stat().st_ino
+    before = path.read_bytes()
+    monkeypatch.setattr(ckpt.os, "replace", lambda *a: (_ for _ in ()).throw(OSError(28, "No space left")))
+    with pytest.raises(CheckpointError, match="previous file is intact"):
+        save_checkpoint({"w": torch.ones(5 << 20)}, path)
+    assert path.stat().st_ino == second and path.read_bytes() == before
+    assert second not in held() and [p.name for p in tmp_path.iterdir()] == ["big.pt"]
+
+
 # ---------------------------------------------------------------------------------------------
 # Architecture mismatches
 
