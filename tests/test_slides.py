@@ -189,7 +189,8 @@ def chromium_session():
 
 @pytest.fixture(scope="module")
 def bad_decks(tmp_path_factory):
-    """Two tiny notebooks: one whose slide overflows the canvas, one with a heading in its notes."""
+    """Two tiny notebooks: one whose slide overflows the canvas, one with a heading in its notes and a table
+    wider than the canvas."""
     needs_chromium()
     folder = tmp_path_factory.mktemp("bad")
     tall = new_notebook(cells=[new_markdown_cell("# Tall"), code(18), code(18), code(18)])
@@ -197,6 +198,9 @@ def bad_decks(tmp_path_factory):
         cell.metadata["slideshow"] = {"slide_type": "-"}  # all three on the title's slide
     notes = new_notebook(cells=[new_markdown_cell("# Notes [gone](#nowhere)"), new_markdown_cell(
         "A paragraph of prose first.\n\n" + "More prose.\n\n" * 4 + "## 2. A section\n\nIts text.")])
+    names = [f"layer{i}.weight" for i in range(8)]  # a table of 8 parameter names: about 2000 px wide
+    notes.cells.append(new_markdown_cell("## 3. A wide table\n\n| " + " | ".join(names) + " |\n|" + "---|" * 8
+                                         + "\n| " + " | ".join(["(64, 128)"] * 8) + " |"))
     slides.apply(notes, {})
     assert notes.cells[1].metadata.slideshow.slide_type == "notes"
     nbformat.write(tall, folder / "01_tall.ipynb")
@@ -215,6 +219,7 @@ def test_the_browser_check_fails_on_a_slide_over_the_canvas_and_on_a_heading_in_
     assert notes["slides"][0]["notes_headings"] == ["h2 2. A section"]
     assert any("heading in speaker notes" in p for p in notes["problems"])
     assert any("link to a lesson or anchor the decks do not have: #nowhere" in p for p in notes["problems"])
+    assert any(re.search(r"'3\. A wide table': \d{4} px wide, canvas 960", p) for p in notes["problems"])
     nb = nbformat.read(bad_decks / "02_notes.ipynb", as_version=4)
     assert any("heading not on the first line" in p for p in slides.problems(nb, "02", {}))
 
