@@ -4,18 +4,32 @@ The 1,797 8x8 images ship inside scikit-learn, so nothing is ever downloaded.
 The test split is the one the GPU fixture in ``data/`` was evaluated on
 (``train_test_split(test_size=0.2, random_state=0, stratify=y)``, pixels / 16);
 a validation set is then carved, stratified, out of the training part.
+
+scikit-learn is imported only when a split is computed: its import costs a
+second of CPU per process (more than torch's own), and every kernel and many
+of the lessons' fresh processes need the split. ``split_digits`` keeps each
+split it computes in ``artifacts/cache/`` (a NumPy ``.npz``, read with
+``allow_pickle=False``), keyed by its arguments and scikit-learn's version;
+later processes read that file instead. Delete the folder (``make clean``) and
+the next call computes the split again, bit for bit the same.
 """
 
 from __future__ import annotations
 
+import os
+import secrets
+import zipfile
 from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
 
+import numpy as np
 import torch
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, TensorDataset
 
-__all__ = ["DigitsSplit", "Loaders", "load_digits_tensors", "split_digits", "make_loaders"]
+from helper.paths import ARTIFACTS_DIR
+
+__all__ = ["DigitsSplit", "Loaders", "load_digits_tensors", "split_digits", "compute_split", "make_loaders"]
 
 PIXEL_MAX = 16.0  # digits pixels are integers 0..16
 
@@ -52,17 +66,21 @@ class Loaders:
 
 def load_digits_tensors() -> tuple[torch.Tensor, torch.Tensor]:
     """All digits: images ``(1797, 1, 8, 8)`` scaled to [0, 1], labels ``(1797,)``."""
+    from sklearn.datasets import load_digits
+
     x, y = load_digits(return_X_y=True)
     images = torch.tensor(x / PIXEL_MAX, dtype=torch.float32).reshape(-1, 1, 8, 8)
     return images, torch.tensor(y, dtype=torch.long)
 
 
-def split_digits(*, test_size: float = 0.2, val_size: float = 0.15, seed: int = 0) -> DigitsSplit:
-    """A deterministic, stratified train/validation/test split.
+_PARTS = ("x_train", "x_val", "x_test", "y_train", "y_val", "y_test")
 
-    ``test_size`` is a fraction of all data, ``val_size`` a fraction of what is
-    left for training. The same arguments always give the same split.
-    """
+
+def compute_split(*, test_size: float = 0.2, val_size: float = 0.15, seed: int = 0) -> dict[str, np.ndarray]:
+    """The split as scikit-learn makes it: pixels 0..16 and labels, as NumPy arrays named as in ``DigitsSplit``."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
     x, y = load_digits(return_X_y=True)
     x_rest, x_test, y_rest, y_test = train_test_split(
         x, y, test_size=test_size, random_state=seed, stratify=y
@@ -70,17 +88,57 @@ def split_digits(*, test_size: float = 0.2, val_size: float = 0.15, seed: int = 
     x_train, x_val, y_train, y_val = train_test_split(
         x_rest, y_rest, test_size=val_size, random_state=seed, stratify=y_rest
     )
+    return {"x_train": x_train, "x_val": x_val, "x_test": x_test,
+            "y_train": y_train, "y_val": y_val, "y_test": y_test}
 
-    def images(a) -> torch.Tensor:
-        return torch.tensor(a / PIXEL_MAX, dtype=torch.float32).reshape(-1, 1, 8, 8)
 
-    def labels(a) -> torch.Tensor:
-        return torch.tensor(a, dtype=torch.long)
+def split_cache_path(*, test_size: float = 0.2, val_size: float = 0.15, seed: int = 0) -> Path:
+    """Where ``split_digits`` keeps this split (the name carries the arguments and scikit-learn's version)."""
+    version = metadata.version("scikit-learn")
+    return ARTIFACTS_DIR / "cache" / f"digits-split-sklearn{version}-test{test_size!r}-val{val_size!r}-seed{seed}.npz"
+
+
+def _cached_split(**kwargs) -> dict[str, np.ndarray]:
+    path = split_cache_path(**kwargs)
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {name: f[name] for name in _PARTS}
+        if all(arrays[f"x_{p}"].shape[1:] == (64,) and len(arrays[f"x_{p}"]) == len(arrays[f"y_{p}"])
+               for p in ("train", "val", "test")):
+            return arrays
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        pass  # absent, or not a whole file: compute it again
+    arrays = compute_split(**kwargs)
+    try:  # a temporary file renamed over the target: a reader never sees half a file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only course folder: no cache, the split is still right
+    return arrays
+
+
+def split_digits(*, test_size: float = 0.2, val_size: float = 0.15, seed: int = 0) -> DigitsSplit:
+    """A deterministic, stratified train/validation/test split.
+
+    ``test_size`` is a fraction of all data, ``val_size`` a fraction of what is
+    left for training. The same arguments always give the same split (computed
+    by scikit-learn's ``train_test_split`` once, then read from the cache).
+    """
+    a = _cached_split(test_size=test_size, val_size=val_size, seed=seed)
+
+    def images(x) -> torch.Tensor:
+        return torch.tensor(x / PIXEL_MAX, dtype=torch.float32).reshape(-1, 1, 8, 8)
+
+    def labels(y) -> torch.Tensor:
+        return torch.tensor(y, dtype=torch.long)
 
     return DigitsSplit(
-        images(x_train), labels(y_train),
-        images(x_val), labels(y_val),
-        images(x_test), labels(y_test),
+        images(a["x_train"]), labels(a["y_train"]),
+        images(a["x_val"]), labels(a["y_val"]),
+        images(a["x_test"]), labels(a["y_test"]),
     )
 
 

@@ -70,3 +70,48 @@ def test_only_training_loader_shuffles(split):
     loaders = make_loaders(split)
     assert torch.equal(torch.cat([y for _, y in loaders.test]), split.y_test)
     assert torch.equal(torch.cat([y for _, y in loaders.val]), split.y_val)
+
+
+def test_the_cached_split_is_scikit_learns_split_bit_for_bit(tmp_path, monkeypatch):
+    """split_digits reads artifacts/cache after the first call: it must equal train_test_split's split, and a
+    damaged cache file is computed again (and replaced whole), never trusted."""
+    import helper.data as data
+
+    monkeypatch.setattr(data, "ARTIFACTS_DIR", tmp_path)  # not the cache the notebooks share
+    fresh = data.compute_split()
+    first = split_digits()  # computes and writes the cache
+    path = data.split_cache_path()
+    assert path.is_file() and path.parent == tmp_path / "cache"
+    second = split_digits()  # reads it
+    for part in ("train", "val", "test"):
+        for split in (first, second):
+            assert torch.equal(getattr(split, f"x_{part}").reshape(-1, 64),
+                               torch.tensor(fresh[f"x_{part}"] / 16.0, dtype=torch.float32))
+            assert torch.equal(getattr(split, f"y_{part}"), torch.tensor(fresh[f"y_{part}"]))
+    whole = path.read_bytes()
+    path.write_bytes(whole[: len(whole) // 2])  # a torn file
+    assert torch.equal(split_digits().x_train, first.x_train)
+    assert path.read_bytes() == whole
+    np.savez(path, **{**fresh, "x_val": fresh["x_val"][:, :10]})  # a readable file of the wrong shape
+    assert torch.equal(split_digits().x_val, first.x_val)
+    assert split_cache_path_differs(data)
+
+
+def split_cache_path_differs(data) -> bool:
+    """Other arguments, another file: a cached split is never served for a different request."""
+    return len({data.split_cache_path(), data.split_cache_path(seed=1), data.split_cache_path(test_size=0.3),
+                data.split_cache_path(val_size=0.1)}) == 4
+
+
+def test_a_process_with_the_cache_does_not_import_scikit_learn():
+    """The point of the cache: a kernel or a lesson's fresh process gets the split without paying for
+    scikit-learn's import (a second of CPU each)."""
+    import subprocess
+    import sys
+
+    split_digits()  # the cache exists
+    code = ("import sys; from helper.data import split_digits, make_loaders; make_loaders(split_digits()); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('sklearn', 'scipy')))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]", run.stdout
