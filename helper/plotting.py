@@ -22,7 +22,6 @@ import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
-from sklearn.metrics import ConfusionMatrixDisplay
 
 __all__ = ["SLIDE_DPI", "SLIDE_RC", "new_figure", "plot_history", "plot_curves", "show_images",
            "plot_confusion_matrix"]
@@ -125,7 +124,11 @@ def plot_confusion_matrix(
     """scikit-learn's ``ConfusionMatrixDisplay`` for true versus predicted digits.
 
     Draws on ``ax`` when given (to put several matrices side by side), else on a new figure.
+    scikit-learn is imported here, not with the module: it costs a second of CPU, and most
+    lessons that plot never draw a confusion matrix.
     """
+    from sklearn.metrics import ConfusionMatrixDisplay
+
     if ax is None:
         _, ax = new_figure(600, 540)
     ConfusionMatrixDisplay.from_predictions(y_true, y_pred, ax=ax, colorbar=False, cmap="Blues",
