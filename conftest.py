@@ -42,19 +42,3 @@ def pytest_report_header(config):
     """Say the thread policy at the top of every run, where it cannot be missed."""
     return f"kernels and tests: OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} (see README, 'Threads')"
 
-
-# Longest first (seconds of one `make test` on the reference machine, 2 workers): pytest-xdist's
-# loadscope hands out whole notebooks and test modules in collection order, so the long ones go
-# first and the short ones fill the end of both workers. Unlisted files keep their place after these;
-# the order of the cells inside a notebook, and of the tests inside a module, never changes.
-LONGEST_FIRST = ("11_distributed_checkpoints", "test_slides", "12_troubleshooting", "test_crash_safety",
-                 "10_big_models_fast_loading", "08_formats_safetensors_export", "test_concurrency",
-                 "03_training_checkpoints", "test_tools", "13_other_libraries", "05_evaluate_after_reload")
-
-
-def pytest_collection_modifyitems(session, config, items):
-    """Sort the collected items file by file, longest files first (``LONGEST_FIRST``)."""
-    def rank(item) -> int:
-        stem = item.path.stem
-        return LONGEST_FIRST.index(stem) if stem in LONGEST_FIRST else len(LONGEST_FIRST)
-    items[:] = sorted(items, key=rank)  # stable: the original order within a file and among the rest

@@ -109,14 +109,14 @@ def _cached_split(**kwargs) -> dict[str, np.ndarray]:
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         pass  # absent, or not a whole file: compute it again
     arrays = compute_split(**kwargs)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:  # a temporary file renamed over the target: a reader never sees half a file
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)
         os.replace(tmp, path)
-    except OSError:
-        pass  # a read-only course folder: no cache, the split is still right
+    except OSError:  # a read-only or full disk: no cache (and no temporary file left), the split is still right
+        tmp.unlink(missing_ok=True)
     return arrays
 
 
