@@ -30,6 +30,7 @@ and ``make test-portable`` re-runs every notebook under other kernel settings
 (two threads among them) to prove it.
 """
 
+import gc
 import os
 
 os.environ["TQDM_DISABLE"] = "1"
@@ -42,3 +43,37 @@ def pytest_report_header(config):
     """Say the thread policy at the top of every run, where it cannot be missed."""
     return f"kernels and tests: OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} (see README, 'Threads')"
 
+
+
+# Seconds each notebook or test module took in one `make test` on the reference machine (2 workers;
+# 2026-11-30). pytest-xdist's loadscope hands out one file at a time to whichever worker runs low,
+# in the order of the collection (`--no-loadscope-reorder` in pyproject.toml: xdist's own order is
+# by number of tests, which put 12 s of crash and concurrency tests last). Longest first, the short
+# files fill the end of both workers. A file not listed here goes after these; the order of the
+# cells inside a notebook, and of the tests inside a module, never changes.
+SECONDS = {
+    "11_distributed_checkpoints": 22.2, "test_slides": 17.7, "12_troubleshooting": 16.6,
+    "10_big_models_fast_loading": 14.8, "08_formats_safetensors_export": 14.7, "test_crash_safety": 14.6,
+    "test_concurrency": 12.5, "03_training_checkpoints": 11.8, "05_evaluate_after_reload": 10.2,
+    "test_tools": 10.0, "13_other_libraries": 10.0, "test_mutations": 8.2, "01_whole_model": 8.0,
+    "test_environment": 7.3, "test_doctor_libraries": 7.0, "test_bombs": 6.7, "test_loading_bench": 6.0,
+    "07_crash_safe_checkpoints": 5.9, "test_doctor": 5.3, "06_safe_loading": 5.2,
+    "09_partial_and_transfer": 5.0, "02_state_dict": 4.6, "04_devices_map_location": 3.7,
+}
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Sort the collected items file by file, longest first (``SECONDS``); stable within a file."""
+    items[:] = sorted(items, key=lambda item: -SECONDS.get(item.path.stem, 0.0))
+
+
+def pytest_collection_finish(session):
+    """Move everything collection imported (torch, the lessons' libraries) out of the garbage
+    collector's view: the workers' full collections no longer walk it, nor does the final one at exit
+    (after the last test, each worker and the main process spent 2-4 s in it)."""
+    gc.freeze()
+
+
+def pytest_unconfigure(config):
+    """The same for what the tests imported (Lightning, transformers): no full collection at exit."""
+    gc.freeze()

@@ -1,6 +1,7 @@
 """The environment is the one the requirements files describe (a stale .venv fails here, not
 mid-lesson), and the thread policy (README, "Threads") does what it says."""
 
+import ast
 import json
 import os
 import re
@@ -94,3 +95,15 @@ def test_one_variable_caps_every_thread_pool_and_helper_sets_none():
     one, two = thread_counts("1"), thread_counts("2")
     assert len(one) >= 3 and set(one.values()) == {1}, one
     assert set(two.values()) == {2}, two  # the check can fail: 2 is seen as 2
+
+
+def test_the_longest_first_table_names_only_files_that_exist():
+    """conftest.py's SECONDS orders the files handed to the workers; a renamed file would silently
+    lose its place (and the suite its balance), so every name must still be a notebook or test module."""
+    tree = ast.parse((REPO_ROOT / "conftest.py").read_text(encoding="utf-8"))
+    SECONDS = next(ast.literal_eval(node.value) for node in tree.body
+                   if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "SECONDS")
+    stems = {p.stem for p in (REPO_ROOT / "notebooks").glob("*.ipynb")} | {
+        p.stem for p in (REPO_ROOT / "tests").glob("test_*.py")}
+    assert set(SECONDS) <= stems, set(SECONDS) - stems
+    assert len(SECONDS) >= 20
