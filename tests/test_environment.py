@@ -2,6 +2,8 @@
 mid-lesson), and the thread policy (README, "Threads") does what it says."""
 
 import ast
+import contextlib
+import io
 import json
 import os
 import re
@@ -72,11 +74,19 @@ print(json.dumps({"torch": torch.get_num_threads(), **pools}))
 """
 
 
-def thread_counts(omp: str | None) -> dict[str, int]:
-    """Threads of every pool in a fresh interpreter that imported the lessons' libraries and helper."""
+def thread_counts(omp: str) -> dict[str, int]:
+    """Threads of every pool in an interpreter that imported the lessons' libraries and helper with
+    ``OMP_NUM_THREADS=omp`` and no other ``*_NUM_THREADS`` variable. This test process is one when its
+    environment is exactly that (the harness set it before anything was imported: conftest.py);
+    otherwise a fresh interpreter is started (2-3 s of CPU)."""
+    others = [k for k in os.environ if k.endswith("_NUM_THREADS") and k != "OMP_NUM_THREADS"]
+    if os.environ.get("OMP_NUM_THREADS") == omp and not others:
+        done = io.StringIO()
+        with contextlib.redirect_stdout(done):
+            exec(POOLS, {})
+        return json.loads(done.getvalue())
     env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
-    if omp is not None:
-        env["OMP_NUM_THREADS"] = omp
+    env["OMP_NUM_THREADS"] = omp
     done = subprocess.run([sys.executable, "-c", POOLS], env=env, capture_output=True, text=True,
                           cwd=REPO_ROOT, check=True)
     return json.loads(done.stdout.splitlines()[-1])
