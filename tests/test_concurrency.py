@@ -31,8 +31,11 @@ from helper.paths import REPO_ROOT
 # then imports this module itself: a few milliseconds once these are loaded.
 PRELOAD = ["torch", "pytest", "helper.checkpoint", "helper.models"]
 assert all(importlib.util.find_spec(name) for name in PRELOAD)
-FORKSERVER = multiprocessing.get_context("forkserver")
-FORKSERVER.set_forkserver_preload(PRELOAD)
+if "forkserver" in multiprocessing.get_all_start_methods():
+    CHILDREN = multiprocessing.get_context("forkserver")
+    CHILDREN.set_forkserver_preload(PRELOAD)
+else:  # Windows: each child a fresh interpreter, as before
+    CHILDREN = multiprocessing.get_context("spawn")
 
 
 def writer(folder: Path, name: str, rounds: int) -> None:
@@ -56,7 +59,7 @@ def run(folder: Path, first: int, count: int, report: multiprocessing.SimpleQueu
 
 
 def start(target, *args) -> multiprocessing.Process:
-    process = FORKSERVER.Process(target=target, args=args, daemon=True)
+    process = CHILDREN.Process(target=target, args=args, daemon=True)
     process.start()
     return process
 
@@ -81,8 +84,8 @@ def test_two_writers_into_one_folder_lose_nothing(tmp_path):
 def test_two_runs_in_one_checkpoint_folder_keep_each_others_files(tmp_path):
     """Run B (epochs 101-106) saves while run A (epochs 1-6) rotates: neither deletes the other's files.
     Both stay alive until both have saved and reported, so each sees the other as live throughout."""
-    reports = [FORKSERVER.SimpleQueue() for _ in range(2)]
-    stay = FORKSERVER.Event()
+    reports = [CHILDREN.SimpleQueue() for _ in range(2)]
+    stay = CHILDREN.Event()
     runs = [start(run, tmp_path, first, 6, report, stay) for first, report in zip((1, 101), reports)]
     try:
         ends = [report.get() for report in reports]
@@ -104,7 +107,7 @@ def test_two_runs_in_one_checkpoint_folder_keep_each_others_files(tmp_path):
 
 
 def test_a_second_run_may_not_overwrite_a_live_runs_file(tmp_path):
-    report, stay = FORKSERVER.SimpleQueue(), FORKSERVER.Event()
+    report, stay = CHILDREN.SimpleQueue(), CHILDREN.Event()
     a = start(run, tmp_path, 1, 2, report, stay)
     try:
         report.get()  # run A has saved epochs 1-2 and stays alive
