@@ -44,7 +44,6 @@ def pytest_report_header(config):
     return f"kernels and tests: OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} (see README, 'Threads')"
 
 
-
 # Seconds each notebook or test module took in one `make test` on the reference machine (2 workers;
 # 2026-11-30). pytest-xdist's loadscope hands out one file at a time to whichever worker runs low,
 # in the order of the collection (`--no-loadscope-reorder` in pyproject.toml: xdist's own order is

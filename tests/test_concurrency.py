@@ -11,7 +11,11 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import torch
@@ -21,14 +25,18 @@ from helper.checkpoint import (CheckpointError, CheckpointFolder, load_checkpoin
 from helper.models import build_model
 from helper.paths import REPO_ROOT
 
+if TYPE_CHECKING:
+    from multiprocessing.synchronize import Event
+
 # The writers are forked from one server process that imported torch and helper once (the standard
 # library's forkserver): four fresh interpreters cost about 7 s of CPU on the 2-core reference
 # machine. Each child is still a process of its own (its own PID, file descriptors and locks), which
 # is all these tests are about. The writer in another PID namespace below still starts a fresh
 # interpreter: it has to be exec'd inside the namespace.
 # The server imports the preloaded modules by name and skips any that fail to import, silently, and
-# (Python 3.11) without this process's sys.path: so only installed modules, each checked here. A child
-# then imports this module itself: a few milliseconds once these are loaded.
+# (Python 3.11) without this process's sys.path: so only installed packages, not this test module
+# (a missing one would cost speed, not correctness). A child then imports this module itself: a few
+# milliseconds once these are loaded.
 PRELOAD = ["torch", "pytest", "helper.checkpoint", "helper.models"]
 assert all(importlib.util.find_spec(name) for name in PRELOAD)
 if "forkserver" in multiprocessing.get_all_start_methods():
@@ -46,26 +54,53 @@ def writer(folder: Path, name: str, rounds: int) -> None:
         save_checkpoint(state, folder / "shared.pt")
 
 
-def run(folder: Path, first: int, count: int, report: multiprocessing.SimpleQueue, stay) -> None:
+def run(folder: Path, first: int, count: int, report: Connection, stay: Event) -> None:
     """One training run's CheckpointFolder (keep_last=2): save epochs ``first``.. ``first + count - 1``,
-    report its best and latest file, then stay alive (its files live) until ``stay`` is set."""
+    send its best and latest file, then stay alive (its files live) until ``stay`` is set."""
     folder_run = CheckpointFolder(folder, keep_last=2)
     model = build_model({"arch": "mlp", "hidden": [8]})
     for epoch in range(first, first + count):
         folder_run.save(make_checkpoint(model, epoch=epoch), metric=1.0 / epoch if epoch % 2 else 5.0)
         time.sleep(0.05)
-    report.put({"best": folder_run.best.name, "latest": folder_run.latest.name})
+    report.send({"best": folder_run.best.name, "latest": folder_run.latest.name})
     stay.wait(300)
 
 
-def start(target, *args) -> multiprocessing.Process:
+def start(target: Callable[..., None], *args: Any) -> BaseProcess:
+    """``target(*args)`` in a child process of its own (forked from the preloaded server)."""
     process = CHILDREN.Process(target=target, args=args, daemon=True)
     process.start()
     return process
 
 
-def finish(process: multiprocessing.Process, timeout: float = 300) -> None:
+def start_run(folder: Path, first: int, count: int, stay: Event) -> tuple[BaseProcess, Connection]:
+    """``run`` in a child, and the end of a pipe its report arrives on. This process keeps no copy of
+    the sending end, so a child that dies before reporting is seen as the pipe's end, not waited for."""
+    receiving, sending = CHILDREN.Pipe(duplex=False)
+    process = start(run, folder, first, count, sending, stay)
+    sending.close()
+    return process, receiving
+
+
+def receive(receiving: Connection, process: BaseProcess, timeout: float = 300) -> dict:
+    """The child's report; fails, naming the child's exit code, if it died or said nothing in time."""
+    if not receiving.poll(timeout):
+        process.kill()
+        pytest.fail(f"{process.name} sent nothing in {timeout} s")
+    try:
+        return receiving.recv()
+    except EOFError:
+        process.join(10)
+        pytest.fail(f"{process.name} ended (exit code {process.exitcode}) before it reported")
+
+
+def finish(process: BaseProcess, timeout: float = 300) -> None:
+    """Wait for the child; it must have exited with 0 (an exception in it exits with 1)."""
     process.join(timeout)
+    if process.exitcode is None:
+        process.kill()
+        process.join()
+        pytest.fail(f"{process.name} still ran after {timeout} s")
     assert process.exitcode == 0, f"{process.name} ended with {process.exitcode}"
 
 
@@ -83,16 +118,17 @@ def test_two_writers_into_one_folder_lose_nothing(tmp_path):
 
 def test_two_runs_in_one_checkpoint_folder_keep_each_others_files(tmp_path):
     """Run B (epochs 101-106) saves while run A (epochs 1-6) rotates: neither deletes the other's files.
-    Both stay alive until both have saved and reported, so each sees the other as live throughout."""
-    reports = [CHILDREN.SimpleQueue() for _ in range(2)]
+    Both stay alive until both have saved and reported, so neither run ends while the other saves."""
     stay = CHILDREN.Event()
-    runs = [start(run, tmp_path, first, 6, report, stay) for first, report in zip((1, 101), reports)]
+    runs = [start_run(tmp_path, first, 6, stay) for first in (1, 101)]
     try:
-        ends = [report.get() for report in reports]
+        ends = [receive(receiving, process) for process, receiving in runs]
     finally:
         stay.set()
-        for r in runs:
-            finish(r)
+        for process, _ in runs:
+            process.join(60)
+    for process, _ in runs:
+        finish(process)
     names = sorted(p.name for p in tmp_path.glob("epoch-*.pt"))
     for end, first in zip(ends, (1, 101)):
         mine = [n for n in names if first <= int(n[6:10]) < first + 6]
@@ -107,10 +143,10 @@ def test_two_runs_in_one_checkpoint_folder_keep_each_others_files(tmp_path):
 
 
 def test_a_second_run_may_not_overwrite_a_live_runs_file(tmp_path):
-    report, stay = CHILDREN.SimpleQueue(), CHILDREN.Event()
-    a = start(run, tmp_path, 1, 2, report, stay)
+    stay = CHILDREN.Event()  # never set: run A stays until it is killed (kept here: the child reopens it)
+    a, receiving = start_run(tmp_path, 1, 2, stay)
     try:
-        report.get()  # run A has saved epochs 1-2 and stays alive
+        receive(receiving, a)  # run A has saved epochs 1-2 and stays alive
         before = (tmp_path / "epoch-0002.pt").read_bytes()
         other = CheckpointFolder(tmp_path, keep_last=2)
         with pytest.raises(CheckpointError, match=r"another run .* owns this file"):

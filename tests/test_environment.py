@@ -1,8 +1,8 @@
 """The environment is the one the requirements files describe (a stale .venv fails here, not
 mid-lesson), and the thread policy (README, "Threads") does what it says."""
 
-import ast
 import contextlib
+import importlib.util
 import io
 import json
 import os
@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tomllib
 from importlib.metadata import version
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -84,7 +85,7 @@ def thread_counts(omp: str) -> dict[str, int]:
         done = io.StringIO()
         with contextlib.redirect_stdout(done):
             exec(POOLS, {})
-        return json.loads(done.getvalue())
+        return json.loads(done.getvalue().splitlines()[-1])
     env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
     env["OMP_NUM_THREADS"] = omp
     done = subprocess.run([sys.executable, "-c", POOLS], env=env, capture_output=True, text=True,
@@ -107,13 +108,35 @@ def test_one_variable_caps_every_thread_pool_and_helper_sets_none():
     assert set(two.values()) == {2}, two  # the check can fail: 2 is seen as 2
 
 
+def root_conftest():
+    """The repository's conftest.py as a module (pytest has loaded it, but under a name of its own)."""
+    spec = importlib.util.spec_from_file_location("root_conftest", REPO_ROOT / "conftest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_the_longest_first_table_names_only_files_that_exist():
     """conftest.py's SECONDS orders the files handed to the workers; a renamed file would silently
     lose its place (and the suite its balance), so every name must still be a notebook or test module."""
-    tree = ast.parse((REPO_ROOT / "conftest.py").read_text(encoding="utf-8"))
-    SECONDS = next(ast.literal_eval(node.value) for node in tree.body
-                   if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "SECONDS")
+    seconds = root_conftest().SECONDS
     stems = {p.stem for p in (REPO_ROOT / "notebooks").glob("*.ipynb")} | {
         p.stem for p in (REPO_ROOT / "tests").glob("test_*.py")}
-    assert set(SECONDS) <= stems, set(SECONDS) - stems
-    assert len(SECONDS) >= 20
+    assert set(seconds) <= stems, set(seconds) - stems
+    assert len(seconds) >= 20
+
+
+def test_files_go_to_the_workers_longest_first_each_in_its_own_order():
+    """The sort is by file, longest first, stable inside a file; and xdist keeps that order
+    (without --no-loadscope-reorder it would hand out files by their number of tests)."""
+    conftest = root_conftest()
+    names = ["test_data.py", "11_distributed_checkpoints.ipynb", "test_slides.py", "11_distributed_checkpoints.ipynb",
+             "test_data.py", "not_in_the_table.py", "04_devices_map_location.ipynb"]
+    items = [SimpleNamespace(path=REPO_ROOT / name, index=i) for i, name in enumerate(names)]
+    conftest.pytest_collection_modifyitems(None, None, items)
+    assert [(item.path.name, item.index) for item in items] == [
+        ("11_distributed_checkpoints.ipynb", 1), ("11_distributed_checkpoints.ipynb", 3), ("test_slides.py", 2),
+        ("04_devices_map_location.ipynb", 6), ("test_data.py", 0), ("test_data.py", 4), ("not_in_the_table.py", 5)]
+    addopts = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["pytest"][
+        "ini_options"]["addopts"]
+    assert "--dist loadscope --no-loadscope-reorder" in " ".join(addopts.split())

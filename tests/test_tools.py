@@ -119,16 +119,19 @@ def test_busy_detection_on_fake_load_averages(noise):
 def test_meter_counts_the_busy_core_as_the_benchmarks_own(noise):
     if noise._system_busy_ticks() is None:
         pytest.skip("no /proc/stat: the load average alone decides")
+    def spun() -> int:
+        stat = Path(f"/proc/{process.pid}/stat").read_text()
+        return sum(int(x) for x in stat[stat.rindex(")") + 2:].split()[11:13])  # its utime + stime
+
     with noise.busy_core() as process:
         time.sleep(0.2)
-        before = noise._own_ticks()
+        before, spun_before = noise._own_ticks(), spun()
         time.sleep(0.4)  # 40 clock ticks at 100 Hz
-        stat = Path(f"/proc/{process.pid}/stat").read_text()
-        spun = sum(int(x) for x in stat[stat.rindex(")") + 2:].split()[11:13])
-        after = noise._own_ticks()
+        spun_after, after = spun(), noise._own_ticks()
         assert process.poll() is None
     assert process.poll() is not None  # stopped after the block
-    assert spun > 0 and after - before > 0 and after >= spun  # the busy process is inside our own tree
+    # what the busy process spun in the window is inside what the meter counts as our own
+    assert spun_after - spun_before > 0 and after - before >= spun_after - spun_before
     with noise.Meter() as meter:
         time.sleep(0.3)
     s = meter.sample
