@@ -66,6 +66,22 @@ def test_run_notebooks_reports_errors_and_cells_that_should_have_raised(tmp_path
     assert nbformat.read(silent, as_version=4).cells[1].outputs == []  # write=False leaves the file alone
 
 
+def test_a_tagged_cell_may_say_skipped_only_off_linux(run_notebooks):
+    """Lesson 11 prints "skipped: this lesson needs Linux" for every cell on macOS and Windows, its
+    two tagged cells included: `make run` accepts that there, and nowhere else."""
+    nb = nbformat.v4.new_notebook(cells=[
+        new_code_cell("!skip", outputs=[nbformat.v4.new_output("stream", name="stdout",
+                                                                text="skipped: this lesson needs Linux\n")]),
+        new_code_cell("!printed", outputs=[nbformat.v4.new_output("stream", name="stdout", text="done\n")]),
+        new_code_cell("!quiet"),
+        new_code_cell("!raised", outputs=[nbformat.v4.new_output("error", ename="E", evalue="", traceback=[])]),
+    ])
+    tagged = nb.cells
+    assert run_notebooks.silent_cells(nb, tagged, linux=True) == [0, 1, 2]
+    assert run_notebooks.silent_cells(nb, tagged, linux=False) == [1, 2]
+    assert run_notebooks.LINUX == sys.platform.startswith("linux")
+
+
 def test_portability_settings_reach_the_kernels(tmp_path, test_portable):
     """Each setting's variables reach the nbval kernel, and a failing notebook fails the setting."""
     nb = write_notebook(tmp_path / "01_env.ipynb",
