@@ -9,6 +9,7 @@ PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
 STAMP  := $(VENV)/.installed
 DEV    := $(VENV)/.installed-dev
 SLIDES := $(VENV)/.installed-slides
+SITE   := $(VENV)/.installed-site
 # Thread policy: one thread per process, for every target (kernels, tests, benchmark). torch
 # starts one thread per core; when another program keeps a core busy, its threads spin waiting
 # for each other and a 13 s lesson took 128-235 s (14.5 s with one thread). README, "Threads".
@@ -18,7 +19,7 @@ export OMP_NUM_THREADS
 # JupyterLab refuses to start as root (containers) unless told
 LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: setup run test mutations fuzz test-portable lab slides chromium refresh benchmark clean
+.PHONY: setup run test mutations fuzz test-portable lab slides site chromium refresh benchmark clean
 
 setup: $(STAMP)
 
@@ -33,6 +34,10 @@ $(DEV): $(STAMP) requirements-dev.txt  ## maintainers: pytest, nbval, pytest-xdi
 
 $(SLIDES): $(STAMP) requirements-slides.txt  ## instructors: RISE, reveal.js export, playwright
 	$(PIP) -r requirements-slides.txt
+	touch $@
+
+$(SITE): $(SLIDES) requirements-site.txt  ## the course site: Sphinx, myst-nb, sphinx-book-theme
+	$(PIP) -r requirements-site.txt
 	touch $@
 
 run: $(STAMP)  ## execute every notebook headlessly, print a time table (tracked files untouched)
@@ -55,6 +60,9 @@ lab: $(STAMP)  ## open the course in JupyterLab
 
 slides: $(SLIDES) chromium  ## instructors: offline reveal.js decks in artifacts/slides/, checked in headless Chromium
 	$(PY) tools/slides.py browser
+
+site: $(SITE) chromium  ## the course as a static site in artifacts/site/ (stored outputs, nothing run), checked in headless Chromium
+	$(PY) tools/site.py all
 
 chromium:  ## Debian's Chromium for the slide check (installed with apt-get when missing and run as root)
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
