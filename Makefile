@@ -43,7 +43,7 @@ $(SITE): $(SLIDES) requirements-site.txt  ## the course site: Sphinx, myst-nb, s
 run: $(STAMP)  ## execute every notebook headlessly, print a time table (tracked files untouched)
 	$(PY) tools/run_notebooks.py
 
-test: $(DEV) $(SLIDES)  ## unit tests for helper + strict nbval over every notebook + slide check (2 workers)
+test: $(DEV) $(SLIDES) $(SITE)  ## unit tests for helper + strict nbval over every notebook + slide check (2 workers)
 	$(PY) -m pytest
 
 mutations: $(DEV)  ## break each lesson's guarded lines (tests/mutations/NN.toml): the checking cell must fail
@@ -62,7 +62,7 @@ slides: $(SLIDES) chromium  ## instructors: offline reveal.js decks in artifacts
 	$(PY) tools/slides.py browser
 
 site: $(SITE) chromium  ## the course as a static site in artifacts/site/ (stored outputs, nothing run), checked in headless Chromium
-	$(PY) tools/site.py all
+	$(PY) tools/course_site.py all
 
 chromium:  ## Debian's Chromium for the slide check (installed with apt-get when missing and run as root)
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \

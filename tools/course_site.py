@@ -1,9 +1,9 @@
 """The course as a static web site: every lesson with its stored outputs, built offline, checked in Chromium.
 
-    python tools/site.py build    # stage site/ and the notebooks, Sphinx + myst-nb -> artifacts/site/
-    python tools/site.py check    # open every page of artifacts/site/ in headless Chromium, offline
-    python tools/site.py all      # build, then check (make site)
-    python tools/site.py shots    # the landing page and lesson 03, desktop and phone, into docs/
+    python tools/course_site.py build    # stage site/ and the notebooks, Sphinx + myst-nb -> artifacts/site/
+    python tools/course_site.py check    # open every page of artifacts/site/ in headless Chromium, offline
+    python tools/course_site.py all      # build, then check (make site)
+    python tools/course_site.py shots    # the landing page and lesson 02, desktop and phone, into docs/
 
 Nothing is executed: the pages show the outputs stored in the committed notebooks, which CI proves
 (strict nbval). The build warns on nothing: a link to a lesson or an anchor that does not exist, an
@@ -197,13 +197,18 @@ def stage(notebooks: Path = NOTEBOOKS, src: Path = WORK / "src", readme: Path = 
 def build(notebooks: Path = NOTEBOOKS, out: Path = OUT, work: Path = WORK, *, readme: Path = README,
           quiet: bool = True) -> int:
     """Stage, then Sphinx's html builder into ``out`` (emptied first); Sphinx's exit status (0: no warning)."""
+    import warnings
+
     from sphinx.cmd.build import build_main
 
     stage(notebooks, work / "src", readme)
     if out.exists():
         shutil.rmtree(out)
     args = ["-b", "html", "-E", "-W", "--keep-going", "-d", str(work / "doctrees"), str(work / "src"), str(out)]
-    return build_main(args + ["-q"] * quiet)
+    with warnings.catch_warnings():  # the extensions' use of APIs Sphinx 11 removes: theirs to fix, not ours
+        warnings.simplefilter("ignore", PendingDeprecationWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return build_main(args + ["-q"] * quiet)
 
 
 # ---------------------------------------------------------------- the browser check
@@ -223,26 +228,31 @@ _PAGE = """() => {
         return r.width > 0 && r.right > doc.clientWidth + 1 && !clipped(e);
     }).slice(0, 3).map(e => e.tagName.toLowerCase() + (e.id ? '#' + e.id : '') +
                            (e.className && typeof e.className === 'string' ? '.' + e.className.trim().split(/\\s+/).join('.') : ''));
+    // a box that scrolls sideways: allowed for code and tables (they scroll inside themselves, as on
+    // any documentation site), not for the page's columns (the article would scroll as a whole)
+    const name = e => e.tagName.toLowerCase() + (e.id ? '#' + e.id : '') +
+        (typeof e.className === 'string' && e.className.trim() ? '.' + e.className.trim().split(/\\s+/).join('.') : '');
+    const scrollers = [...document.querySelectorAll('body *')].filter(e => {
+        const o = getComputedStyle(e).overflowX;
+        return (o === 'auto' || o === 'scroll') && e.scrollWidth > e.clientWidth + 1 && e.clientWidth > 0 &&
+            !e.matches('pre, table, .highlight, .highlight *, .table-wrapper, .pst-scrollable-table-container') &&
+            !e.closest('.bd-sidebar-primary, .bd-sidebar-secondary');
+    }).slice(0, 3).map(e => `${name(e)} (${e.scrollWidth} px in ${e.clientWidth})`);
     return {
-        scroll_width: doc.scrollWidth, client_width: doc.clientWidth, wide,
+        scroll_width: doc.scrollWidth, client_width: doc.clientWidth, wide, scrollers,
         images: [...document.images].map(i => ({src: i.currentSrc || i.src, ok: i.complete && i.naturalWidth > 0})),
         ids: [...document.querySelectorAll('[id]')].map(e => e.id),
         links: [...document.querySelectorAll('a[href]')].map(a => a.href),
     };
 }"""
 
-_IMAGES_LOADED = """async () => {
+_IMAGES_LOADED = """async () => {  // images decoded, fonts loaded: nothing left in flight when the check moves on
     await Promise.all([...document.images].map(img => img.decode().catch(() => null)));
+    await document.fonts.ready;
 }"""
 
-_SEARCH_RESULTS = """async () => {
-    for (let i = 0; i < 100; i++) {
-        const done = document.querySelector('#search-results .search-summary');
-        if (done && done.textContent.trim() && !/^Preparing|^Searching/.test(done.textContent.trim())) break;
-        await new Promise(r => setTimeout(r, 100));
-    }
-    return [...document.querySelectorAll('#search-results ul.search li a')].map(a => a.getAttribute('href'));
-}"""
+_SEARCH_DONE = "() => /finished|did not match/i.test((document.querySelector('#search-results .search-summary') || {}).textContent || '')"
+_SEARCH_RESULTS = "() => [...document.querySelectorAll('#search-results ul.search li a')].map(a => a.getAttribute('href'))"
 
 _SOLUTION = """() => {
     const all = [...document.querySelectorAll('.tag_solution details')];
@@ -271,6 +281,8 @@ def check_page(page: Any, path: Path, site: Path, events: list[str], ids: dict[P
     if info["scroll_width"] > info["client_width"]:
         found.append(f"scrolls sideways: {info['scroll_width']} px wide in a {info['client_width']} px window "
                      f"(widest: {', '.join(info['wide']) or '?'})")
+    for box in info["scrollers"]:
+        found.append(f"scrolls sideways inside {box}")
     for image in info["images"]:
         if not image["ok"]:
             found.append(f"image does not load: {_relative(image['src'], site)}")
@@ -320,6 +332,8 @@ def check_search(page: Any, site: Path, events: list[str]) -> list[str]:
     found = []
     for word, stem in SEARCHES.items():
         page.goto(f"{(site / 'search.html').as_uri()}?q={word}", wait_until="load")
+        with contextlib.suppress(Exception):  # a search that never finishes finds nothing: reported below
+            page.wait_for_function(_SEARCH_DONE, timeout=30_000)
         hits = [h.split("#")[0].split("?")[0] for h in page.evaluate(_SEARCH_RESULTS)]
         if f"{stem}.html" not in hits:
             found.append(f"searching {word!r} does not find {stem} (found: {hits[:6]})")
