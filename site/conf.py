@@ -1,4 +1,4 @@
-"""Sphinx settings of the course site (`make site`, tools/site.py): the committed notebooks with
+"""Sphinx settings of the course site (`make site`, tools/course_site.py): the committed notebooks with
 their stored outputs (never executed here), rendered by myst-nb in sphinx-book-theme."""
 
 project = "Saving and loading PyTorch models"
@@ -6,7 +6,7 @@ author = "the course's authors"
 copyright = "the course's authors. Text CC BY 4.0, code MIT"
 extensions = ["myst_nb", "sphinx_copybutton", "sphinx_design"]
 
-# tools/site.py stages the notebooks and these pages into one folder and builds it
+# tools/course_site.py stages the notebooks and these pages into one folder and builds it
 root_doc = "index"
 exclude_patterns = ["_build", "**.ipynb_checkpoints", "README.md"]  # README: only included
 nb_execution_mode = "off"  # the stored outputs, proven by CI (strict nbval); nothing runs here
