@@ -2,8 +2,8 @@
 their stored outputs (never executed here), rendered by myst-nb in sphinx-book-theme."""
 
 project = "Saving and loading PyTorch models"
-author = "the course's authors"
-copyright = "the course's authors. Text CC BY 4.0, code MIT"
+author = ""  # the footer carries the course's credit line instead (README, "License, citing and reuse")
+html_show_copyright = False
 extensions = ["myst_nb", "sphinx_copybutton", "sphinx_design"]
 
 # tools/course_site.py stages the notebooks and these pages into one folder and builds it
