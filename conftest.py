@@ -57,7 +57,7 @@ SECONDS = {
     "test_tools": 8.0, "test_doctor_libraries": 7.2, "test_bombs": 6.6, "07_crash_safe_checkpoints": 5.9,
     "06_safe_loading": 5.2, "test_loading_bench": 5.1, "test_environment": 5.1, "01_whole_model": 5.1,
     "09_partial_and_transfer": 4.9, "02_state_dict": 4.5, "test_concurrency": 4.0, "test_mutations": 3.9,
-    "04_devices_map_location": 3.3, "test_doctor": 2.5,
+    "04_devices_map_location": 3.3, "test_doctor": 2.5, "test_site": 30.0,
 }
 
 
