@@ -2,17 +2,26 @@
 
 Each loading method runs in a fresh process, so one method's allocations never
 help or hurt the next. Starting a Python that imports torch costs seconds, so a
-small *fork server* imports torch once and forks one child per measurement:
-the child starts with nothing loaded, records its RSS high-water mark
-(``resource.getrusage(RUSAGE_SELF).ru_maxrss``) as a baseline, loads, and
-reports the growth. The page cache is shared by all processes, so every
-measurement here is warm unless :func:`evict_from_page_cache` ran first
-(:func:`resident_fraction` tells whether it worked).
+small *fork server* (a process that imported torch once and, for each job, makes
+a copy of itself with ``os.fork``, which takes milliseconds) runs each
+measurement in a fresh child: the child starts with nothing loaded, records its
+memory as a baseline, loads, and reports the growth. The page cache is shared by
+all processes, so every measurement here is warm unless
+:func:`evict_from_page_cache` ran first (:func:`resident_fraction` tells whether
+it worked).
 
-RSS counts two kinds of pages: private (anonymous) memory, which a load has to
-allocate and fill, and the pages of a memory-mapped file, which belong to the
-page cache and which the kernel can drop and read again. The table reports the
-high-water mark (both kinds) and the private part after use.
+RSS (resident set size: the process's memory that is in RAM) counts two kinds of
+pages: private (anonymous) memory, which a load has to allocate and fill, and the
+pages of a memory-mapped file, which belong to the page cache and which the
+kernel can drop and read again. Three figures are reported: ``peak``, the growth
+of the RSS *high-water mark* (``ru_maxrss``) during the load; ``held``, the
+growth of the *current* RSS (``VmRSS`` in ``/proc/self/status``) after a first
+touch of every weight, which can be lower than the peak once the load freed
+what it no longer needs; and ``priv.``, the growth of private memory
+(``RssAnon``) at that moment. ``/proc`` is Linux's: on macOS ``held`` and
+``priv.`` are left blank (``None``) and only the peak is measured; Windows has
+no ``fork``, so the fork server (and the whole table) runs on Linux and macOS
+only, while :func:`load_by` runs everywhere.
 
 >>> config = stack_config(8)            # a stack of Linear layers of about 8 MB
 >>> sorted(config) == ["layers", "width"]
@@ -26,7 +35,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import select
 import shutil
 import subprocess
@@ -39,12 +47,12 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-__all__ = ["METHODS", "LIMITS", "Measurement", "ForkServer", "stack_config", "build_stack", "save_both",
+__all__ = ["METHODS", "REFERENCES", "Measurement", "ForkServer", "stack_config", "build_stack", "save_both",
            "load_by", "measure", "read_seconds", "evict_from_page_cache", "resident_fraction",
            "mapped_file", "MAPPED", "LABELS", "run_benchmark", "format_table"]
 
 MB = 2**20
-#: the memcpy limit is measured this many times (each in a fresh child) and the fastest run kept.
+#: the memcpy reference row is measured this many times (each in a fresh child) and the fastest run kept.
 MEMCPY_REPEATS = 3
 #: method name -> what it builds, in the order the lesson teaches them.
 METHODS: dict[str, str] = {
@@ -54,12 +62,13 @@ METHODS: dict[str, str] = {
     "safetensors load_file + assign=True": "model on meta, file mapped (safetensors >= 0.8), parameters ARE those tensors",
     "safetensors safe_open, per tensor": "model built, each tensor read and copied in, one at a time",
 }
-#: the hardware limits measured on the same file.
-LIMITS: dict[str, str] = {
+#: reference rows: plain reads and one copy of the same bytes, for comparison. They are not bounds: a
+#: warm ``cat`` has beaten the memcpy row (8.0 against 7.9 GB/s), and a method can beat a cold ``cat``.
+REFERENCES: dict[str, str] = {
     "read the file, cold (cat > /dev/null)": "its bytes from the disk, after evicting them from the page cache",
     "read the file, warm (cat > /dev/null)": "its bytes from the page cache",
     "memcpy into touched memory": "y.copy_(x) where y was allocated and written once before the clock"
-                                  " starts (no page faults): memory bandwidth; fastest of 3 runs",
+                                  " starts (no page faults); fastest of 3 runs",
 }
 #: methods whose load maps the file and reads nothing: a GB/s figure for them would measure no reading.
 MAPPED = frozenset({"meta + mmap=True + assign=True", "safetensors load_file + assign=True"})
@@ -101,54 +110,81 @@ def save_both(state: dict[str, torch.Tensor], folder: str | os.PathLike[str], st
     return pt, st
 
 
-def load_by(method: str, pt: Path, st: Path, config: dict[str, int], device: str = "cpu") -> nn.Module:
-    """Load the checkpoint into a new ``build_stack(config)`` model the way ``method`` (a key of METHODS) says."""
+#: the methods that build their model on the meta device (no memory, no random initialisation).
+ON_META = frozenset({"meta + mmap=True + assign=True", "safetensors load_file + assign=True"})
+
+
+def load_by(method: str, pt: Path, st: Path, config: dict[str, int], device: str = "cpu",
+            times: dict[str, float] | None = None) -> nn.Module:
+    """Load the checkpoint into a new ``build_stack(config)`` model the way ``method`` (a key of METHODS) says.
+
+    ``times``, if given, receives ``times["init"]``: the seconds spent building the model (its random
+    initialisation, or next to nothing on the meta device), part of the load.
+    """
     from safetensors import safe_open
     from safetensors.torch import load_file
 
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {list(METHODS)}")
+    start = time.perf_counter()
+    with torch.device("meta" if method in ON_META else device):
+        model = build_stack(config)
+    _sync(device)
+    if times is not None:
+        times["init"] = time.perf_counter() - start
     if method == "torch.load + load_state_dict":
-        with torch.device(device):
-            model = build_stack(config)
         model.load_state_dict(torch.load(pt, map_location=device, weights_only=True))
     elif method == "torch.load mmap=True + load_state_dict":
-        with torch.device(device):
-            model = build_stack(config)
         model.load_state_dict(torch.load(pt, mmap=True, map_location=device, weights_only=True))
     elif method == "meta + mmap=True + assign=True":
-        with torch.device("meta"):
-            model = build_stack(config)
         model.load_state_dict(torch.load(pt, mmap=True, map_location=device, weights_only=True), assign=True)
     elif method == "safetensors load_file + assign=True":
-        with torch.device("meta"):
-            model = build_stack(config)
         model.load_state_dict(load_file(st, device=device), assign=True)
-    elif method == "safetensors safe_open, per tensor":
-        with torch.device(device):
-            model = build_stack(config)
+    else:  # "safetensors safe_open, per tensor"
         targets = model.state_dict()
         with safe_open(st, framework="pt", device=device) as f, torch.no_grad():
             for key in f.keys():
                 targets[key].copy_(f.get_tensor(key))
-    else:
-        raise ValueError(f"unknown method {method!r}; choose one of {list(METHODS)}")
     return model
 
 
-def _peak_mb() -> float:
-    """This process's RSS high-water mark in MB (Linux reports ``ru_maxrss`` in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def _peak_mb() -> float | None:
+    """This process's RSS high-water mark in MB (``ru_maxrss``: KiB on Linux, bytes on macOS); None on Windows."""
+    try:
+        import resource  # Unix only
+    except ImportError:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / MB if sys.platform == "darwin" else peak / 1024
 
 
-def _private_mb() -> float | None:
-    """This process's private (anonymous) resident memory in MB, from ``/proc/self/status``; None elsewhere."""
+def _status_mb(field: str) -> float | None:
+    """A memory figure of this process in MB from Linux's ``/proc/self/status`` (``VmRSS``, ``RssAnon``...).
+
+    None elsewhere: macOS and Windows have no ``/proc``.
+    """
     try:
         with open("/proc/self/status") as status:
             for line in status:
-                if line.startswith("RssAnon:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) / 1024
     except OSError:
         pass
     return None
+
+
+def _private_mb() -> float | None:
+    """This process's private (anonymous) resident memory in MB; None off Linux."""
+    return _status_mb("RssAnon")
+
+
+def _current_mb() -> float | None:
+    """This process's current RSS in MB (``VmRSS``: private memory plus resident mapped file pages); None off Linux."""
+    return _status_mb("VmRSS")
+
+
+def _grown(now: float | None, before: float | None) -> float | None:
+    return None if now is None or before is None else now - before
 
 
 def _touch(tensors: list[torch.Tensor]) -> None:
@@ -179,10 +215,12 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
     ``job``: ``{"method": ..., "pt": ..., "st": ..., "config": ..., "device": ...}`` for a method of
     METHODS (checked with ``torch.equal`` against the *other* file: .pt methods against the
     .safetensors file and the other way round), or ``{"method": "memcpy into touched memory",
-    "nbytes": ...}``. Figures: ``seconds`` (the load), ``used_seconds`` (the load plus a first touch of
+    "nbytes": ...}``. Figures: ``seconds`` (the load), ``init_seconds`` (the part of the load spent
+    building the model: random initialisation), ``used_seconds`` (the load plus a first touch of
     every page of every weight: one value per 4 KiB page), ``peak_mb`` (RSS high-water growth during
-    the load), ``used_mb`` (the same after the touch), ``private_mb`` (growth of private memory after
-    the touch).
+    the load), ``held_mb`` (growth of the current RSS, VmRSS, after the touch: what the process
+    still holds), ``private_mb`` (growth of private memory after the touch). The memory figures
+    are None where the system does not report them (see the module's doc).
     """
     device = job.get("device", "cpu")
     if device.startswith("cuda"):
@@ -190,7 +228,7 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
         torch.cuda.reset_peak_memory_stats()
     if job["method"] == "memcpy into touched memory":
         source = torch.ones(job["nbytes"], dtype=torch.uint8, device=device)
-        base, private = _peak_mb(), _private_mb()
+        base, current, private = _peak_mb(), _current_mb(), _private_mb()
         copy = torch.zeros_like(source)  # allocated and written: every page faulted in before the clock
         _sync(device)
         start = time.perf_counter()
@@ -198,20 +236,21 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
         _sync(device)
         seconds = time.perf_counter() - start
         assert copy[-1].item() == 1
-        grown = _peak_mb() - base
-        return {"seconds": seconds, "used_seconds": seconds, "peak_mb": grown, "used_mb": grown,
-                "private_mb": None if private is None else _private_mb() - private}
+        return {"seconds": seconds, "used_seconds": seconds, "peak_mb": _grown(_peak_mb(), base),
+                "held_mb": _grown(_current_mb(), current), "private_mb": _grown(_private_mb(), private)}
     pt, st = Path(job["pt"]), Path(job["st"])
-    base, private = _peak_mb(), _private_mb()
+    base, current, private = _peak_mb(), _current_mb(), _private_mb()
+    times: dict[str, float] = {}
     start = time.perf_counter()
-    model = load_by(job["method"], pt, st, job["config"], device)
+    model = load_by(job["method"], pt, st, job["config"], device, times=times)
     _sync(device)
     seconds = time.perf_counter() - start
-    peak = _peak_mb() - base
+    peak = _grown(_peak_mb(), base)
     _touch(list(model.state_dict().values()))
     _sync(device)
-    result = {"seconds": seconds, "used_seconds": time.perf_counter() - start, "peak_mb": peak,
-              "used_mb": _peak_mb() - base, "private_mb": None if private is None else _private_mb() - private}
+    result = {"seconds": seconds, "init_seconds": times["init"], "used_seconds": time.perf_counter() - start,
+              "peak_mb": peak, "held_mb": _grown(_current_mb(), current),
+              "private_mb": _grown(_private_mb(), private)}
     if device.startswith("cuda"):
         result["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / MB
     if job.get("check", True):
@@ -376,9 +415,10 @@ class Measurement:
 
     name: str
     seconds: float
+    init_seconds: float | None = None  # the part of the load spent building the model (random init)
     used_seconds: float | None = None  # load + first touch of every page (one value per 4 KiB page)
     peak_mb: float | None = None       # RSS high-water mark growth while loading
-    used_mb: float | None = None       # ... after that first touch of every page
+    held_mb: float | None = None       # current RSS (VmRSS) growth after that first touch of every page
     private_mb: float | None = None    # growth of private (anonymous) memory after that touch
     gpu_peak_mb: float | None = None   # torch.cuda.max_memory_allocated, when loading to a GPU
     same: bool | None = None           # every tensor torch.equal to the saved state
@@ -388,7 +428,7 @@ class Measurement:
 def run_benchmark(pt: Path, st: Path, config: dict[str, int], *, device: str = "cpu", cold: bool = False,
                   methods: list[str] | None = None, server: ForkServer | None = None,
                   progress: Callable[[str], None] | None = None) -> list[Measurement]:
-    """Measure every method of METHODS (each in a fresh forked child), then the LIMITS on ``pt``.
+    """Measure every method of METHODS (each in a fresh forked child), then the REFERENCES rows on ``pt``.
 
     ``cold=True`` evicts both files from the page cache before each method; otherwise both are
     read once (``cat``) before each method, so it starts warm. ``Measurement.cached`` records the
@@ -410,14 +450,14 @@ def run_benchmark(pt: Path, st: Path, config: dict[str, int], *, device: str = "
             if "error" in result:
                 raise RuntimeError(f"{method}: {result['error']}")
             rows.append(Measurement(method, **result, cached=cached))
-        cold_read, warm_read = list(LIMITS)[:2]
+        cold_read, warm_read = list(REFERENCES)[:2]
         if evict_from_page_cache(pt):
             seconds = read_seconds(pt)
-            rows.append(Measurement(cold_read, seconds, seconds, cached=0.0))
+            rows.append(Measurement(cold_read, seconds, used_seconds=seconds, cached=0.0))
         cached = resident_fraction(pt)
         seconds = read_seconds(pt)
-        rows.append(Measurement(warm_read, seconds, seconds, cached=cached))
-        memcpy_name = list(LIMITS)[2]
+        rows.append(Measurement(warm_read, seconds, used_seconds=seconds, cached=cached))
+        memcpy_name = list(REFERENCES)[2]
         copies = [server.run({"method": memcpy_name, "nbytes": pt.stat().st_size, "device": device})
                   for _ in range(MEMCPY_REPEATS)]
         for memcpy in copies:
@@ -432,25 +472,28 @@ def run_benchmark(pt: Path, st: Path, config: dict[str, int], *, device: str = "
 
 
 def format_table(rows: list[Measurement], size_mb: float) -> str:
-    """A text table about 65 characters wide: seconds, GB/s, memory growth in MB, same tensors.
+    """A text table 70 characters wide: seconds, GB/s, memory growth in MB, same tensors.
 
-    Methods are named by their LABELS. GB/s (``size_mb`` over ``+touch`` seconds) is left blank for
-    the MAPPED methods, whose load reads nothing and whose touch reads one value per page.
+    Methods are named by their LABELS. ``init`` is the part of ``load s`` spent building the model
+    (random initialisation). GB/s is ``size_mb`` over the seconds spent on the bytes, ``+touch``
+    minus ``init``, so that it does not count the initialisation; it is left blank for the MAPPED
+    methods, whose load reads nothing and whose touch reads one value per page.
     """
     gpu = any(r.gpu_peak_mb is not None for r in rows)
 
     def num(value: float | None, digits: int = 0) -> str:
         return "" if value is None else f"{value:.{digits}f}"
 
-    head = (f"{'method':<20} {'load s':>6} {'+touch':>6} {'GB/s':>5} {'peak':>5} {'used':>5}"
+    head = (f"{'method':<20} {'load s':>6} {'init':>5} {'+touch':>6} {'GB/s':>5} {'peak':>5} {'held':>5}"
             f" {'priv.':>5}" + (f" {'GPU':>5}" if gpu else ""))
-    caption = "seconds; GB/s: file size / +touch; peak, used, priv.: MB grown"
+    caption = "seconds; GB/s: file size / (+touch - init); memory: MB grown"
     lines = [caption, head + "  same", "-" * (len(head) + 6)]
     for r in rows:
-        rate = None if r.name in MAPPED else size_mb / 1024 / max(r.used_seconds or r.seconds, 1e-9)
-        line = (f"{LABELS.get(r.name, r.name):<20} {r.seconds:6.3f} {num(r.used_seconds, 3):>6}"
-                f" {num(rate, 1):>5} {num(r.peak_mb):>5} {num(r.used_mb):>5} {num(r.private_mb):>5}"
-                + (f" {num(r.gpu_peak_mb):>5}" if gpu else ""))
+        spent = (r.used_seconds or r.seconds) - (r.init_seconds or 0.0)
+        rate = None if r.name in MAPPED else size_mb / 1024 / max(spent, 1e-9)
+        line = (f"{LABELS.get(r.name, r.name):<20} {r.seconds:6.3f} {num(r.init_seconds, 3):>5}"
+                f" {num(r.used_seconds, 3):>6} {num(rate, 1):>5} {num(r.peak_mb):>5} {num(r.held_mb):>5}"
+                f" {num(r.private_mb):>5}" + (f" {num(r.gpu_peak_mb):>5}" if gpu else ""))
         lines.append(line + f"  {'' if r.same is None else r.same}")
     return "\n".join(lines)
 

@@ -1,8 +1,12 @@
-"""Time and peak memory of five ways to load a big checkpoint, against the disk and memcpy limits.
+"""Time and memory of five ways to load a big checkpoint, beside plain reads and a copy of the same bytes.
 
-    python tools/bench_loading.py                 # a model of about 256 MB
-    python tools/bench_loading.py --size-gb 2     # bigger (needs about 3x that in free RAM and twice on disk)
+    python tools/bench_loading.py                 # a model of about 256 MB, files warm (in the page cache)
     python tools/bench_loading.py --cold          # evict the files from the page cache before each method
+    python tools/bench_loading.py --size-gb 4     # bigger: needs about 3 x 4 = 12 GB of free memory
+                                                  # (the naive path's two copies, plus the file's pages)
+                                                  # and 2 x 4 = 8 GB of free disk; still warm without --cold
+
+Linux and macOS (the methods run in children of a fork server; Windows has no fork).
 
 Builds a stack of ``Linear(2048, 2048)`` layers with random weights, saves its
 state_dict once with ``torch.save`` and once with safetensors (under
@@ -10,20 +14,27 @@ state_dict once with ``torch.save`` and once with safetensors (under
 it the five ways lesson 10 teaches, each in a fresh process
 (``helper.loading_bench``), and prints one table:
 
-- load s: seconds to a model holding the weights; +touch: plus a first touch
-  of every page (one value per 4 KiB page; memory-mapped methods read the file
-  only then);
-- GB/s: the file's size over +touch, left blank for the two mapped methods
-  (their load reads nothing and their touch one value per page);
+- load s: seconds to a model holding the weights; init: the part of it spent
+  building the model (random initialisation; next to nothing on the meta
+  device); +touch: the load plus a first touch of every page (one value per
+  4 KiB page; memory-mapped methods read the file only then);
+- GB/s: the file's size over the seconds spent on its bytes (+touch - init),
+  left blank for the two mapped methods (their load reads nothing and their
+  touch one value per page);
 - peak: growth of the process's RSS high-water mark while loading, in MB;
-  used: the same after that first use (it counts mapped file pages);
-  priv.: growth of private memory, the part the kernel cannot drop;
+  held: growth of its current RSS (VmRSS) after that first touch (it counts
+  mapped file pages; lower than peak once the load freed its own copy);
+  priv.: growth of private memory at that moment, the part the kernel cannot
+  drop (held and priv. are Linux's /proc figures: blank on macOS);
 - same: every tensor ``torch.equal`` to the one in the other file format.
 
-Without ``--cold`` both files are read once before each method, so every
-method starts with its file in the page cache (warm). The limits: ``cat`` of
-the file from disk (after eviction) and from the page cache, and a ``memcpy``
-into memory written once before (no page faults: memory bandwidth).
+Without ``--cold`` both files are read once (``cat``) before each method, so
+every method starts with its file in the page cache: a warm load, to compare
+with the warm ``cat`` row, not the cold one. The reference rows: ``cat`` of the
+file from disk (after eviction; left out where eviction fails, as on tmpfs) and
+from the page cache, and one ``memcpy`` of its bytes into memory written once
+before (no page faults). They are references, not bounds: a warm ``cat`` has
+beaten the memcpy row.
 """
 
 from __future__ import annotations
@@ -56,6 +67,35 @@ def machine() -> str:
             f"torch {torch.__version__}")
 
 
+def available_memory_gb() -> float | None:
+    """Memory that can be had without swapping (``MemAvailable``, Linux), in GB; None where unknown."""
+    try:
+        with open("/proc/meminfo") as info:
+            for line in info:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return None
+
+
+def too_small(size_gb: float, folder: str) -> str | None:
+    """Why this machine cannot hold the benchmark of a ``size_gb`` model, or None.
+
+    Memory: the naive path holds two copies at its peak, and the file's pages sit in the page
+    cache beside them: about 3 x size_gb. Disk: the .pt and the .safetensors file, 2 x size_gb.
+    """
+    existing = os.path.abspath(folder)
+    while not os.path.exists(existing):  # the folder is made later: ask the disk it will be on
+        existing = os.path.dirname(existing)
+    memory, disk = available_memory_gb(), shutil.disk_usage(existing).free / 2**30
+    if memory is not None and memory < 3 * size_gb:
+        return f"{size_gb:g} GB needs about {3 * size_gb:g} GB of free memory, {memory:.1f} GB is available"
+    if disk < 2 * size_gb:
+        return f"{size_gb:g} GB needs about {2 * size_gb:g} GB of free disk in {folder}, {disk:.1f} GB is free"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size-gb", type=float, default=0.25, help="checkpoint size in GB (default 0.25)")
@@ -65,9 +105,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--folder", default=str(ARTIFACTS_DIR / "bench_loading"), help="where the files go")
     parser.add_argument("--keep", action="store_true", help="keep the checkpoint files")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON too")
+    parser.add_argument("--force", action="store_true", help="run even where free memory or disk looks too small")
     args = parser.parse_args(argv)
 
     config = lb.stack_config(args.size_gb * 1024, width=args.width)
+    short = too_small(args.size_gb, args.folder)
+    if short and not args.force:
+        print(f"not run: {short} (--force runs anyway)", file=sys.stderr)
+        return 2
     os.makedirs(args.folder, exist_ok=True)
     torch.manual_seed(0)
     state = lb.build_stack(config).state_dict()
