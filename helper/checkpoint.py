@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import ctypes
 import errno
 import json
@@ -68,7 +69,8 @@ from torch import nn
 from helper.formats import (EARLIER, KINDS, CheckpointError, crc_problem, kind_error, open_torch_zip, shown_path,
                             sniff)
 from helper.models import build_model
-from helper.pickle_guard import PickleBudget, scan_pickle, torch_allowed_globals
+from helper.pickle_guard import (KIND_HOSTILE, KIND_MALFORMED, KIND_TRUNCATED, PickleBudget, scan_pickle,
+                                 torch_allowed_globals)
 
 try:  # ISA-L's CRC-32 (same polynomial as zlib's, faster), as helper.formats uses
     from isal.isal_zlib import crc32 as _crc32
@@ -537,12 +539,12 @@ def verify_zip(path: PathLike) -> str | None:
     """``None`` if ``path`` passes every check ``load_checkpoint`` makes before unpickling, else the cause."""
     try:
         with open(path, "rb") as f:
+            _prescan(Path(path), f)
             archive = _validated(Path(path), f, check_data_crc=True)
             problem = _digest_problem(archive)
             if problem is not None:
                 return f"is corrupted: {problem}"
             _refuse_unsafe(Path(path), archive)
-            _prescan(Path(path), f, archive)
     except CheckpointError as exc:
         return exc.cause
     except OSError as exc:
@@ -666,17 +668,56 @@ def _fd_path(f: Any, path: Path) -> Path:
     return candidate if candidate.exists() else path
 
 
-def _prescan(path: Path, f: Any, archive: Any) -> None:
-    """``helper.pickle_guard``'s budget and call rules on data.pkl, before torch's unpickler sees it."""
-    member = archive.members[archive.prefix + "data.pkl"]
-    data = os.pread(f.fileno(), member.size, member.start)
-    if len(data) != member.size:
-        raise _err(path, "is truncated: data.pkl ends early (the file was cut short while it was read)",
-                              EARLIER, kind="truncated")
+def _prescan(path: Path, f: Any) -> None:
+    """``helper.pickle_guard``'s budget and rules on data.pkl, before anything else parses it.
+
+    Runs first, so that no other reader (``open_torch_zip``'s own scan, torch's unpickler) walks a pickle
+    that would build millions of objects. A data.pkl that is not intact (its CRC-32 fails, it is
+    compressed, its sizes do not fit the file) is left to ``open_torch_zip``, which names the damage; so
+    is a pickle that is merely malformed. Globals outside the allowlist give the message
+    ``_refuse_unsafe`` gives (the names it pickles), whatever else the pickle holds.
+    """
+    fd = f.fileno()
     try:
-        scan_pickle(data, budget=PickleBudget.for_size(member.size), name="data.pkl")
+        size = os.fstat(fd).st_size
+        with zipfile.ZipFile(f) as z:
+            pickles = [i for i in z.infolist() if i.filename.endswith("/data.pkl") and i.filename.count("/") == 1]
+        if len(pickles) != 1 or pickles[0].compress_type != zipfile.ZIP_STORED or pickles[0].file_size > size:
+            return
+        info = pickles[0]
+        header = os.pread(fd, 30, info.header_offset)
+        if len(header) != 30 or header[:4] != b"PK\x03\x04":
+            return
+        start = info.header_offset + 30 + int.from_bytes(header[26:28], "little") + int.from_bytes(header[28:30],
+                                                                                                    "little")
+        data = os.pread(fd, info.file_size, start)
+    except Exception:  # a damaged directory (zipfile raises many kinds): open_torch_zip names it
+        return
+    if len(data) != info.file_size or zlib.crc32(data) != info.CRC:
+        return
+    budget = dataclasses.replace(PickleBudget.for_size(len(data)), max_alloc=(1 << 20) + size)  # what the file holds
+    try:
+        scan_pickle(data, budget=budget, name="data.pkl")
     except CheckpointError as exc:
-        raise _err(path, exc.cause, exc.fix, kind=getattr(exc, "kind", None)) from None
+        kind = getattr(exc, "kind", None)
+        if getattr(exc, "limit", None) == "max_alloc":  # said as lesson 07 says it: the whole request, the file size
+            unlimited = dataclasses.replace(budget, max_alloc=1 << 62, max_memory=1 << 62)
+            try:
+                asked = scan_pickle(data, budget=unlimited, name="data.pkl").alloc
+            except CheckpointError:
+                asked = None
+            if asked is not None:
+                raise _err(path, f"refused: its pickle asks for {asked:,} bytes (bytearray) from a file of {size:,} "
+                           "bytes, a memory bomb (nothing was allocated)", "do not load this file; ask for the "
+                           "weights as a state_dict or safetensors file", kind=kind) from None
+        if kind in (KIND_MALFORMED, KIND_TRUNCATED):
+            return
+        names = getattr(exc, "refused_globals", ())
+        if names:
+            raise _err(path, f"refused by weights_only=True: it pickles {', '.join(names)}, not plain data "
+                       "(nothing in it was run)", "store only tensors and plain data (dict, list, str, int, float); "
+                       "save_checkpoint refuses such objects at save time", kind=KIND_HOSTILE) from None
+        raise _err(path, exc.cause, exc.fix, kind=kind) from None
 
 
 def _storages(obj: Any) -> tuple[list[Any], bool]:
@@ -764,13 +805,13 @@ def load_checkpoint(path: PathLike, *, map_location: Any = "cpu", verify: bool =
 
 
 def _load(path: Path, f: Any, map_location: Any, verify: bool) -> Checkpoint:
+    _prescan(path, f)
     archive = _validated(path, f)
     problem = _digest_problem(archive)
     if problem is not None:
         raise _err(path, f"is corrupted: {problem}", EARLIER + "; copy checkpoints with a checksum "
                               "(sha256sum)", kind="swapped" if "swapped" in problem else "corrupted")
     _refuse_unsafe(path, archive)
-    _prescan(path, f, archive)
     members = archive.tensor_members()
     in_memory = verify and _cpu(map_location)
     crc: list[str | None] = [None]

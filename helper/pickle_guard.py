@@ -239,6 +239,7 @@ class _Scan:
         self.memo: dict[int, _Obj] = {}
         self.globals: set[str] = set()
         self.calls: set[str] = set()
+        self.refused: set[str] = set()  # globals outside the allowlist
         self.containers = self.memory = self.alloc = self.max_depth = self.ops = 0
         self.proto = 0
 
@@ -248,8 +249,18 @@ class _Scan:
                       _FIX_HOSTILE)
 
     def over(self, what: str, value: int, limit: int) -> Exception:
-        return _error(self.name, KIND_BUDGET, f"refused before unpickling: it would build {what} ({value:,}, the "
-                      f"budget for a pickle of {self.nbytes:,} bytes is {limit:,}); nothing was built", _FIX_BUDGET)
+        err = _error(self.name, KIND_BUDGET, f"refused before unpickling: it would build {what} ({value:,}, the "
+                     f"budget for a pickle of {self.nbytes:,} bytes is {limit:,}); nothing was built", _FIX_BUDGET)
+        err.limit = next(f for f in ("max_depth", "max_marks", "max_containers", "max_memo", "max_memory",
+                                     "max_alloc") if getattr(self.budget, f) == limit)  # which limit was hit
+        return err
+
+    def refused_globals(self) -> Exception:
+        names = sorted(self.refused)
+        err = self.hostile(f"it names {', '.join(names)}, which {'is' if len(names) == 1 else 'are'} not on the "
+                           "allowlist of weights_only=True (exact module.name)")
+        err.refused_globals = tuple(names)
+        return err
 
     def malformed(self, cause: str) -> Exception:
         return _error(self.name, KIND_MALFORMED, f"is not a valid pickle: {cause}", "use an earlier checkpoint "
@@ -356,9 +367,8 @@ class _Scan:
                                "path, which protocol 4 follows from an allowed module to anything)")
         if not _IDENT.match(module):
             raise self.hostile(f"it names the global {shown!r}, whose module is not a plain dotted name")
-        if full not in self.allowed:
-            raise self.hostile(f"it names {shown}, which is not on the allowlist of weights_only=True (exact "
-                               "module.name)")
+        if full not in self.allowed:  # collected: the error names them all, once the scan has ended
+            self.refused.add(shown)
         obj = _Obj("global", 0)
         obj.name = full
         self.cost(_C_SLOT)
@@ -903,25 +913,36 @@ def scan_pickle(data: bytes | bytearray | memoryview, *, allowed: frozenset[str]
     raw = bytes(view) if not isinstance(view, bytes) else view
     s.find_newline = lambda pos: raw.find(b"\n", pos)
     s.data = raw
-    handlers = _HANDLERS
-    data_, n = raw, len(raw)
+    try:
+        _run(s, raw)
+    except Exception as exc:
+        if s.refused and getattr(exc, "kind", None) in (KIND_BUDGET, KIND_HOSTILE):
+            raise s.refused_globals() from None  # what it names matters more than how far the scan got
+        raise
+    if s.refused:
+        raise s.refused_globals()
+    return PickleReport(globals=tuple(sorted(s.globals)), opcodes=s.ops, max_depth=s.max_depth,
+                        containers=s.containers, memo=len(s.memo), memory=s.memory, alloc=s.alloc, protocol=s.proto,
+                        end=s.pos, calls=tuple(sorted(s.calls)))
+
+
+def _run(s: _Scan, raw: bytes) -> None:
+    """The opcode loop: dispatch each opcode to its handler until STOP."""
+    handlers, n = _HANDLERS, len(raw)
     while True:
         pos = s.pos
         if pos >= n:
             s.here = pos
             raise s.truncated()
-        code = data_[pos]
+        code = raw[pos]
         s.here, s.pos = pos, pos + 1
         s.ops += 1
         if code == 0x2E:  # STOP
             result = s.pop()
             if result.kind == "mark":
                 raise s.malformed("STOP with a MARK on top of the stack")
-            break
+            return
         handler = handlers.get(code)
         if handler is None:
             raise s.malformed(f"unknown opcode {bytes([code])!r} at byte {pos}")
         handler(s)
-    return PickleReport(globals=tuple(sorted(s.globals)), opcodes=s.ops, max_depth=s.max_depth,
-                        containers=s.containers, memo=len(s.memo), memory=s.memory, alloc=s.alloc, protocol=s.proto,
-                        end=s.pos, calls=tuple(sorted(s.calls)))

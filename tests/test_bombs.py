@@ -286,3 +286,97 @@ def test_truncated_and_malformed_pickles_have_their_own_kinds():
         assert caught.value.kind in ("truncated", "malformed-pickle"), (cut, caught.value)
     refused(b"\x80\x02\xff.", "malformed-pickle", "unknown opcode")
     refused(b"\x80\x02a.", "malformed-pickle", "empty stack")
+
+
+# --------------------------------------------------------------------------------------------------
+# Issue 24, cases 6-9 as files: load_checkpoint in a child with address-space, CPU-time and wall-time limits
+
+LIMITED_CHILD = """
+import json, resource, sys, time
+from helper.checkpoint import CheckpointError, load_checkpoint
+def vm_kb():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmSize:"):
+            return int(line.split()[1])
+resource.setrlimit(resource.RLIMIT_AS, (vm_kb() * 1024 + (1 << 30),) * 2)  # 1 GiB above what the imports mapped
+resource.setrlimit(resource.RLIMIT_CPU, (120, 120))
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+for path in sys.argv[1:]:
+    start = time.perf_counter()
+    try:
+        load_checkpoint(path)
+        result = {"kind": "LOADED", "cause": ""}
+    except CheckpointError as exc:
+        result = {"kind": getattr(exc, "kind", None), "cause": exc.cause}
+    result.update(seconds=time.perf_counter() - start,
+                  growth_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base)
+    print(json.dumps(result), flush=True)
+"""
+
+
+class Wrap:
+    """Pickles as ``func(*args)`` (torch.save's own pickler writes it)."""
+
+    def __init__(self, func, *args):
+        self.func, self.args = func, args
+
+    def __reduce__(self):
+        return self.func, self.args
+
+
+def hostile_checkpoint(folder: Path, name: str, *, key: bytes | None = None, value: bytes | None = None,
+                       version: bytes | None = None, extra: object = None) -> Path:
+    """A torch.save file with the keys make_checkpoint writes, one key or value replaced by raw opcodes."""
+    from helper.checkpoint import make_checkpoint
+    from helper.models import build_model
+
+    checkpoint = make_checkpoint(build_model({"arch": "mlp", "hidden": [4]}), epoch=1)
+    checkpoint["extra"] = {"KEY_PLACEHOLDER": "VALUE_PLACEHOLDER"} if extra is None else {"slot": extra}
+    if version is not None:
+        checkpoint["format_version"] = "VERSION_PLACEHOLDER"
+    plain = folder / f"{name}.plain.pt"
+    torch.save(checkpoint, plain)
+    with zipfile.ZipFile(plain) as z:
+        pkl_name = next(n for n in z.namelist() if n.endswith("data.pkl"))
+        pkl = z.read(pkl_name)
+    for placeholder, raw in ((b"KEY_PLACEHOLDER", key), (b"VALUE_PLACEHOLDER", value),
+                             (b"VERSION_PLACEHOLDER", version)):
+        if raw is not None:
+            literal = b"X" + len(placeholder).to_bytes(4, "little") + placeholder
+            assert pkl.count(literal) == 1
+            pkl = pkl.replace(literal, raw)
+    return rezip(plain, folder / f"{name}.pt", {pkl_name: pkl})
+
+
+HOSTILE = {  # name: (how it is made, the kinds load_checkpoint may name)
+    "case 6: a dict key nested 1M deep": (dict(key=b")" + b"\x85" * 1_000_000), "budget"),
+    "case 7: bytearray of a 0-dim tensor": (dict(extra=Wrap(bytearray, torch.tensor(2 ** 31))), "hostile-pickle"),
+    "case 8: 29 chained _codecs.encode": (dict(value=b"c_codecs\nencode\n" * 29 + b"X\x03\x00\x00\x00aaa"
+                                               b"X\x06\x00\x00\x00latin1\x86R" + b"X\x03\x00\x00\x00hex\x86R" * 28),
+                                          "hostile-pickle"),
+    "case 8: 5M empty sets": (dict(value=b"](" + b"\x8f" * 5_000_000 + b"e"), "budget"),
+    "case 8: 20M MARKs": (dict(value=b"(" * 20_000_000 + b"N"), "budget"),
+    "case 8: 30M empty lists": (dict(value=b"](" + b"]" * 30_000_000 + b"e"), "budget"),
+    "case 9: format_version nested 200k deep": (dict(version=b"]" * 200_000 + b"a" * 199_999), "budget"),
+}
+
+
+def test_hostile_files_are_refused_before_torch_unpickles_them(tmp_path, capsys):
+    """Each was reproduced on the old main: SIGSEGV (case 6), a 2 GB bytearray returned (7), +1.3-2.6 GB and
+    12-54 s (8), RecursionError (9). Now: CheckpointError naming the budget or the call, within seconds, with
+    little memory, in one child limited to 1 GiB of address space above its imports and 120 s of CPU (its
+    ru_maxrss only grows, so each figure bounds every file before it too)."""
+    paths = [hostile_checkpoint(tmp_path, f"hostile{i}", **how) for i, (how, _) in enumerate(HOSTILE.values())]
+    done = subprocess.run([sys.executable, "-c", LIMITED_CHILD, *map(str, paths)], capture_output=True, text=True,
+                          cwd=REPO_ROOT, timeout=600, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, (done.returncode, done.stdout, done.stderr[-2000:])  # -11 was SIGSEGV
+    results = dict(zip(HOSTILE, map(json.loads, done.stdout.strip().splitlines())))
+    with capsys.disabled():
+        print("\nhostile files (issue 24): load_checkpoint's verdict, time, peak memory added")
+        for name, result in results.items():
+            print(f"  {name}: {result['kind']} in {result['seconds']:.1f} s, +{result['growth_mb']:.0f} MB | "
+                  f"{result['cause'][:90]}")
+    assert list(results) == list(HOSTILE), done.stdout
+    for name, result in results.items():
+        assert result["kind"] == HOSTILE[name][1] and "refused before unpickling" in result["cause"], (name, result)
+        assert result["seconds"] < 20 and result["growth_mb"] < GROWTH_MB, (name, result)

@@ -543,3 +543,104 @@ def test_saving_an_older_epoch_drops_the_abandoned_newer_files(tmp_path):
         run.save(make_checkpoint(model, epoch=epoch))
     run.save(make_checkpoint(model, epoch=2))  # resumed from epoch 1 on purpose
     assert [p.name for p in run.checkpoints()] == ["epoch-0001.pt", "epoch-0002.pt"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 24: a file made to attack the loader (cases 10 and 12 here; 6-9 in test_bombs.py)
+
+
+def swap_member_names(path: Path, first: str, second: str) -> None:
+    """Swap two members' names in their local headers and in the central directory (4 bytes for one-digit
+    keys): every CRC-32 stays valid, as in issue 24's case 12."""
+    raw = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as z:
+        infos, start = {i.filename: i for i in z.infolist()}, z.start_dir
+    a, b = infos[first], infos[second]
+    assert len(first) == len(second) and a.file_size == b.file_size and a.CRC != b.CRC
+    for info, new in ((a, second), (b, first)):
+        offset = info.header_offset + 30
+        assert raw[offset:offset + len(new)] == info.filename.encode()
+        raw[offset:offset + len(new)] = new.encode()
+    pos = start
+    swapped = 0
+    while raw[pos:pos + 4] == b"PK\x01\x02":
+        n, m, k = struct.unpack("<HHH", raw[pos + 28:pos + 34])
+        name = bytes(raw[pos + 46:pos + 46 + n]).decode()
+        if name in (first, second):
+            raw[pos + 46:pos + 46 + n] = (second if name == first else first).encode()
+            swapped += 1
+        pos += 46 + n + m + k
+    assert swapped == 2
+    path.write_bytes(bytes(raw))
+
+
+def test_members_swapped_by_name_are_refused(tmp_path):
+    """Case 12: before, load_checkpoint returned the Adam momentum buffer as model['1.weight'], and every
+    CRC-32 passed. save_checkpoint's digest record binds each storage's CRC-32 to its name."""
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 4))
+    optimizer = torch.optim.Adam(model.parameters())
+    model(torch.randn(3, 4)).sum().backward()
+    optimizer.step()
+    path = save_checkpoint(make_checkpoint(model, optimizer), tmp_path / "swapped.pt")
+    with zipfile.ZipFile(path) as z:  # two storages of equal size and different bytes, one-digit keys
+        infos = [i for i in z.infolist() if "/data/" in i.filename and len(i.filename.rsplit("/", 1)[1]) == 1]
+    first, second = next((a.filename, b.filename) for a in infos for b in infos
+                         if a.filename < b.filename and a.file_size == b.file_size and a.CRC != b.CRC)
+    before = torch.load(path, weights_only=True)
+    swap_member_names(path, first, second)
+    assert zipfile.ZipFile(path).testzip() is None  # every CRC-32 still matches its (renamed) member
+    plain = torch.load(path, weights_only=True)  # loads, silently wrong
+    assert plain.keys() == before.keys() and not tensors_equal(plain, before)
+    with pytest.raises(CheckpointError, match="renamed or swapped") as caught:
+        load_checkpoint(path)
+    assert caught.value.kind == "swapped"
+    assert "renamed or swapped" in verify_zip(path)
+
+
+def test_a_file_truncated_while_it_is_validated_is_an_error_not_a_crash(tmp_path):
+    """Case 10: another process truncating the file (open(path, "wb")) while it was read through the
+    validation's shared mmap killed the reader with SIGBUS. Here the truncation happens exactly while the
+    validation reads (inside its CRC check of the records), in a child whose exit code is checked."""
+    path = save_checkpoint(make_checkpoint(build_model({"arch": "cnn"}), epoch=1), tmp_path / "cut.pt")
+    code = f"""
+import os, sys
+from pathlib import Path
+import helper.formats as formats
+from helper.checkpoint import CheckpointError, load_checkpoint
+real = Path({str(path)!r})
+original = formats.crc_problem
+def truncating(*args, **kwargs):
+    if real.stat().st_size:
+        open(real, "wb").close()  # what a second process's torch.save does first
+    return original(*args, **kwargs)
+formats.crc_problem = truncating
+try:
+    load_checkpoint(real)
+    print("LOADED")
+except CheckpointError as exc:
+    print("refused:", exc.kind, exc.cause)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parents[1], env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])  # -7 was SIGBUS
+    assert done.stdout.startswith("refused:"), done.stdout + done.stderr[-2000:]
+    assert path.stat().st_size == 0
+
+
+def test_load_checkpoint_never_maps_the_file_it_loads(tmp_path, monkeypatch):
+    """The validation maps only a private copy; torch.load reads (mmap=False): nothing can SIGBUS."""
+    import mmap as mmap_module
+
+    from helper import formats
+
+    path = good_file(tmp_path)
+    mapped = []
+    real_mmap = mmap_module.mmap
+
+    def recording(fileno, *args, **kwargs):
+        mapped.append(os.fstat(fileno).st_ino)
+        return real_mmap(fileno, *args, **kwargs)
+
+    monkeypatch.setattr(formats.mmap, "mmap", recording)
+    assert load_checkpoint(path)["epoch"] == 3 and verify_zip(path) is None
+    assert mapped and path.stat().st_ino not in mapped
