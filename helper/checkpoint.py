@@ -49,6 +49,7 @@ import errno
 import json
 import os
 import pickle
+import queue
 import random
 import re
 import secrets
@@ -556,9 +557,6 @@ def _allowed_globals() -> set[str]:
     return set(torch_allowed_globals())
 
 
-_THREAD_ABOVE = 1 << 22  # bytes of tensor data
-
-
 def _refuse_unsafe(path: Path, archive: Any) -> None:
     """``CheckpointError`` if the scanned pickle names globals weights_only refuses, or holds meta tensors."""
     needed = sorted(archive.scan.globals - _allowed_globals())  # from the opcodes: nothing was unpickled
@@ -720,50 +718,68 @@ def _prescan(path: Path, f: Any) -> None:
         raise _err(path, exc.cause, exc.fix, kind=kind) from None
 
 
-def _storages(obj: Any) -> tuple[list[Any], bool]:
-    """Every distinct storage reachable from ``obj`` (dicts, lists, tuples, sets, tensors), and whether all were
-    plain CPU tensors whose bytes can be checked in memory."""
-    found: dict[tuple[int, int], Any] = {}
-    plain = True
-    stack, seen = [obj], set()
-    while stack:
-        value = stack.pop()
-        if isinstance(value, torch.Tensor):
-            if value.layout != torch.strided or value.device.type != "cpu" or type(value) not in (
-                    torch.Tensor, nn.Parameter) or value.is_quantized:
-                plain = False
-                continue
-            storage = value.untyped_storage()
-            if storage.nbytes():
-                found.setdefault((storage.data_ptr(), storage.nbytes()), storage)
-        elif isinstance(value, (dict, list, tuple, set, frozenset)):
-            if id(value) in seen:
-                continue
-            seen.add(id(value))
-            if isinstance(value, dict):
-                stack.extend(value.keys())
-                stack.extend(value.values())
-            else:
-                stack.extend(value)
-    return list(found.values()), plain
+class _CrcTap:
+    """A ``map_location`` for ``torch.load`` that takes the CRC-32 of each storage as torch.load reads it from the
+    file (before it is moved anywhere), then places it as the caller's ``map_location`` would.
 
+    torch.load calls it once per storage record, so what it saw is every tensor byte that was loaded: no
+    second read of the file, no walk through the result. Storages of 1 MiB or more are checked by a thread
+    while torch.load reads the next record (its reads release the GIL), smaller ones at once. (Where the
+    file's byte order differs from this machine's, torch swaps the bytes first; the CRC-32s then disagree
+    and the file is read to decide.)
+    """
 
-def _memory_crc_agrees(checkpoint: Any, members: list[Any]) -> bool:
-    """Do the bytes ``torch.load`` returned carry exactly the CRC-32s (and sizes) of the zip's tensor members?"""
-    storages, plain = _storages(checkpoint)
-    if not plain:
-        return False
-    wanted = collections.Counter((m.crc, m.size) for m in members if m.size)
-    got = collections.Counter()
-    for storage in storages:
+    THREAD_FROM = 1 << 20
+
+    def __init__(self, map_location: Any) -> None:
+        self.map_location = map_location
+        self.seen: collections.Counter[tuple[int, int]] = collections.Counter()
+        self.queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.worker: threading.Thread | None = None
+
+    def _crc(self, storage: Any) -> None:
         n = storage.nbytes()
-        got[(_crc32((ctypes.c_char * n).from_address(storage.data_ptr())), n)] += 1
-    return got == wanted
+        self.seen[(_crc32((ctypes.c_char * n).from_address(storage.data_ptr())), n)] += 1
+
+    def _work(self) -> None:
+        while (storage := self.queue.get()) is not None:
+            self._crc(storage)
+
+    def __call__(self, storage: Any, location: str) -> Any:
+        n = storage.nbytes()
+        if n and storage.device.type == "cpu":
+            if n < self.THREAD_FROM:
+                self._crc(storage)
+            else:
+                if self.worker is None:
+                    self.worker = threading.Thread(target=self._work, name="checkpoint-crc", daemon=True)
+                    self.worker.start()
+                self.queue.put(storage)  # kept alive by the queue until its CRC-32 is taken
+        where = self.map_location
+        if where is None:
+            return torch.serialization.default_restore_location(storage, location)
+        if isinstance(where, dict):
+            return torch.serialization.default_restore_location(storage, where.get(location, location))
+        if isinstance(where, (str, bytes, torch.device)):
+            return torch.serialization.default_restore_location(storage, str(where) if isinstance(
+                where, torch.device) else where)
+        result = where(storage, location)
+        return torch.serialization.default_restore_location(storage, location) if result is None else result
+
+    def finish(self) -> None:
+        """Wait for the thread's last CRC-32 (always called, so no thread outlives the load)."""
+        if self.worker is not None:
+            self.queue.put(None)
+            self.worker.join()
+            self.worker = None
+
+    def agrees(self, members: list[Any]) -> bool:
+        """Did torch.load read exactly the bytes (CRC-32 and size) of the zip's tensor members?"""
+        return self.seen == collections.Counter((m.crc, m.size) for m in members if m.size)
 
 
-def _cpu(map_location: Any) -> bool:
-    return map_location is None or map_location == "cpu" or (isinstance(map_location, torch.device)
-                                                              and map_location.type == "cpu")
+def _meta(map_location: Any) -> bool:
+    return (isinstance(map_location, (str, torch.device)) and torch.device(map_location).type == "meta")
 
 
 def load_checkpoint(path: PathLike, *, map_location: Any = "cpu", verify: bool = True) -> Checkpoint:
@@ -813,27 +829,18 @@ def _load(path: Path, f: Any, map_location: Any, verify: bool) -> Checkpoint:
                               "(sha256sum)", kind="swapped" if "swapped" in problem else "corrupted")
     _refuse_unsafe(path, archive)
     members = archive.tensor_members()
-    in_memory = verify and _cpu(map_location)
+    tap = _CrcTap(map_location) if verify and not _meta(map_location) else None
     crc: list[str | None] = [None]
-    worker: list[threading.Thread] = []
-    if verify and not in_memory:
-        source = _fd_path(f, path)
-        if sum(m.size for m in members) <= _THREAD_ABOVE:  # below it a thread costs more than it saves
-            crc[0] = crc_problem(source, members)
-        else:
-            worker.append(threading.Thread(target=lambda: crc.__setitem__(0, crc_problem(source, members)),
-                                           daemon=True))
-            worker[0].start()
     checkpoint, error = None, None
-    if crc[0] is None:
-        try:
-            f.seek(0)
-            checkpoint = torch.load(f, map_location=map_location, weights_only=True)
-        except (Exception, RecursionError, MemoryError) as exc:  # judged below, once the CRCs are known
-            error = exc
-    if worker:
-        worker[0].join()
-    if in_memory and error is None and not _memory_crc_agrees(checkpoint, members):
+    try:
+        f.seek(0)
+        checkpoint = torch.load(f, map_location=map_location if tap is None else tap, weights_only=True)
+    except (Exception, RecursionError, MemoryError) as exc:  # judged below, once the CRCs are known
+        error = exc
+    finally:
+        if tap is not None:
+            tap.finish()
+    if verify and (tap is None or error is not None or not tap.agrees(members)):
         crc[0] = crc_problem(_fd_path(f, path), members)  # which member, read from the file (the rare path)
     if crc[0] is not None:
         raise _err(path, f"is corrupted: {crc[0]} (its bytes changed after torch.save wrote them)",

@@ -275,36 +275,42 @@ def test_a_flipped_byte_loads_silently_with_plain_torch_load_but_verify_catches_
     assert load_checkpoint(bad, verify=False)["epoch"] == 3  # the check is what catches it
 
 
-@pytest.mark.parametrize("how", ["in memory", "before", "threaded"])
-def test_tensors_whose_crc_fails_are_never_returned(tmp_path, monkeypatch, how):
-    """On the CPU the bytes torch.load returned are checked (no second read); elsewhere small files are checked
-    before torch.load, large ones in a thread while it runs: all three refuse, naming the member."""
-    monkeypatch.setattr(ckpt, "_THREAD_ABOVE", -1 if how == "threaded" else 1 << 40)
-    started, read_back = [], []
-    real_start, real_problem = ckpt.threading.Thread.start, ckpt.crc_problem
-    monkeypatch.setattr(ckpt.threading.Thread, "start", lambda self: started.append(1) or real_start(self))
+@pytest.mark.parametrize("where", ["cpu", "callable", "meta"])
+def test_tensors_whose_crc_fails_are_never_returned(tmp_path, monkeypatch, where):
+    """The CRC-32 of every storage is taken as torch.load reads it (a map_location that relays to the
+    caller's), so a good file is never read a second time; a mismatch (or a meta load, which reads no
+    bytes) reads the file to name the member. All refuse."""
+    read_back = []
+    real_problem = ckpt.crc_problem
     monkeypatch.setattr(ckpt, "crc_problem", lambda *a, **k: read_back.append(1) or real_problem(*a, **k))
+    monkeypatch.setattr(ckpt._CrcTap, "THREAD_FROM", 1 << 12)  # the thread takes the larger storages here too
     good = good_file(tmp_path)
     bad = make_bad("flipped-tensor", tmp_path, good)
-    where = "cpu" if how == "in memory" else (lambda storage, location: storage)  # a callable: not known as CPU
-    assert load_checkpoint(good, map_location=where)["epoch"] == 3
-    assert bool(read_back) == (how != "in memory")  # a good file on the CPU is never read a second time
+    location = {"cpu": "cpu", "callable": lambda storage, location: storage, "meta": "meta"}[where]
+    loaded = load_checkpoint(good, map_location=location)
+    assert loaded["epoch"] == 3 and loaded["model"]["1.weight"].device.type == where.replace("callable", "cpu")
+    assert bool(read_back) == (where == "meta")  # a good file on the CPU is never read a second time
     with pytest.raises(CheckpointError, match="fails its CRC-32 check") as caught:
-        load_checkpoint(bad, map_location=where)
+        load_checkpoint(bad, map_location=location)
     assert caught.value.kind == "corrupted"
-    assert bool(started) == (how == "threaded")
+    assert not [t for t in ckpt.threading.enumerate() if t.name == "checkpoint-crc"]  # no thread outlives a load
 
 
-def test_the_in_memory_check_sees_every_storage(tmp_path):
-    """Views share a storage, a tensor can be a dict key or sit in a set: the multiset of CRCs still agrees."""
+def test_the_crc_tap_sees_every_storage_and_places_them_as_asked(tmp_path):
+    """Views share a storage, a tensor can be a dict key or sit in a set: torch.load reads each record once,
+    and the tap sees it; map_location strings, devices, dicts and callables place them as torch.load would."""
     base = torch.arange(12.0)
     checkpoint = ckpt.make_checkpoint(torch.nn.Linear(2, 2), extra={"view": base[3:], "again": base,
                                                                    "set": {torch.ones(2)}, "key": {torch.zeros(3): 1}})
     path = ckpt.save_checkpoint(checkpoint, tmp_path / "views.pt")
     with open(path, "rb") as f:
-        archive = ckpt._validated(path, f)
-    assert ckpt._memory_crc_agrees(load_checkpoint(path), archive.tensor_members())
-    assert not ckpt._memory_crc_agrees({"w": torch.ones(1)}, archive.tensor_members())
+        members = ckpt._validated(path, f).tensor_members()
+    for location in ("cpu", torch.device("cpu"), {"cpu": "cpu"}, None, lambda storage, where: None):
+        tap = ckpt._CrcTap(location)
+        loaded = torch.load(path, map_location=tap, weights_only=True)
+        tap.finish()
+        assert tap.agrees(members) and loaded["extra"]["view"].data_ptr() == loaded["extra"]["again"][3:].data_ptr()
+    assert not ckpt._CrcTap("cpu").agrees(members)
 
 
 def test_the_crc_in_use_is_zlibs():
