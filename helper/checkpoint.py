@@ -26,14 +26,22 @@ the folder is ``fsync``-ed so the rename itself survives a power cut. A save
 that fails or is killed at any moment leaves the previous file intact; a full
 or read-only disk is a ``CheckpointError`` naming the errno and the fix.
 
+Saving also adds a digest record (``DIGEST_RECORD``): each storage's CRC-32
+and size under its name, and data.pkl's, taken from the zip's own directory
+(nothing is read back), so a renamed or swapped member is refused on loading.
+
 Loading (``load_checkpoint``) first recognises what the path really is
-(``helper.formats``: one table of file kinds shared with the doctor), then
-validates the archive before anything is unpickled (structure, records,
-``data.pkl``'s opcodes, storage sizes, a memory budget), loads with
-``weights_only=True`` while a thread checks every tensor's CRC-32
-(``torch.load`` never does, so a flipped byte would load silently as wrong
-weights). Every failure is a ``CheckpointError`` naming the file, the cause
-and the fix.
+(``helper.formats``: one table of file kinds shared with the doctor), checks
+data.pkl's opcodes with ``helper.pickle_guard`` (exact globals, call rules, a
+budget on depth, containers, memo, memory and allocations) before any other
+parser reads it, validates the archive (structure, records, storage sizes) on
+a private copy of everything but the tensor data (never through a shared
+mapping of a file another process may truncate), compares the digest record,
+and loads with ``weights_only=True`` from the same open file while the CRC-32
+of every storage is taken as torch.load reads it (``torch.load`` never checks
+them, so a flipped byte would load silently as wrong weights). Every failure,
+``RecursionError`` and ``MemoryError`` included, is a ``CheckpointError``
+naming the file, the cause and the fix, with a ``kind`` code.
 
 ``CheckpointFolder`` keeps the last K checkpoints of a run and the best one by
 a metric, and resumes from the newest good one, saying which files it skipped.
@@ -88,7 +96,7 @@ __all__ = [
     "capture_rng_state", "restore_rng_state", "make_checkpoint", "save_checkpoint", "load_checkpoint",
     "restore_training_state", "model_from_checkpoint", "sniff", "KINDS", "verify_zip", "find_unsafe_values",
     "remove_stale_temp_files", "fsync_folder", "Mismatch", "find_mismatch", "state_dict_mismatch",
-    "load_model_state", "CheckpointFolder", "Resumed",
+    "load_model_state", "CheckpointFolder", "Resumed", "DIGEST_RECORD",
 ]
 
 FORMAT_VERSION = 1

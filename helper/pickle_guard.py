@@ -7,7 +7,8 @@ unpickler *would* build, and raises ``CheckpointError`` (``kind`` below) at the
 first opcode that breaks a rule:
 
 - **Globals** (``kind="hostile-pickle"``): every ``module.name`` must be in an
-  exact allowlist (``allowed``; no prefix match). A name with a dot in it
+  exact allowlist (``allowed``; no prefix match); those that are not are named
+  together in one error (``refused_globals``) once the scan ends or fails. A name with a dot in it
   (protocol 4 resolves ``os.system`` as an attribute path) and a module that is
   not a plain dotted identifier are refused. ``STACK_GLOBAL``'s two operands
   must be literal strings the pickle itself pushed (directly or through its
@@ -38,47 +39,52 @@ first opcode that breaks a rule:
   (``hostile-pickle``): ``pickle.dump`` and ``torch.save`` finish a container
   before they place it, so this only comes from a crafted file, and refusing it
   makes the depth below exact and cycles impossible.
-- **Budget** (``kind="budget"``, ``PickleBudget``), checked as each opcode is read:
+- **Budget** (``kind="budget"``, ``PickleBudget``), checked as each opcode is read
+  (``n`` = the pickle's length in bytes):
 
-  ==================  =====================================  ====================================
-  limit               ``PickleBudget.for_size(n)``           why
-  ==================  =====================================  ====================================
-  ``max_depth``       100 (any size)                          nesting of the built objects. CPython
-                                                              recurses in C to hash, compare, repr
-                                                              and free them: a tuple key nested 1M
-                                                              deep crashed torch's unpickler
-                                                              (SIGSEGV), 200k deep gave
-                                                              ``RecursionError``; ``repr`` fails
-                                                              near 1,000. A checkpoint made by
-                                                              ``make_checkpoint`` nests 7 deep.
-  ``max_marks``       100 open at once (any size)            each open ``MARK`` is a list on torch's
-                                                              unpickler's metastack (20M MARKs:
-                                                              +1.3 GB); a legitimate pickle opens
-                                                              one per nesting level.
-  ``max_containers``  64k + n/8                               lists, dicts, sets, tuples and call
-                                                              results; 30M empty lists: 2.6 GB.
-  ``max_memo``        64k + n/8                               memo entries (about 100 bytes each).
-  ``max_memory``      32 MiB + 16 n bytes                     the bytes of every object built
-                                                              (CPython's sizes: empty list 56, set
-                                                              216, dict 64, str 49+len...), never
-                                                              decreased by ``POP``.
-  ``max_alloc``       1 MiB + n bytes                         what ``bytearray(N)``, ``encode`` and
-                                                              tensor rebuilds that allocate ask for
-                                                              beyond the tensor data (which lives in
-                                                              the archive's own members).
-  ==================  =====================================  ====================================
+  ==================  ===================================  ======================================
+  limit               ``PickleBudget.for_size(n)``         why
+  ==================  ===================================  ======================================
+  ``max_depth``       100, any size                        nesting of the built objects. CPython
+                                                           recurses in C to hash, compare, repr
+                                                           and free them: a tuple key nested 1M
+                                                           deep crashed torch's unpickler
+                                                           (SIGSEGV), a value 200k deep gave
+                                                           ``RecursionError``; ``repr`` fails
+                                                           near 1,000.
+  ``max_marks``       100 open at once, any size           each open ``MARK`` is a list on torch's
+                                                           unpickler's metastack (20M MARKs:
+                                                           +1.3 GB); a real pickle opens one per
+                                                           nesting level.
+  ``max_containers``  64k + n/4, at most 1M                lists, dicts, sets, tuples, call
+                                                           results (30M empty lists: 2.6 GB).
+  ``max_memo``        64k + n/4, at most 1M                memo entries (about 100 bytes each).
+  ``max_memory``      32 MiB + 64 n, at most 1 GiB         the bytes of every object built, at
+                                                           CPython 3.11's sizes (empty list 56,
+                                                           dict 64, set 216, str 49+len, memo
+                                                           entry 100...), never decreased by POP.
+  ``max_alloc``       1 MiB + n                            what ``bytearray``, ``_codecs.encode``
+                                                           and the allocating tensor rebuilds ask
+                                                           for (``load_checkpoint`` allows 1 MiB +
+                                                           the file's size: tensor data lives in
+                                                           the archive's members, not the pickle).
+  ==================  ===================================  ======================================
 
-  How they were chosen (``tests/test_bombs.py`` measures the same on this
-  machine): the largest ratios on real files are those of pickles made of
-  small dicts and lists (a state dict with an Adam state and a training
-  history: 5-9 bytes of objects per byte of pickle, 3-5 containers and 3-5 memo
-  entries per 100 bytes). 16x and n/8 leave twice that and more; the constant
-  parts let every file below 2 MB pass whatever its shape. An attacker's best
-  ratios are single-byte opcodes that build an object: an empty set (216 bytes
-  per byte) is stopped after about 150k of them (32 MiB), an empty list
-  after 64k+n/8 of them, in under a second, with the scanner's own memory under
-  the same bound (it keeps no item of a list, dict or set, and only the first
-  32 items of a tuple).
+  How they were chosen: the same counts on real pickles (``torch.save`` data.pkl, this machine,
+  torch 2.14, Python 3.11) are at most: depth 8 (``make_checkpoint`` with an Adam state: 8; a
+  state dict: 5); 37 bytes of objects per byte of pickle (a list of 10,000 one-item sets; a
+  state dict 26, ``make_checkpoint`` with a 50-layer model, Adam and a 2,000-float history 19,
+  a list of ints 13, a dict of strings 12); 16.8 containers and 16.8 memo entries per 100 bytes
+  (10,000 empty dicts and 10,000 empty lists; a state dict 7.7 and 9.3). The limits leave 1.5x
+  (containers, memo) and 1.7x (memory) over those worst shapes and 12x over depth, so a real pickle of
+  the densest shape passes up to the ceilings (about 6 MB of pickle for the container ceiling, 29 MB
+  for the memory one; a state dict, 13 MB and 41 MB); the ceilings keep the verdict on any pickle
+  under two seconds here. What an attacker gets for the densest opcodes is then bounded:
+  5M empty sets (5 MB) and 30M empty lists (30 MB) are refused at the 1,048,577th container, in
+  about 1.7 s each, the scanner holding about 100 bytes per container counted (it keeps no item of a list,
+  dict or set, the first 32 of a tuple, and turns the cyclic garbage collector off while it runs:
+  its objects form no cycles); 20M MARKs at the 101st; a 1M-deep tuple at depth 101; 29 chained
+  ``_codecs.encode`` at the second.
 
 ``allowed=None`` is the set torch's ``weights_only`` unpickler allows on this
 torch: ``torch._weights_only_unpickler._get_allowed_globals()`` (private: no
@@ -93,6 +99,7 @@ them. Python 2 names (``__builtin__.set``) are mapped as torch maps them.
 from __future__ import annotations
 
 import _compat_pickle
+import gc
 import re
 import struct
 from dataclasses import dataclass, field
@@ -913,12 +920,17 @@ def scan_pickle(data: bytes | bytearray | memoryview, *, allowed: frozenset[str]
     raw = bytes(view) if not isinstance(view, bytes) else view
     s.find_newline = lambda pos: raw.find(b"\n", pos)
     s.data = raw
+    collecting = gc.isenabled()
+    gc.disable()  # the abstract objects form no cycles; the collector's passes over millions of them cost more
     try:
         _run(s, raw)
     except Exception as exc:
         if s.refused and getattr(exc, "kind", None) in (KIND_BUDGET, KIND_HOSTILE):
             raise s.refused_globals() from None  # what it names matters more than how far the scan got
         raise
+    finally:
+        if collecting:
+            gc.enable()
     if s.refused:
         raise s.refused_globals()
     return PickleReport(globals=tuple(sorted(s.globals)), opcodes=s.ops, max_depth=s.max_depth,
