@@ -506,15 +506,20 @@ def _append_digests(f: Any) -> None:
         z.filelist[-1].create_system = 0
 
 
-def _digest_problem(archive: Any) -> str | None:
-    """The first disagreement between the digest record (if the file has one) and the zip's members, or ``None``."""
+def _digest_problem(archive: Any, fd: int | None = None) -> str | None:
+    """The first disagreement between the digest record (if the file has one) and the zip's members, or ``None``.
+
+    ``fd``: the descriptor the caller loads from (so the record read is that file's, even if the path was
+    replaced meanwhile)."""
     record_member = archive.members.get(archive.prefix + DIGEST_RECORD)
     if record_member is None:
         return None
     try:
-        with open(archive.path, "rb") as f:
-            f.seek(record_member.start)
-            raw = f.read(record_member.size)
+        if fd is None:
+            with open(archive.path, "rb") as f:
+                raw = os.pread(f.fileno(), record_member.size, record_member.start)
+        else:
+            raw = os.pread(fd, record_member.size, record_member.start)
         if zlib.crc32(raw) != record_member.crc:
             return f"its digest record {DIGEST_RECORD!r} fails its CRC-32 check"
         record = json.loads(raw)
@@ -550,7 +555,7 @@ def verify_zip(path: PathLike) -> str | None:
         with open(path, "rb") as f:
             _prescan(Path(path), f)
             archive = _validated(Path(path), f, check_data_crc=True)
-            problem = _digest_problem(archive)
+            problem = _digest_problem(archive, f.fileno())
             if problem is not None:
                 return f"is corrupted: {problem}"
             _refuse_unsafe(Path(path), archive)
@@ -608,8 +613,7 @@ def _private_copy(path: Path, f: Any) -> Path:
                 start = info.header_offset + 30 + int.from_bytes(header[26:28], "little") \
                     + int.from_bytes(header[28:30], "little")
                 holes.append((start, min(start + info.file_size, size)))
-    folder = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-    out_fd, name = tempfile.mkstemp(prefix=".checkpoint-", suffix=".zip", dir=folder)
+    out_fd, name = _scratch_file()
     try:
         os.ftruncate(out_fd, size)
         pos = 0
@@ -632,11 +636,27 @@ def _private_copy(path: Path, f: Any) -> Path:
 _COPY_CHUNK = 1 << 20
 
 
+def _scratch_file() -> tuple[int, str]:
+    """A new private file for the sparse copy: in /dev/shm (memory) where there is one, else the temp folder."""
+    for folder in ("/dev/shm", None):
+        if folder is not None and not (os.path.isdir(folder) and os.access(folder, os.W_OK)):
+            continue
+        try:
+            return tempfile.mkstemp(prefix=".checkpoint-", suffix=".zip", dir=folder)
+        except OSError:
+            if folder is None:
+                raise
+    raise AssertionError("unreachable")
+
+
 def _validated(path: Path, f: Any, *, check_data_crc: bool = False) -> Any:
     """``open_torch_zip`` on a private copy of the open file ``f`` (no shared mapping), errors naming ``path``."""
     if fcntl is None:  # Windows: a mapped file cannot be truncated, so no SIGBUS; and no sparse copies
         return open_torch_zip(path, check_data_crc=check_data_crc)
-    copy = _private_copy(path, f)
+    try:
+        copy = _private_copy(path, f)
+    except OSError:  # no room for the copy (a full /tmp): validate the file itself, as before
+        return open_torch_zip(path, check_data_crc=check_data_crc)
     try:
         archive = open_torch_zip(copy, check_data_crc=False)
         if check_data_crc:
@@ -831,7 +851,7 @@ def load_checkpoint(path: PathLike, *, map_location: Any = "cpu", verify: bool =
 def _load(path: Path, f: Any, map_location: Any, verify: bool) -> Checkpoint:
     _prescan(path, f)
     archive = _validated(path, f)
-    problem = _digest_problem(archive)
+    problem = _digest_problem(archive, f.fileno())
     if problem is not None:
         raise _err(path, f"is corrupted: {problem}", EARLIER + "; copy checkpoints with a checksum "
                               "(sha256sum)", kind="swapped" if "swapped" in problem else "corrupted")

@@ -650,3 +650,15 @@ def test_load_checkpoint_never_maps_the_file_it_loads(tmp_path, monkeypatch):
     monkeypatch.setattr(formats.mmap, "mmap", recording)
     assert load_checkpoint(path)["epoch"] == 3 and verify_zip(path) is None
     assert mapped and path.stat().st_ino not in mapped
+
+
+def test_no_room_for_the_private_copy_falls_back_to_the_file(tmp_path, monkeypatch):
+    """The validation's private copy needs a little scratch space; without it the file itself is validated."""
+    path = good_file(tmp_path)
+
+    def full():
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ckpt, "_scratch_file", full)
+    assert load_checkpoint(path)["epoch"] == 3
+    assert "fails its CRC-32 check" in verify_zip(make_bad("flipped-tensor", tmp_path, path))
