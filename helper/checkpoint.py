@@ -810,6 +810,10 @@ def _meta(map_location: Any) -> bool:
     return (isinstance(map_location, (str, torch.device)) and torch.device(map_location).type == "meta")
 
 
+_SNIFFED_KIND = {"missing": "missing", "empty": "truncated", "damaged-zip": "truncated",
+                 "incomplete-torch-zip": "truncated"}
+
+
 def load_checkpoint(path: PathLike, *, map_location: Any = "cpu", verify: bool = True) -> Checkpoint:
     """Load a checkpoint with ``weights_only=True`` and check that it is one.
 
@@ -826,17 +830,20 @@ def load_checkpoint(path: PathLike, *, map_location: Any = "cpu", verify: bool =
     second read), elsewhere by a thread that reads the file while ``torch.load``
     runs; a mismatch discards what was loaded. ``map_location`` defaults to the CPU.
     Every failure, ``RecursionError`` and ``MemoryError`` included, raises
-    ``CheckpointError`` naming the file, the cause and a fix (its ``kind`` says
-    which: ``not-a-checkpoint``, ``truncated``, ``corrupted``, ``swapped``,
-    ``hostile-pickle``, ``budget``, ``load-failed``...); it never falls back to
-    ``weights_only=False``.
+    ``CheckpointError`` naming the file, the cause and a fix; its ``kind`` says
+    which: ``missing``, ``not-a-checkpoint`` (another format, a folder, a dict
+    without the keys), ``truncated``, ``corrupted`` (a CRC-32 or the structure),
+    ``swapped`` (members renamed against the digest record), ``hostile-pickle``
+    (a global or call weights_only must never reach), ``budget`` (would build
+    too much), ``load-failed`` (torch.load raised anything else). It never falls
+    back to ``weights_only=False``. (Saving: ``not-saved``; ``CheckpointFolder``:
+    ``folder``.)
     """
     path = Path(path)
     kind = sniff(path)
     if kind != "torch-zip":
         err = kind_error(path, kind)
-        raise _err(path, err.cause, err.fix, kind="truncated" if kind in ("damaged-zip", "empty")
-                              else "not-a-checkpoint")
+        raise _err(path, err.cause, err.fix, kind=_SNIFFED_KIND.get(kind, "not-a-checkpoint"))
     try:
         with open(path, "rb") as f:
             return _load(path, f, map_location, verify)

@@ -245,10 +245,19 @@ BAD_INPUTS = {
 def test_bad_input_is_named_for_what_it_is(kind, tmp_path):
     good = good_file(tmp_path)
     bad = make_bad(kind, tmp_path, good)
-    with pytest.raises(CheckpointError, match=BAD_INPUTS[kind]):
+    with pytest.raises(CheckpointError, match=BAD_INPUTS[kind]) as caught:
         load_checkpoint(bad)
+    assert caught.value.kind == KIND_OF[kind]
     assert not (tmp_path / "PAYLOAD_RAN").exists()
     assert load_checkpoint(good)["epoch"] == 3
+
+
+KIND_OF = {"missing": "missing", "directory": "not-a-checkpoint", "dcp": "not-a-checkpoint", "empty": "truncated",
+           "truncated-3": "truncated", "truncated-100": "truncated", "truncated-half": "truncated",
+           "truncated-end": "truncated", "flipped-tensor": "corrupted", "flipped-pickle": "corrupted",
+           "text": "not-a-checkpoint", "safetensors": "not-a-checkpoint", "legacy": "not-a-checkpoint",
+           "whole-module": "hostile-pickle", "reduce-payload": "hostile-pickle", "numpy-rng": "hostile-pickle",
+           "namespace": "hostile-pickle"}
 
 
 def test_sniff_names_each_kind(tmp_path):
