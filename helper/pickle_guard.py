@@ -423,8 +423,7 @@ class _Scan:
         if name == "_codecs.encode":
             if args.n in (2, 3) and lit(0, (str,)) is not None and all(lit(i, (str,)) for i in range(1, args.n)) \
                     and items[1].value.lower() in _ENCODINGS:
-                size = len(items[0].value.encode(items[1].value, "surrogatepass")
-                           if items[1].value.lower().startswith("utf") else items[0].value)
+                size = 4 * len(items[0].value) if items[1].value.lower().startswith("utf") else len(items[0].value)
                 self.allocate(size, "_codecs.encode")
                 result.kind, result.value, result.depth = "lit", _Sized(size), 0  # bytes: only the length is kept
                 return
@@ -923,7 +922,11 @@ def scan_pickle(data: bytes | bytearray | memoryview, *, allowed: frozenset[str]
     collecting = gc.isenabled()
     gc.disable()  # the abstract objects form no cycles; the collector's passes over millions of them cost more
     try:
-        _run(s, raw)
+        try:
+            _run(s, raw)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError, struct.error,
+                UnicodeError, RecursionError) as exc:  # a case no handler foresaw: still only CheckpointError
+            raise s.malformed(f"{type(exc).__name__} at byte {s.here}") from None
     except Exception as exc:
         if s.refused and getattr(exc, "kind", None) in (KIND_BUDGET, KIND_HOSTILE):
             raise s.refused_globals() from None  # what it names matters more than how far the scan got

@@ -286,6 +286,34 @@ def test_allocating_calls_take_only_small_literals():
             "encoding")
 
 
+def test_changed_pickles_raise_nothing_but_checkpoint_error():
+    """2,000 random overwrites, inserts and deletes of a real data.pkl: the scan passes or says why, never
+    another exception (the doctor relies on it)."""
+    import random
+
+    rng = random.Random(24)
+    good = data_pkl({"model": torch.nn.Linear(3, 2).state_dict(), "extra": PLAIN_DATA}, pickle_protocol=2)
+    kinds = collections.Counter()
+    for _ in range(2000):
+        data = bytearray(good)
+        where = rng.randrange(len(data))
+        how = rng.choice(("overwrite", "insert", "delete"))
+        chunk = bytes(rng.randrange(256) for _ in range(rng.randint(1, 8)))
+        if how == "overwrite":
+            data[where:where + len(chunk)] = chunk
+        elif how == "insert":
+            data[where:where] = chunk
+        else:
+            del data[where:where + len(chunk)]
+        try:
+            scan_pickle(bytes(data))
+            kinds["passed"] += 1
+        except CheckpointError as exc:
+            kinds[exc.kind] += 1
+    assert kinds["malformed-pickle"] + kinds["truncated"] > 1000 and set(kinds) <= {
+        "passed", "malformed-pickle", "truncated", "hostile-pickle", "budget"}, kinds
+
+
 def test_cycles_and_late_changes_are_refused():
     refused(b"\x80\x02]q\x00h\x00a.", "hostile-pickle", "inside itself")
     # a list placed in another, then grown through the memo: the depth check must not be fooled
