@@ -210,6 +210,29 @@ def test_torch_save_files_pass_in_every_protocol(protocol):
     assert set(report.globals) <= torch_allowed_globals()
 
 
+def test_every_kind_of_tensor_torch_saves_passes():
+    """Parameters, tensors with attributes, sparse, quantized, meta, nested, views, new dtypes: torch's own
+    rebuild calls pass the call rules (the allocating ones with their literal sizes)."""
+    import warnings
+
+    tagged = torch.ones(2)
+    tagged.note = "x"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # quantized and nested tensors warn that they are deprecated or beta
+        kinds = {"parameter": torch.nn.Parameter(torch.ones(3)), "attributes": tagged,
+                 "sparse": torch.eye(3).to_sparse(), "csr": torch.eye(3).to_sparse_csr(),
+                 "quantized": torch.quantize_per_tensor(torch.randn(4), 0.1, 10, torch.quint8),
+                 "per channel": torch.quantize_per_channel(torch.randn(2, 3), torch.tensor([0.1, 0.2]),
+                                                          torch.tensor([1, 2]), 0, torch.qint8),
+                 "meta": torch.empty(3, device="meta"), "view": torch.arange(10)[2:5],
+                 "nested": torch.nested.nested_tensor([torch.ones(2), torch.ones(3)]),
+                 "dtypes": [torch.ones(2, dtype=d) for d in (torch.bfloat16, torch.complex64, torch.uint16,
+                                                              torch.float8_e4m3fn)]}
+        for name, value in kinds.items():
+            report = scan_pickle(data_pkl({name: value}))
+            assert any(call.startswith("torch._") for call in report.calls), (name, report)
+
+
 @pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
 def test_plain_pickles_pass_in_every_protocol(protocol):
     report = scan_pickle(pickle.dumps(PLAIN_DATA, protocol=protocol),
