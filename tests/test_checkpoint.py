@@ -245,10 +245,19 @@ BAD_INPUTS = {
 def test_bad_input_is_named_for_what_it_is(kind, tmp_path):
     good = good_file(tmp_path)
     bad = make_bad(kind, tmp_path, good)
-    with pytest.raises(CheckpointError, match=BAD_INPUTS[kind]):
+    with pytest.raises(CheckpointError, match=BAD_INPUTS[kind]) as caught:
         load_checkpoint(bad)
+    assert caught.value.kind == KIND_OF[kind]
     assert not (tmp_path / "PAYLOAD_RAN").exists()
     assert load_checkpoint(good)["epoch"] == 3
+
+
+KIND_OF = {"missing": "missing", "directory": "not-a-checkpoint", "dcp": "not-a-checkpoint", "empty": "truncated",
+           "truncated-3": "truncated", "truncated-100": "truncated", "truncated-half": "truncated",
+           "truncated-end": "truncated", "flipped-tensor": "corrupted", "flipped-pickle": "corrupted",
+           "text": "not-a-checkpoint", "safetensors": "not-a-checkpoint", "legacy": "not-a-checkpoint",
+           "whole-module": "hostile-pickle", "reduce-payload": "hostile-pickle", "numpy-rng": "hostile-pickle",
+           "namespace": "hostile-pickle"}
 
 
 def test_sniff_names_each_kind(tmp_path):
@@ -275,17 +284,42 @@ def test_a_flipped_byte_loads_silently_with_plain_torch_load_but_verify_catches_
     assert load_checkpoint(bad, verify=False)["epoch"] == 3  # the check is what catches it
 
 
-@pytest.mark.parametrize("threaded", [False, True])
-def test_tensors_whose_crc_fails_are_never_returned(tmp_path, monkeypatch, threaded):
-    """Small files are checked before torch.load; large ones in a thread while it runs: both refuse."""
-    monkeypatch.setattr(ckpt, "_THREAD_ABOVE", -1 if threaded else 1 << 40)
-    started = []
-    real_start = ckpt.threading.Thread.start
-    monkeypatch.setattr(ckpt.threading.Thread, "start", lambda self: started.append(1) or real_start(self))
-    bad = make_bad("flipped-tensor", tmp_path, good_file(tmp_path))
-    with pytest.raises(CheckpointError, match="fails its CRC-32 check"):
-        load_checkpoint(bad)
-    assert bool(started) == threaded
+@pytest.mark.parametrize("where", ["cpu", "callable", "meta"])
+def test_tensors_whose_crc_fails_are_never_returned(tmp_path, monkeypatch, where):
+    """The CRC-32 of every storage is taken as torch.load reads it (a map_location that relays to the
+    caller's), so a good file is never read a second time; a mismatch (or a meta load, which reads no
+    bytes) reads the file to name the member. All refuse."""
+    read_back = []
+    real_problem = ckpt.crc_problem
+    monkeypatch.setattr(ckpt, "crc_problem", lambda *a, **k: read_back.append(1) or real_problem(*a, **k))
+    monkeypatch.setattr(ckpt._CrcTap, "THREAD_FROM", 1 << 12)  # the thread takes the larger storages here too
+    good = good_file(tmp_path)
+    bad = make_bad("flipped-tensor", tmp_path, good)
+    location = {"cpu": "cpu", "callable": lambda storage, location: storage, "meta": "meta"}[where]
+    loaded = load_checkpoint(good, map_location=location)
+    assert loaded["epoch"] == 3 and loaded["model"]["1.weight"].device.type == where.replace("callable", "cpu")
+    assert bool(read_back) == (where == "meta")  # a good file on the CPU is never read a second time
+    with pytest.raises(CheckpointError, match="fails its CRC-32 check") as caught:
+        load_checkpoint(bad, map_location=location)
+    assert caught.value.kind == "corrupted"
+    assert not [t for t in ckpt.threading.enumerate() if t.name == "checkpoint-crc"]  # no thread outlives a load
+
+
+def test_the_crc_tap_sees_every_storage_and_places_them_as_asked(tmp_path):
+    """Views share a storage, a tensor can be a dict key or sit in a set: torch.load reads each record once,
+    and the tap sees it; map_location strings, devices, dicts and callables place them as torch.load would."""
+    base = torch.arange(12.0)
+    checkpoint = ckpt.make_checkpoint(torch.nn.Linear(2, 2), extra={"view": base[3:], "again": base,
+                                                                   "set": {torch.ones(2)}, "key": {torch.zeros(3): 1}})
+    path = ckpt.save_checkpoint(checkpoint, tmp_path / "views.pt")
+    with open(path, "rb") as f:
+        members = ckpt._validated(path, f).tensor_members()
+    for location in ("cpu", torch.device("cpu"), {"cpu": "cpu"}, None, lambda storage, where: None):
+        tap = ckpt._CrcTap(location)
+        loaded = torch.load(path, map_location=tap, weights_only=True)
+        tap.finish()
+        assert tap.agrees(members) and loaded["extra"]["view"].data_ptr() == loaded["extra"]["again"][3:].data_ptr()
+    assert not ckpt._CrcTap("cpu").agrees(members)
 
 
 def test_the_crc_in_use_is_zlibs():
@@ -480,6 +514,43 @@ def test_resume_falls_back_to_the_newest_good_checkpoint_and_says_so(tmp_path):
         run.resume()
 
 
+def test_rotation_goes_by_epoch_number_not_file_name(tmp_path):
+    """Issue 24, case 15: with keep_last=2, saves 9997-10003 kept 9998, 9999 and 10003 (sorted as names)."""
+    run = CheckpointFolder(tmp_path, keep_last=2)
+    model = build_model({"arch": "mlp", "hidden": [4]})
+    for epoch in range(9997, 10004):
+        run.save(make_checkpoint(model, epoch=epoch))
+    assert [p.name for p in run.checkpoints()] == ["epoch-10002.pt", "epoch-10003.pt"]
+
+
+def test_every_os_error_of_the_folder_is_a_checkpoint_error(tmp_path, monkeypatch):
+    """Issue 24, case 17: a read-only folder raised a raw OSError (EROFS on .lock), not CheckpointError."""
+    import errno as errno_
+
+    model = build_model({"arch": "mlp", "hidden": [4]})
+    run = CheckpointFolder(tmp_path / "run", keep_last=2)
+    run.save(make_checkpoint(model, epoch=1))
+    real_open = ckpt.os.open
+
+    def read_only(path, flags, *args):
+        if str(path).endswith(".lock") or flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            raise OSError(errno_.EROFS, os.strerror(errno_.EROFS), str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(ckpt.os, "open", read_only)
+    for attempt in (lambda: run.save(make_checkpoint(model, epoch=2)),
+                    lambda: CheckpointFolder(tmp_path / "run").save(make_checkpoint(model, epoch=2)),
+                    lambda: run.cleanup()):
+        with pytest.raises(CheckpointError, match="EROFS") as caught:
+            attempt()
+        assert caught.value.kind == "folder" and "read-only" in caught.value.fix
+    monkeypatch.setattr(ckpt.os, "open", real_open)
+    monkeypatch.setattr(Path, "iterdir", lambda self: (_ for _ in ()).throw(PermissionError(13, "denied")))
+    with pytest.raises(CheckpointError, match="EACCES"):
+        run.checkpoints()
+    assert [p.name for p in tmp_path.joinpath("run").glob("epoch-*.pt")] == ["epoch-0001.pt"]
+
+
 def test_saving_an_older_epoch_drops_the_abandoned_newer_files(tmp_path):
     run = CheckpointFolder(tmp_path, keep_last=5)
     model = build_model({"arch": "mlp"})
@@ -487,3 +558,116 @@ def test_saving_an_older_epoch_drops_the_abandoned_newer_files(tmp_path):
         run.save(make_checkpoint(model, epoch=epoch))
     run.save(make_checkpoint(model, epoch=2))  # resumed from epoch 1 on purpose
     assert [p.name for p in run.checkpoints()] == ["epoch-0001.pt", "epoch-0002.pt"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 24: a file made to attack the loader (cases 10 and 12 here; 6-9 in test_bombs.py)
+
+
+def swap_member_names(path: Path, first: str, second: str) -> None:
+    """Swap two members' names in their local headers and in the central directory (4 bytes for one-digit
+    keys): every CRC-32 stays valid, as in issue 24's case 12."""
+    raw = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as z:
+        infos, start = {i.filename: i for i in z.infolist()}, z.start_dir
+    a, b = infos[first], infos[second]
+    assert len(first) == len(second) and a.file_size == b.file_size and a.CRC != b.CRC
+    for info, new in ((a, second), (b, first)):
+        offset = info.header_offset + 30
+        assert raw[offset:offset + len(new)] == info.filename.encode()
+        raw[offset:offset + len(new)] = new.encode()
+    pos = start
+    swapped = 0
+    while raw[pos:pos + 4] == b"PK\x01\x02":
+        n, m, k = struct.unpack("<HHH", raw[pos + 28:pos + 34])
+        name = bytes(raw[pos + 46:pos + 46 + n]).decode()
+        if name in (first, second):
+            raw[pos + 46:pos + 46 + n] = (second if name == first else first).encode()
+            swapped += 1
+        pos += 46 + n + m + k
+    assert swapped == 2
+    path.write_bytes(bytes(raw))
+
+
+def test_members_swapped_by_name_are_refused(tmp_path):
+    """Case 12: before, load_checkpoint returned the Adam momentum buffer as model['1.weight'], and every
+    CRC-32 passed. save_checkpoint's digest record binds each storage's CRC-32 to its name."""
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 4))
+    optimizer = torch.optim.Adam(model.parameters())
+    model(torch.randn(3, 4)).sum().backward()
+    optimizer.step()
+    path = save_checkpoint(make_checkpoint(model, optimizer), tmp_path / "swapped.pt")
+    with zipfile.ZipFile(path) as z:  # two storages of equal size and different bytes, one-digit keys
+        infos = [i for i in z.infolist() if "/data/" in i.filename and len(i.filename.rsplit("/", 1)[1]) == 1]
+    first, second = next((a.filename, b.filename) for a in infos for b in infos
+                         if a.filename < b.filename and a.file_size == b.file_size and a.CRC != b.CRC)
+    before = torch.load(path, weights_only=True)
+    swap_member_names(path, first, second)
+    assert zipfile.ZipFile(path).testzip() is None  # every CRC-32 still matches its (renamed) member
+    plain = torch.load(path, weights_only=True)  # loads, silently wrong
+    assert plain.keys() == before.keys() and not tensors_equal(plain, before)
+    with pytest.raises(CheckpointError, match="renamed or swapped") as caught:
+        load_checkpoint(path)
+    assert caught.value.kind == "swapped"
+    assert "renamed or swapped" in verify_zip(path)
+
+
+def test_a_file_truncated_while_it_is_validated_is_an_error_not_a_crash(tmp_path):
+    """Case 10: another process truncating the file (open(path, "wb")) while it was read through the
+    validation's shared mmap killed the reader with SIGBUS. Here the truncation happens exactly while the
+    validation reads (inside its CRC check of the records), in a child whose exit code is checked."""
+    path = save_checkpoint(make_checkpoint(build_model({"arch": "cnn"}), epoch=1), tmp_path / "cut.pt")
+    code = f"""
+import os, sys
+from pathlib import Path
+import helper.formats as formats
+from helper.checkpoint import CheckpointError, load_checkpoint
+real = Path({str(path)!r})
+original = formats.crc_problem
+def truncating(*args, **kwargs):
+    if real.stat().st_size:
+        open(real, "wb").close()  # what a second process's torch.save does first
+    return original(*args, **kwargs)
+formats.crc_problem = truncating
+try:
+    load_checkpoint(real)
+    print("LOADED")
+except CheckpointError as exc:
+    print("refused:", exc.kind, exc.cause)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parents[1], env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])  # -7 was SIGBUS
+    assert done.stdout.startswith("refused:"), done.stdout + done.stderr[-2000:]
+    assert path.stat().st_size == 0
+
+
+def test_load_checkpoint_never_maps_the_file_it_loads(tmp_path, monkeypatch):
+    """The validation maps only a private copy; torch.load reads (mmap=False): nothing can SIGBUS."""
+    import mmap as mmap_module
+
+    from helper import formats
+
+    path = good_file(tmp_path)
+    mapped = []
+    real_mmap = mmap_module.mmap
+
+    def recording(fileno, *args, **kwargs):
+        mapped.append(os.fstat(fileno).st_ino)
+        return real_mmap(fileno, *args, **kwargs)
+
+    monkeypatch.setattr(formats.mmap, "mmap", recording)
+    assert load_checkpoint(path)["epoch"] == 3 and verify_zip(path) is None
+    assert mapped and path.stat().st_ino not in mapped
+
+
+def test_no_room_for_the_private_copy_falls_back_to_the_file(tmp_path, monkeypatch):
+    """The validation's private copy needs a little scratch space; without it the file itself is validated."""
+    path = good_file(tmp_path)
+
+    def full():
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ckpt, "_scratch_file", full)
+    assert load_checkpoint(path)["epoch"] == 3
+    assert "fails its CRC-32 check" in verify_zip(make_bad("flipped-tensor", tmp_path, path))
