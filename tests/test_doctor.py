@@ -276,33 +276,38 @@ def test_lightning_checkpoint_names_the_prefix_and_a_fix_that_works(tmp_path):
         plain.load_state_dict(torch.load(path, weights_only=True)["state_dict"])
 
 
-def pb(number: int, payload: bytes) -> bytes:
-    """One length-delimited protobuf field (payloads under 128 bytes)."""
-    return bytes([number << 3 | 2, len(payload)]) + payload
+def onnx_model(path: Path, external: str | None = None) -> Path:
+    """A small ONNX model written by onnx itself (y = x @ w), its initializer ``w`` in ``external`` if given."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
 
-
-def onnx_like(external: str | None = None) -> bytes:
-    """A ModelProto: ir_version, producer_name, a graph (one node, optionally an initializer kept in an
-    external-data file), opset_import."""
-    graph = pb(1, pb(1, b"x") + pb(2, b"y")) + pb(2, b"main")
-    if external:
-        entries = pb(13, pb(1, b"location") + pb(2, external.encode())) + pb(13, pb(1, b"length") + pb(2, b"64"))
-        graph += pb(5, pb(8, b"w") + entries + b"\x70\x01")  # TensorProto: name, external_data, data_location=1
-    return b"\x08\x08" + pb(2, b"pytorch") + pb(7, graph) + pb(8, b"\x10\x11")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+                              [numpy_helper.from_array(np.eye(4, dtype=np.float32), "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    if external is None:
+        onnx.save(model, path)
+    else:
+        onnx.save(model, path, save_as_external_data=True, location=external, size_threshold=0)
+    return path
 
 
 def test_onnx_file_is_recognised_and_checked(tmp_path):
-    (tmp_path / "model.onnx").write_bytes(onnx_like())
+    onnx_model(tmp_path / "model.onnx")
     d = diagnose(tmp_path / "model.onnx")
     assert (d.kind, d.healthy) == ("onnx", True) and "onnxruntime" in d.fix, d.report()
-    (tmp_path / "ext.onnx").write_bytes(onnx_like(external="ext.onnx.data"))
+    onnx_model(tmp_path / "ext.onnx", external="ext.onnx.data")
+    assert diagnose(tmp_path / "ext.onnx").healthy
+    data = (tmp_path / "ext.onnx.data").read_bytes()
+    (tmp_path / "ext.onnx.data").unlink()
     d = diagnose(tmp_path / "ext.onnx")
     assert not d.healthy and "ext.onnx.data" in d.cause, d.report()  # the graph without its weights
-    (tmp_path / "ext.onnx.data").write_bytes(bytes(64))
-    assert diagnose(tmp_path / "ext.onnx").healthy
+    (tmp_path / "ext.onnx.data").write_bytes(data)
     d = diagnose(tmp_path / "ext.onnx.data")
     assert (d.kind, d.healthy) == ("onnx-data", True) and "ext.onnx" in d.fix, d.report()
-    (tmp_path / "cut.onnx").write_bytes(onnx_like()[:12])
+    (tmp_path / "cut.onnx").write_bytes((tmp_path / "model.onnx").read_bytes()[:40])
     d = diagnose(tmp_path / "cut.onnx")
     assert (d.kind, d.healthy) == ("onnx", False), d.report()
 
