@@ -64,7 +64,7 @@ __all__ = ["Diagnosis", "diagnose", "detect_kind", "main", "allowlistable", "LIM
 PLAIN_DATA = frozenset({
     "argparse.Namespace", "collections.defaultdict", "datetime.datetime", "datetime.date", "datetime.timedelta",
     "datetime.timezone", "pathlib.PosixPath", "pathlib.WindowsPath", "pathlib.PurePosixPath",
-    "pathlib.PureWindowsPath", "lightning.fabric.utilities.data.AttributeDict",
+    "pathlib.PureWindowsPath", "numpy.ndarray", "numpy.dtype", "lightning.fabric.utilities.data.AttributeDict",
     "pytorch_lightning.utilities.parsing.AttributeDict", "builtins.list", "builtins.dict", "builtins.tuple",
     "builtins.int", "builtins.float", "builtins.str", "builtins.frozenset",
 })
@@ -316,7 +316,8 @@ def _decide(d: Diagnosis) -> Diagnosis:
 # The child that examines the bytes
 
 LIMITS = {
-    "memory": 1 << 30,  # bytes of address space beyond the child's start, plus twice the files examined
+    "memory": 1 << 30,  # bytes of address space beyond the child's start, plus per_file_byte x the files' size
+    "per_file_byte": 2,
     "cpu": 30,  # seconds of CPU (SIGXCPU)
     "stack": 8 << 20,  # bytes of main-thread stack (the C recursion of a deeply nested pickle stops there)
     "wall": 60,  # seconds before the child is killed
@@ -415,7 +416,7 @@ def _crash(d: Diagnosis, reply: dict[str, Any] | None, limits: dict[str, int], m
 
 
 def _examine_in_child(path: Path, config: dict[str, Any] | None, limits: dict[str, int]) -> Diagnosis:
-    memory = limits["memory"] + 2 * _files_size(path)
+    memory = limits["memory"] + limits["per_file_byte"] * _files_size(path)
     request = {"path": str(path.absolute()), "config": config, "limits": {**limits, "memory": memory}}
     reply = _SERVER.ask(request) if sys.platform.startswith("linux") else _ask_once(request)
     kind, result = "unknown", None

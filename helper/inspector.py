@@ -30,6 +30,7 @@ a ``.pt2`` is checked as a zip and as JSON, and is never called safe.
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -527,7 +528,15 @@ def _pt2(d: Diagnosis, path: Path) -> Diagnosis:
 
 
 def _torchscript(d: Diagnosis, path: Path) -> Diagnosis:
-    check_zip(path)
+    import zipfile
+
+    try:  # torch.jit.save deflates its code files: zipfile checks every member's CRC-32 (check_zip refuses them)
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as exc:
+        return d.fail(say("torchscript-fake", detail=f"{type(exc).__name__}: {exc}"[:160]), EARLIER)
+    if bad is not None:
+        return d.fail(say("torchscript-fake", detail=f"member {bad!r} fails its CRC-32 check"), EARLIER)
     d.note("crc-ok")
     try:
         module = torch.jit.load(str(path), map_location="cpu")
@@ -578,6 +587,11 @@ def examine(path: str | Path, config: dict[str, Any] | None = None,
     except MemoryError:
         d.facts["memory_error"] = True
         return d.fail("", "")
+    except OSError as exc:
+        if exc.errno != errno.ENOMEM:
+            return d.fail(say("failed", detail=f"{type(exc).__name__}: {exc}"[:160]), EARLIER)
+        d.facts["memory_error"] = True
+        return d.fail("", "")
     except (Exception, RecursionError) as exc:  # never a traceback: say what failed
         return d.fail(say("failed", detail=f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:160]}"),
                       EARLIER)
@@ -597,6 +611,25 @@ def _address_space() -> int:
     except OSError:
         pass
     return 0
+
+
+def _resident() -> int:
+    """Bytes resident now (Linux ``VmRSS``), 0 where unknown."""
+    try:
+        with open("/proc/self/status") as f:
+            return next((int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:")), 0)
+    except OSError:
+        return 0
+
+
+def _peak_resident() -> int:
+    """Peak bytes resident in this process (``ru_maxrss``: KiB on Linux, bytes on macOS), 0 where unknown."""
+    try:
+        import resource
+    except ImportError:
+        return 0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
 
 
 def set_limits(limits: dict[str, int]) -> None:
@@ -629,62 +662,119 @@ def _child(request: dict[str, Any], out: Any) -> None:
 
     set_limits(request["limits"])
     torch.set_num_threads(1)
+    import time
     import warnings
 
+    start, cpu = _resident(), time.process_time()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         d = examine(request["path"], request.get("config"), tell)
+    d.facts["inspector"] = {"rss_start": start, "rss_peak": _peak_resident(), "cpu_s": time.process_time() - cpu}
     tell({"result": d.to_json()})
+    out.close()  # the server answers at once; this process's exit is not waited for
 
 
-def _fork_and_wait(request: dict[str, Any]) -> dict[str, Any]:
-    """Fork a child for ``request``, read its messages, kill it at the wall limit; its output and exit status."""
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child
-        try:
-            os.close(read)
-            devnull = os.open(os.devnull, os.O_RDWR)
-            for fd in (0, 1, 2):
-                os.dup2(devnull, fd)
-            _child(request, os.fdopen(write, "w"))
-        finally:
-            os._exit(0)
-    os.close(write)
-    import time
+class _Spare:
+    """A child forked ahead of its request: it waits on a pipe, so a request does not wait for ``fork``."""
 
-    deadline, chunks, size, timed_out = time.monotonic() + request["limits"]["wall"], [], 0, False
-    with os.fdopen(read, "rb") as pipe:
-        while True:
-            left = deadline - time.monotonic()
-            ready = select.select([pipe], [], [], max(left, 0))[0] if left > 0 else []
-            if not ready:
-                timed_out = True
-                break
-            chunk = os.read(pipe.fileno(), 1 << 16)
-            if not chunk:
-                break
-            size += len(chunk)
-            if size <= 64 << 20:  # a result is kilobytes; more is not read into memory
-                chunks.append(chunk)
-    if timed_out:
-        os.kill(pid, signal.SIGKILL)
-    _, status = os.waitpid(pid, 0)
-    return {"output": b"".join(chunks).decode("utf-8", "replace"), "exit": os.waitstatus_to_exitcode(status),
-            "timed_out": timed_out}
+    def __init__(self) -> None:
+        request_read, self.request_write = os.pipe()
+        self.read, result_write = os.pipe()
+        self.pid = os.fork()
+        if self.pid == 0:  # the child
+            try:
+                os.close(self.request_write)
+                os.close(self.read)
+                devnull = os.open(os.devnull, os.O_RDWR)
+                for fd in (0, 1, 2):
+                    os.dup2(devnull, fd)
+                with os.fdopen(request_read, "rb") as requests:
+                    line = requests.readline()
+                if line:
+                    _child(json.loads(line), os.fdopen(result_write, "w"))
+            finally:
+                os._exit(0)
+        os.close(request_read)
+        os.close(result_write)
+
+    def run(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Hand ``request`` over, read the messages until the result (or EOF, or the wall limit)."""
+        import time
+
+        os.write(self.request_write, (json.dumps(request) + "\n").encode())
+        os.close(self.request_write)
+        deadline, chunks, size, timed_out = time.monotonic() + request["limits"]["wall"], [], 0, False
+        with os.fdopen(self.read, "rb") as pipe:
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select([pipe], [], [], left)[0]:
+                    timed_out = True
+                    break
+                chunk = os.read(pipe.fileno(), 1 << 16)
+                if not chunk:
+                    break
+                size += len(chunk)
+                if size <= 64 << 20:  # a result is kilobytes; more is not kept
+                    chunks.append(chunk)
+        output = b"".join(chunks).decode("utf-8", "replace")
+        last = output.rstrip("\n").rpartition("\n")[2]
+        done = not timed_out and output.endswith("\n") and last.startswith('{"result": ')
+        if timed_out:
+            os.kill(self.pid, signal.SIGKILL)
+        if done:  # reaped later: its exit status says nothing more
+            return {"output": output, "exit": 0, "timed_out": False, "pid": self.pid}
+        _, status = os.waitpid(self.pid, 0)
+        return {"output": output, "exit": os.waitstatus_to_exitcode(status), "timed_out": timed_out}
+
+    def close(self) -> None:
+        os.close(self.request_write)  # the child reads EOF and exits
+        os.close(self.read)
+        os.waitpid(self.pid, 0)
+
+
+def _warm_up() -> None:
+    """Import what the examine steps use, and examine one small file of our own, so each child starts warm."""
+    import tempfile
+
+    import helper.checkpoint  # noqa: F401 - the fit check
+    import helper.models  # noqa: F401
+    import safetensors.torch  # noqa: F401
+    import torch.distributed.checkpoint.filesystem  # noqa: F401
+    try:
+        import onnx.checker  # noqa: F401
+        import onnx.external_data_helper  # noqa: F401
+    except ImportError:
+        pass
+    with tempfile.TemporaryDirectory() as folder:
+        torch.save({"w": torch.zeros(2)}, Path(folder) / "warm.pt")
+        examine(Path(folder) / "warm.pt", {"arch": "mlp"})
 
 
 def serve() -> None:
-    """Answer requests (JSON lines on stdin) until stdin closes: one limited, forked child each."""
+    """Answer requests (JSON lines on stdin) until stdin closes: one limited child each, forked ahead of time.
+    The first request is answered before the server warms up (``python -m helper.doctor`` asks only one)."""
     protocol = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # anything a library prints goes to stderr, not into the replies
+    spare, finished, warm = _Spare(), [], False
     for line in sys.stdin:
         try:
-            reply = _fork_and_wait(json.loads(line))
+            reply = spare.run(json.loads(line))
         except Exception as exc:  # a broken request: answer, do not die
             reply = {"output": "", "exit": None, "timed_out": False, "error": repr(exc)}
+        finished.append(reply.pop("pid", None))
         protocol.write(json.dumps(reply) + "\n")
         protocol.flush()
+        for pid in [p for p in finished if p]:
+            if os.waitpid(pid, os.WNOHANG)[0]:
+                finished.remove(pid)
+        if not warm:
+            warm = True
+            _warm_up()
+        spare = _Spare()
+    spare.close()
+    for pid in [p for p in finished if p]:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
 
 
 def run_once() -> None:
