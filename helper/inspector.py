@@ -434,8 +434,8 @@ def _onnx(d: Diagnosis, path: Path) -> Diagnosis:
     redo = say("onnx-redo")
 
     def damaged(exc: Exception) -> Diagnosis:
-        if isinstance(exc, MemoryError):
-            raise exc
+        if isinstance(exc, MemoryError) or "alloc failed" in str(exc).lower():  # protobuf's arena, at the limit
+            raise MemoryError from None
         return d.fail(say("onnx-damaged", detail=f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"[:200]),
                       redo)
 

@@ -504,8 +504,6 @@ def peak_of_a_fresh_doctor(path: Path) -> dict:
 def test_case11_a_huge_safetensors_header_costs_bounded_memory(tmp_path):
     """A 90 MB header (1.5M empty tensors) took the doctor +1.16 GB and 13.5 s: now the doctor's own process
     grows by little, and the child ends in a verdict inside its limit."""
-    from helper.doctor import LIMITS
-
     entry = '"t%07d":{"dtype":"U8","shape":[0],"data_offsets":[0,0]}'
     header = ("{" + ",".join(entry % i for i in range(1_500_000)) + "}").encode()
     path = tmp_path / "huge_header.safetensors"
@@ -516,24 +514,23 @@ def test_case11_a_huge_safetensors_header_costs_bounded_memory(tmp_path):
     assert result["verdict"].startswith(("OK: ", "PROBLEM: ")), result
     inspector = result["inspector"]
     if inspector is not None:  # a verdict from the child: its growth stayed under its limit
+        from helper.doctor import LIMITS
+
         assert inspector["rss_peak"] - inspector["rss_start"] < LIMITS["memory"] + LIMITS["per_file_byte"] * path.stat().st_size, result
 
 
 def test_case11_a_huge_onnx_file_costs_bounded_memory(tmp_path):
-    """A 40 MB ONNX file of many small initializers took the hand-written parser +1.29 GB."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    inits = [helper.make_tensor(f"c{i}", TensorProto.FLOAT, [1], [1.0]) for i in range(1_000_000)]
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])], inits)
+    """A 40 MB ONNX file of 20M empty nodes took the hand-written parser +1.29 GB: now the doctor's own process
+    grows by little and the child, at its memory limit, ends in a verdict."""
+    graph = b"\x0a\x00" * 20_000_000  # GraphProto.node, empty, 20M times
+    size, length = len(graph), b""
+    while size >= 0x80:
+        length, size = length + bytes([size & 0x7F | 0x80]), size >> 7
     path = tmp_path / "huge.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
-    assert path.stat().st_size > 16 << 20
+    path.write_bytes(b"\x08\x08\x3a" + length + bytes([size]) + graph + b"\x42\x02\x10\x11")
     result = peak_of_a_fresh_doctor(path)
     assert result["parent_growth"] < 128 << 20, result
-    assert result["verdict"].startswith(("OK: ", "PROBLEM: ")), result
+    assert result["verdict"].startswith("PROBLEM: "), result
 
 
 def onnx_junk_graph() -> bytes:
