@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import ctypes
 import errno
 import json
 import os
@@ -50,9 +51,12 @@ import pickle
 import random
 import re
 import secrets
+import tempfile
 import threading
 import warnings
 import weakref
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
@@ -64,6 +68,12 @@ from torch import nn
 from helper.formats import (EARLIER, KINDS, CheckpointError, crc_problem, kind_error, open_torch_zip, shown_path,
                             sniff)
 from helper.models import build_model
+from helper.pickle_guard import PickleBudget, scan_pickle, torch_allowed_globals
+
+try:  # ISA-L's CRC-32 (same polynomial as zlib's, faster), as helper.formats uses
+    from isal.isal_zlib import crc32 as _crc32
+except ImportError:
+    from zlib import crc32 as _crc32
 
 try:
     import fcntl
@@ -82,6 +92,13 @@ FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format_version", "epoch", "step", "config", "model", "optimizer", "scheduler", "history", "rng")
 Checkpoint = dict[str, Any]
 PathLike = str | os.PathLike[str]
+
+
+def _err(path: PathLike | None, cause: str, fix: str, *, kind: str | None) -> CheckpointError:
+    """A ``CheckpointError`` with its ``kind`` code (``helper.formats``' class takes no ``kind`` argument)."""
+    error = CheckpointError(path, cause, fix)
+    error.kind = kind or "error"
+    return error
 
 
 class StateDictMismatchError(CheckpointError, RuntimeError):
@@ -262,7 +279,7 @@ def _create_temp(target: Path) -> tuple[Path, int]:
     """A new locked temporary file next to ``target`` (retried if a cleaner removed it before the lock)."""
     while True:
         tmp = target.with_name(f".{target.name}.{secrets.token_hex(8)}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)  # read too: save_checkpoint appends a record
         _lock(fd)
         try:
             if os.stat(tmp).st_ino == os.fstat(fd).st_ino:
@@ -388,7 +405,7 @@ def _atomic_write(path: Path, write: Callable[[Any], None], check: Callable[[Pat
             _release_later(previous)
             raise
         try:
-            with os.fdopen(fd, "wb") as f:  # closing it releases the lock, after the rename
+            with os.fdopen(fd, "r+b") as f:  # closing it releases the lock, after the rename
                 write(f)
                 f.flush()
                 os.fsync(f.fileno())
@@ -408,8 +425,8 @@ def _atomic_write(path: Path, write: Callable[[Any], None], check: Callable[[Pat
             raise
         name = errno.errorcode.get(err.errno, str(err.errno))
         fix = _FAULT_FIX.get(err.errno, "check the disk and the folder {folder}, then save again")
-        raise CheckpointError(path, f"not saved: {err.strerror} ({name}); the previous file is intact",
-                              fix.format(folder=path.parent, target=path)) from exc
+        raise _err(path, f"not saved: {err.strerror} ({name}); the previous file is intact",
+                   fix.format(folder=path.parent, target=path), kind="not-saved") from exc
 
 
 def _check_loads_safely(checkpoint: Any, target: Path) -> Callable[[Path], None]:
@@ -422,8 +439,8 @@ def _check_loads_safely(checkpoint: Any, target: Path) -> Callable[[Path], None]
             kind = _type_name(value)
             more = f" (and {len(offenders) - 1} more)" if len(offenders) > 1 else ""
             cause = f"not saved: {where} is of type {kind}{more}, which torch.load(weights_only=True) refuses"
-            raise CheckpointError(target, cause + "; the previous file is untouched",
-                                  _advice(kind, isinstance(value, nn.Module))) from None
+            raise _err(target, cause + "; the previous file is untouched",
+                       _advice(kind, isinstance(value, nn.Module)), kind="not-saved") from None
     return check
 
 
@@ -431,7 +448,9 @@ def save_checkpoint(checkpoint: Checkpoint, path: PathLike, *, check: bool = Tru
     """Write ``checkpoint`` to ``path`` atomically and durably, and return the path.
 
     Temporary file in the same folder (locked while it exists), ``torch.save``,
-    flush, ``os.fsync``, (``check=True``) proof that it loads with
+    the digest record (``DIGEST_RECORD``: each storage's CRC-32 and size under
+    its name, and data.pkl's, so ``load_checkpoint`` refuses a member renamed or
+    swapped), flush, ``os.fsync``, (``check=True``) proof that it loads with
     ``weights_only=True`` (on the meta device: no tensor byte is read back),
     ``os.replace`` over ``path``, ``fsync`` of the folder. (A file of 16 MiB or more that it
     replaces has its cached pages dropped first and its blocks freed in a background thread
@@ -442,8 +461,72 @@ def save_checkpoint(checkpoint: Checkpoint, path: PathLike, *, check: bool = Tru
     naming its key path, before anything is replaced.
     """
     path = Path(path)
-    return _atomic_write(path, lambda f: torch.save(checkpoint, f),
-                         _check_loads_safely(checkpoint, path) if check else None)
+
+    def write(f: Any) -> None:
+        torch.save(checkpoint, f)
+        f.flush()
+        _append_digests(f)
+
+    return _atomic_write(path, write, _check_loads_safely(checkpoint, path) if check else None)
+
+
+# The record save_checkpoint adds to the zip: {"version": 1, "pickle": crc, "storages": {key: [crc, size]}}.
+# The CRC-32s are those torch.save wrote into the zip's directory (nothing is read back to make it); what
+# the record adds is which name each belongs to: swap two members' names (their CRCs stay valid) and
+# the record disagrees. It is not a signature: whoever crafts a file can write a record that fits.
+DIGEST_RECORD = ".data/helper_digests.json"
+
+
+def _append_digests(f: Any) -> None:
+    f.seek(0)
+    with zipfile.ZipFile(f, "a") as z:
+        infos = z.infolist()
+        pickles = [i for i in infos if i.filename.endswith("/data.pkl") and i.filename.count("/") == 1]
+        if len(pickles) != 1:
+            return  # not a torch.save zip: load_checkpoint will say what it is
+        prefix = pickles[0].filename[:-len("data.pkl")]
+        storages = {i.filename[len(prefix) + 5:]: [i.CRC, i.file_size] for i in infos
+                    if i.filename.startswith(prefix + "data/")}
+        record = json.dumps({"version": 1, "pickle": pickles[0].CRC, "storages": storages},
+                            sort_keys=True, separators=(",", ":")).encode()
+        info = zipfile.ZipInfo(prefix + DIGEST_RECORD, date_time=(1980, 1, 1, 0, 0, 0))
+        z.writestr(info, record)
+        z.filelist[-1].external_attr = 0  # as torch.save writes (writestr may set permissions)
+        z.filelist[-1].create_system = 0
+
+
+def _digest_problem(archive: Any) -> str | None:
+    """The first disagreement between the digest record (if the file has one) and the zip's members, or ``None``."""
+    record_member = archive.members.get(archive.prefix + DIGEST_RECORD)
+    if record_member is None:
+        return None
+    try:
+        with open(archive.path, "rb") as f:
+            f.seek(record_member.start)
+            raw = f.read(record_member.size)
+        if zlib.crc32(raw) != record_member.crc:
+            return f"its digest record {DIGEST_RECORD!r} fails its CRC-32 check"
+        record = json.loads(raw)
+        saved = {k: (int(v[0]), int(v[1])) for k, v in record["storages"].items()}
+        pickle_crc = int(record["pickle"])
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+        return f"its digest record {DIGEST_RECORD!r} is unreadable ({type(exc).__name__})"
+    pkl = archive.members[archive.prefix + "data.pkl"]
+    if pkl.crc != pickle_crc:
+        return "data.pkl is not the pickle save_checkpoint wrote (its CRC-32 differs from the digest record's)"
+    found = {m.name[len(archive.prefix) + 5:]: (m.crc, m.size) for m in archive.tensor_members()}
+    by_digest = {v: k for k, v in saved.items()}
+    for key in sorted(set(saved) | set(found), key=lambda k: (len(k), k)):
+        if found.get(key) != saved.get(key):
+            if key not in found:
+                return f"storage {key!r} that save_checkpoint wrote is missing"
+            if key not in saved:
+                return f"member 'data/{key}' was not written by save_checkpoint"
+            other = by_digest.get(found[key])
+            return (f"member 'data/{key}' holds the bytes save_checkpoint wrote as 'data/{other}': members were "
+                    "renamed or swapped" if other is not None else
+                    f"member 'data/{key}' is not the one save_checkpoint wrote (its CRC-32 or size differs)")
+    return None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -453,16 +536,22 @@ def save_checkpoint(checkpoint: Checkpoint, path: PathLike, *, check: bool = Tru
 def verify_zip(path: PathLike) -> str | None:
     """``None`` if ``path`` passes every check ``load_checkpoint`` makes before unpickling, else the cause."""
     try:
-        open_torch_zip(path)
+        with open(path, "rb") as f:
+            archive = _validated(Path(path), f, check_data_crc=True)
+            problem = _digest_problem(archive)
+            if problem is not None:
+                return f"is corrupted: {problem}"
+            _refuse_unsafe(Path(path), archive)
+            _prescan(Path(path), f, archive)
     except CheckpointError as exc:
         return exc.cause
+    except OSError as exc:
+        return f"could not be read ({exc.strerror or type(exc).__name__})"
     return None
 
 
 def _allowed_globals() -> set[str]:
-    allowed = set(torch._weights_only_unpickler._get_allowed_globals())
-    return allowed | {f"{g.__module__}.{g.__qualname__}" for g in torch.serialization.get_safe_globals()
-                      if hasattr(g, "__qualname__")}
+    return set(torch_allowed_globals())
 
 
 _THREAD_ABOVE = 1 << 22  # bytes of tensor data
@@ -472,79 +561,264 @@ def _refuse_unsafe(path: Path, archive: Any) -> None:
     """``CheckpointError`` if the scanned pickle names globals weights_only refuses, or holds meta tensors."""
     needed = sorted(archive.scan.globals - _allowed_globals())  # from the opcodes: nothing was unpickled
     if needed:
-        raise CheckpointError(
+        raise _err(
             path, f"refused by weights_only=True: it pickles {', '.join(needed)}, not plain data (nothing in it "
             "was run)", "store only tensors and plain data (dict, list, str, int, float); save_checkpoint refuses "
-            "such objects at save time")
+            "such objects at save time", kind="hostile-pickle")
     if archive.scan.meta:
-        raise CheckpointError(path, "holds tensors on the meta device: shapes without data",
-                              "save the real weights (model.to('cpu').state_dict()), or " + EARLIER)
+        raise _err(path, "holds tensors on the meta device: shapes without data",
+                              "save the real weights (model.to('cpu').state_dict()), or " + EARLIER,
+                              kind="not-a-checkpoint")
+
+
+def _tensor_member(name: str) -> bool:
+    return name.partition("/")[2].startswith("data/")
+
+
+def _private_copy(path: Path, f: Any) -> Path:
+    """A private sparse copy of ``f`` for ``open_torch_zip`` to map: every byte but the tensors' data.
+
+    ``open_torch_zip`` reads the archive through a shared ``mmap``; another process truncating the file
+    meanwhile (``open(path, "wb")``) would kill this one with SIGBUS (issue 24, case 10). The copy
+    holds the zip's directory, its local headers and every record but the tensor data (which the
+    validation does not read: its CRC-32s are checked from ``torch.load``'s reads, or by ``read()``),
+    at the same offsets, in a file nobody else knows. The copy is read with ``pread`` from the one
+    descriptor ``torch.load`` reads too, so both see the same file even if ``path`` is replaced.
+    """
+    fd = f.fileno()
+    size = os.fstat(fd).st_size
+    holes: list[tuple[int, int]] = []
+    try:
+        with zipfile.ZipFile(f) as z:
+            infos = z.infolist()
+    except Exception:  # a damaged directory: copy everything, open_torch_zip names the problem
+        infos = []
+    for info in infos:
+        if _tensor_member(info.filename) and info.file_size > 4096:
+            header = os.pread(fd, 30, info.header_offset)
+            if len(header) == 30 and header[:4] == b"PK\x03\x04":
+                start = info.header_offset + 30 + int.from_bytes(header[26:28], "little") \
+                    + int.from_bytes(header[28:30], "little")
+                holes.append((start, min(start + info.file_size, size)))
+    folder = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    out_fd, name = tempfile.mkstemp(prefix=".checkpoint-", suffix=".zip", dir=folder)
+    try:
+        os.ftruncate(out_fd, size)
+        pos = 0
+        for begin, end in sorted(holes) + [(size, size)]:
+            while pos < begin:
+                chunk = os.pread(fd, min(begin - pos, _COPY_CHUNK), pos)
+                if not chunk:
+                    break  # cut short meanwhile: the copy keeps zeros, the validation says so
+                os.pwrite(out_fd, chunk, pos)
+                pos += len(chunk)
+            pos = max(pos, end)
+    except BaseException:
+        os.close(out_fd)
+        os.unlink(name)
+        raise
+    os.close(out_fd)
+    return Path(name)
+
+
+_COPY_CHUNK = 1 << 20
+
+
+def _validated(path: Path, f: Any, *, check_data_crc: bool = False) -> Any:
+    """``open_torch_zip`` on a private copy of the open file ``f`` (no shared mapping), errors naming ``path``."""
+    if fcntl is None:  # Windows: a mapped file cannot be truncated, so no SIGBUS; and no sparse copies
+        return open_torch_zip(path, check_data_crc=check_data_crc)
+    copy = _private_copy(path, f)
+    try:
+        archive = open_torch_zip(copy, check_data_crc=False)
+        if check_data_crc:
+            problem = crc_problem(_fd_path(f, path), archive.tensor_members())
+            if problem is not None:
+                raise _err(copy, f"is corrupted: {problem} (its bytes changed after torch.save wrote "
+                                      "them)", EARLIER + "; copy checkpoints with a checksum (sha256sum)",
+                                      kind="corrupted")
+    except CheckpointError as exc:
+        raise _renamed(exc, path) from None
+    finally:
+        copy.unlink(missing_ok=True)
+    archive.path = path
+    return archive
+
+
+def _renamed(exc: CheckpointError, path: Path) -> CheckpointError:
+    new = _err(path, exc.cause, exc.fix, kind=getattr(exc, "kind", None) or _kind_of(exc.cause))
+    return new
+
+
+def _kind_of(cause: str) -> str:
+    if "bomb" in cause:
+        return "budget"
+    if "truncated" in cause or "cut short" in cause:
+        return "truncated"
+    if "corrupted" in cause or "CRC-32" in cause:
+        return "corrupted"
+    return "not-a-checkpoint"
+
+
+def _fd_path(f: Any, path: Path) -> Path:
+    """A path that opens the very file ``f`` has open (``/proc/self/fd``), else ``path``."""
+    candidate = Path(f"/proc/self/fd/{f.fileno()}")
+    return candidate if candidate.exists() else path
+
+
+def _prescan(path: Path, f: Any, archive: Any) -> None:
+    """``helper.pickle_guard``'s budget and call rules on data.pkl, before torch's unpickler sees it."""
+    member = archive.members[archive.prefix + "data.pkl"]
+    data = os.pread(f.fileno(), member.size, member.start)
+    if len(data) != member.size:
+        raise _err(path, "is truncated: data.pkl ends early (the file was cut short while it was read)",
+                              EARLIER, kind="truncated")
+    try:
+        scan_pickle(data, budget=PickleBudget.for_size(member.size), name="data.pkl")
+    except CheckpointError as exc:
+        raise _err(path, exc.cause, exc.fix, kind=getattr(exc, "kind", None)) from None
+
+
+def _storages(obj: Any) -> tuple[list[Any], bool]:
+    """Every distinct storage reachable from ``obj`` (dicts, lists, tuples, sets, tensors), and whether all were
+    plain CPU tensors whose bytes can be checked in memory."""
+    found: dict[tuple[int, int], Any] = {}
+    plain = True
+    stack, seen = [obj], set()
+    while stack:
+        value = stack.pop()
+        if isinstance(value, torch.Tensor):
+            if value.layout != torch.strided or value.device.type != "cpu" or type(value) not in (
+                    torch.Tensor, nn.Parameter) or value.is_quantized:
+                plain = False
+                continue
+            storage = value.untyped_storage()
+            if storage.nbytes():
+                found.setdefault((storage.data_ptr(), storage.nbytes()), storage)
+        elif isinstance(value, (dict, list, tuple, set, frozenset)):
+            if id(value) in seen:
+                continue
+            seen.add(id(value))
+            if isinstance(value, dict):
+                stack.extend(value.keys())
+                stack.extend(value.values())
+            else:
+                stack.extend(value)
+    return list(found.values()), plain
+
+
+def _memory_crc_agrees(checkpoint: Any, members: list[Any]) -> bool:
+    """Do the bytes ``torch.load`` returned carry exactly the CRC-32s (and sizes) of the zip's tensor members?"""
+    storages, plain = _storages(checkpoint)
+    if not plain:
+        return False
+    wanted = collections.Counter((m.crc, m.size) for m in members if m.size)
+    got = collections.Counter()
+    for storage in storages:
+        n = storage.nbytes()
+        got[(_crc32((ctypes.c_char * n).from_address(storage.data_ptr())), n)] += 1
+    return got == wanted
+
+
+def _cpu(map_location: Any) -> bool:
+    return map_location is None or map_location == "cpu" or (isinstance(map_location, torch.device)
+                                                              and map_location.type == "cpu")
 
 
 def load_checkpoint(path: PathLike, *, map_location: Any = "cpu", verify: bool = True) -> Checkpoint:
     """Load a checkpoint with ``weights_only=True`` and check that it is one.
 
     Before anything is unpickled: ``sniff`` must find a ``torch.save`` zip
-    (anything else is named for what it is) and ``open_torch_zip`` validates
+    (anything else is named for what it is), ``open_torch_zip`` validates
     it (structure, records, ``data.pkl``'s CRC-32 and opcodes, storage sizes, a
-    memory budget). With ``verify=True`` (the default) the CRC-32 of every
-    tensor's bytes is computed in a thread, started as soon as the zip's
-    structure is sound, while the pickle is scanned and ``torch.load`` runs; a
-    mismatch discards what was loaded. ``map_location`` defaults to the CPU.
-    Any failure raises ``CheckpointError`` naming the file, the cause and a
-    fix; it never falls back to ``weights_only=False``.
+    memory budget) on a private copy of everything but the tensor data (never a
+    shared mapping another process could truncate), the digest record
+    ``save_checkpoint`` writes is compared with the members (a renamed or swapped
+    member is refused), and ``helper.pickle_guard.scan_pickle`` checks every
+    opcode against its budget (depth, containers, memo, memory, allocations) and
+    call rules. With ``verify=True`` (the default) the CRC-32 of every tensor's
+    bytes is checked: on the CPU over the bytes ``torch.load`` returned (no
+    second read), elsewhere by a thread that reads the file while ``torch.load``
+    runs; a mismatch discards what was loaded. ``map_location`` defaults to the CPU.
+    Every failure, ``RecursionError`` and ``MemoryError`` included, raises
+    ``CheckpointError`` naming the file, the cause and a fix (its ``kind`` says
+    which: ``not-a-checkpoint``, ``truncated``, ``corrupted``, ``swapped``,
+    ``hostile-pickle``, ``budget``, ``load-failed``...); it never falls back to
+    ``weights_only=False``.
     """
     path = Path(path)
     kind = sniff(path)
     if kind != "torch-zip":
-        raise kind_error(path, kind)
+        err = kind_error(path, kind)
+        raise _err(path, err.cause, err.fix, kind="truncated" if kind in ("damaged-zip", "empty")
+                              else "not-a-checkpoint")
+    try:
+        with open(path, "rb") as f:
+            return _load(path, f, map_location, verify)
+    except CheckpointError:
+        raise
+    except (Exception, RecursionError, MemoryError) as exc:  # anything torch or Python raises on a crafted file
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise _err(path, f"could not be loaded ({type(exc).__name__}: {first[:200]})", EARLIER,
+                              kind="load-failed") from None
+
+
+def _load(path: Path, f: Any, map_location: Any, verify: bool) -> Checkpoint:
+    archive = _validated(path, f)
+    problem = _digest_problem(archive)
+    if problem is not None:
+        raise _err(path, f"is corrupted: {problem}", EARLIER + "; copy checkpoints with a checksum "
+                              "(sha256sum)", kind="swapped" if "swapped" in problem else "corrupted")
+    _refuse_unsafe(path, archive)
+    _prescan(path, f, archive)
+    members = archive.tensor_members()
+    in_memory = verify and _cpu(map_location)
     crc: list[str | None] = [None]
     worker: list[threading.Thread] = []
-
-    def start_crc(members: list) -> None:  # called once the zip's structure is sound, before the pickle scan
-        if not verify:
-            return
+    if verify and not in_memory:
+        source = _fd_path(f, path)
         if sum(m.size for m in members) <= _THREAD_ABOVE:  # below it a thread costs more than it saves
-            crc[0] = crc_problem(path, members)
-            return
-        worker.append(threading.Thread(target=lambda: crc.__setitem__(0, crc_problem(path, members)), daemon=True))
-        worker[0].start()
-
-    try:
-        archive = open_torch_zip(path, check_data_crc=False, on_tensor_members=start_crc)
-        _refuse_unsafe(path, archive)
-    except BaseException:
-        for thread in worker:  # no thread left reading the file once the error is raised
-            thread.join()
-        raise
+            crc[0] = crc_problem(source, members)
+        else:
+            worker.append(threading.Thread(target=lambda: crc.__setitem__(0, crc_problem(source, members)),
+                                           daemon=True))
+            worker[0].start()
     checkpoint, error = None, None
     if crc[0] is None:
         try:
-            checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-        except Exception as exc:  # judged below, once the CRCs are known
+            f.seek(0)
+            checkpoint = torch.load(f, map_location=map_location, weights_only=True)
+        except (Exception, RecursionError, MemoryError) as exc:  # judged below, once the CRCs are known
             error = exc
     if worker:
         worker[0].join()
+    if in_memory and error is None and not _memory_crc_agrees(checkpoint, members):
+        crc[0] = crc_problem(_fd_path(f, path), members)  # which member, read from the file (the rare path)
     if crc[0] is not None:
-        raise CheckpointError(path, f"is corrupted: {crc[0]} (its bytes changed after torch.save wrote them)",
-                              EARLIER + "; copy checkpoints with a checksum (sha256sum)") from None
+        raise _err(path, f"is corrupted: {crc[0]} (its bytes changed after torch.save wrote them)",
+                              EARLIER + "; copy checkpoints with a checksum (sha256sum)", kind="corrupted") from None
     if isinstance(error, pickle.UnpicklingError):
-        raise CheckpointError(path, f"refused by weights_only=True ({str(error).splitlines()[-1][:200]}), nothing "
-                              "in it was run", "store only tensors and plain data (dict, list, str, int, float)"
-                              ) from error
+        raise _err(path, f"refused by weights_only=True ({str(error).splitlines()[-1][:200]}), nothing "
+                              "in it was run", "store only tensors and plain data (dict, list, str, int, float)",
+                              kind="hostile-pickle") from None
     if error is not None:
         first = (str(error).splitlines() or [type(error).__name__])[0]
-        raise CheckpointError(path, f"torch.load failed ({type(error).__name__}: {first[:200]})", EARLIER) from error
+        raise _err(path, f"torch.load failed ({type(error).__name__}: {first[:200]})", EARLIER,
+                              kind="load-failed") from None
     if not isinstance(checkpoint, dict):
-        raise CheckpointError(path, f"holds a {type(checkpoint).__name__}, not a checkpoint dict",
-                              "save with helper.checkpoint.save_checkpoint(make_checkpoint(...), path)")
+        raise _err(path, f"holds a {type(checkpoint).__name__}, not a checkpoint dict",
+                              "save with helper.checkpoint.save_checkpoint(make_checkpoint(...), path)",
+                              kind="not-a-checkpoint")
     missing = [k for k in REQUIRED_KEYS if k not in checkpoint]
     if missing:
-        raise CheckpointError(path, f"missing keys {missing} (found {sorted(checkpoint, key=str)})",
-                              "load it with torch.load, or save with helper.checkpoint.make_checkpoint")
-    if not isinstance(checkpoint["format_version"], int) or checkpoint["format_version"] > FORMAT_VERSION:
-        raise CheckpointError(path, f"format version {checkpoint['format_version']!r} is newer than "
-                              f"{FORMAT_VERSION}", "update the course's helper package")
+        raise _err(path, f"missing keys {missing} (found {sorted(checkpoint, key=str)})",
+                              "load it with torch.load, or save with helper.checkpoint.make_checkpoint",
+                              kind="not-a-checkpoint")
+    version = checkpoint["format_version"]
+    if type(version) is not int or version > FORMAT_VERSION:
+        shown = repr(version) if type(version) in (int, str, float, type(None)) else f"a {type(version).__name__}"
+        raise _err(path, f"format version {shown[:80]} is newer than {FORMAT_VERSION}",
+                              "update the course's helper package", kind="not-a-checkpoint")
     return checkpoint
 
 
@@ -691,6 +965,17 @@ def _locked(lock_file: Path):
         os.close(fd)
 
 
+_PROCESS = secrets.token_hex(8)  # this process: a CheckpointFolder it replaced (a cell run again) was its own run
+
+
+def _folder_error(path: Path, exc: OSError, doing: str) -> CheckpointError:
+    """A ``CheckpointError`` for an ``OSError`` from the folder (read-only, full, no permission...)."""
+    name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+    fix = _FAULT_FIX.get(exc.errno, "check the disk and the folder {folder}, then try again")
+    return _err(path, f"{doing}: {exc.strerror or exc} ({name})", fix.format(folder=path, target=path / "last.pt"),
+                kind="folder")
+
+
 @dataclass
 class CheckpointFolder:
     """A run's checkpoints in one folder: keep the last ``keep_last`` and the best by a metric.
@@ -698,15 +983,19 @@ class CheckpointFolder:
     ``save(checkpoint, metric=...)`` writes ``epoch-0007.pt`` (named by
     ``checkpoint["epoch"]``) crash-safely, then the ``latest.json`` pointer
     (only once the file it names is durable), then removes this run's files
-    older than the last ``keep_last`` and any numbered higher (left by a run
-    that was resumed from an older file), never the best (lowest ``metric``
-    when ``mode="min"``, highest when ``"max"``). Saves take a folder lock and
-    re-read the pointer; each run holds a lock of its own while it lives, so
-    two runs saving into one folder never delete each other's files (a dead
-    run's files are adopted by the next one). ``resume()`` loads the newest
-    file (by modification time) that passes every check, even where the
-    pointer write failed, and warns (``CheckpointFallback``) about each newer
-    one it had to skip.
+    older than the last ``keep_last`` (by epoch number, not by name: 10000
+    comes after 9999) and any numbered higher (left by a run that was resumed
+    from an older file), never the best (lowest ``metric`` when ``mode="min"``,
+    highest when ``"max"``). Saves take a folder lock and re-read the pointer;
+    each run holds a lock of its own while it lives, so two runs saving into one
+    folder never delete each other's files. A run that ended (killed, crashed)
+    keeps its files until its own next save, that is a run that ``resume()``-d
+    from one of its files (or a ``CheckpointFolder`` that replaced it in the
+    same process, as when a notebook cell runs again) takes them over, or until
+    ``cleanup()`` removes them. ``resume()`` loads the newest file (by
+    modification time) that passes every check, even where the pointer write
+    failed, and warns (``CheckpointFallback``) about each newer one it had to
+    skip. Every ``OSError`` of the folder is a ``CheckpointError``.
     """
 
     folder: Path
@@ -724,19 +1013,23 @@ class CheckpointFolder:
         self._pattern = re.compile(rf"^{re.escape(self.prefix)}-(\d+)\.pt$")
         self.run = secrets.token_hex(6)
         self._run_fd: int | None = None
+        self._continues: set[str] = set()  # runs (ended) this one resumed from: it takes their files over
         self._index = self._read_pointer()
 
     def path_for(self, number: int) -> Path:
         return self.folder / f"{self.prefix}-{number:04d}.pt"
 
-    def _number(self, path: Path) -> int:
-        return int(self._pattern.match(path.name).group(1))
+    def _number(self, path: Path | str) -> int:
+        return int(self._pattern.match(Path(path).name).group(1))
 
     def checkpoints(self) -> list[Path]:
         """The checkpoint files in the folder, oldest first (by the number in their name)."""
-        if not self.folder.is_dir():
-            return []
-        found = [(int(m.group(1)), p) for p in self.folder.iterdir() if (m := self._pattern.match(p.name))]
+        try:
+            if not self.folder.is_dir():
+                return []
+            found = [(int(m.group(1)), p) for p in self.folder.iterdir() if (m := self._pattern.match(p.name))]
+        except OSError as exc:
+            raise _folder_error(self.folder, exc, "cannot list the checkpoint folder") from None
         return [p for _, p in sorted(found)]
 
     def _read_pointer(self) -> dict[str, Any]:
@@ -774,25 +1067,29 @@ class CheckpointFolder:
         try:
             if not _lock(fd, block=False):
                 return True
-            lock.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # a read-only folder: the lock file stays, the run is still over
+                lock.unlink(missing_ok=True)
             return False
         finally:
             os.close(fd)
 
     def _adopt(self, index: dict[str, Any]) -> dict[str, Any]:
-        """Take over the files and best of every run that no longer runs (a crashed or finished one)."""
+        """Take over the files and best of the runs this one continues: those it resumed from, and those this
+        process ran before (a cell run again), once they have ended. Other runs' files are left alone."""
         runs = index.setdefault("runs", {})
         owners = index.setdefault("files", {})
         mine = runs.setdefault(self.run, {})
-        for run in [r for r in runs if not self._alive(r)]:
+        mine["process"] = _PROCESS
+        for run in [r for r in runs if r != self.run and (r in self._continues or runs[r].get("process") == _PROCESS)
+                    and not self._alive(r)]:
             dead = runs.pop(run)
             best = dead.get("best")
             if best and (self.folder / best["file"]).exists() and self._better(mine.get("best"), best["metric"]):
                 mine["best"] = best
             for name in [n for n, r in owners.items() if r == run]:
                 owners[name] = self.run
-        for p in self.checkpoints():  # files no run claims (an older helper, a copied folder)
-            owners.setdefault(p.name, self.run)
+        for name in self._continues & {p.name for p in self.checkpoints()}:  # a file no run claims, resumed from
+            owners.setdefault(name, self.run)
         return index
 
     def _better(self, best: dict[str, Any] | None, metric: float) -> bool:
@@ -804,6 +1101,12 @@ class CheckpointFolder:
         """Save ``checkpoint`` as ``<prefix>-<number>.pt`` (number: ``checkpoint["epoch"]``), update, rotate."""
         number = int(checkpoint["epoch"] if number is None else number)
         target = self.path_for(number)
+        try:
+            return self._save(checkpoint, metric, number, target)
+        except OSError as exc:
+            raise _folder_error(self.folder, exc, f"not saved: {target.name}") from None
+
+    def _save(self, checkpoint: Checkpoint, metric: float | None, number: int, target: Path) -> Path:
         self.folder.mkdir(parents=True, exist_ok=True)
         if self._run_fd is None:  # held until this object is garbage-collected or the process ends
             self._run_fd = os.open(self.folder / f".run-{self.run}.lock", os.O_RDWR | os.O_CREAT, 0o666)
@@ -813,8 +1116,12 @@ class CheckpointFolder:
             index = self._adopt(self._read_pointer())
             owner = index["files"].get(target.name, self.run)
             if owner != self.run and target.exists():
-                raise CheckpointError(target, f"not saved: another run (id {owner}) is writing into this folder "
-                                      "and owns this file", "give each run its own folder or prefix")
+                if self._alive(owner):
+                    raise _err(target, f"not saved: another run (id {owner}) is writing into this folder and owns "
+                               "this file", "give each run its own folder or prefix", kind="folder")
+                raise _err(target, f"not saved: this file belongs to run {owner}, which ended (killed or crashed) "
+                           "and which this run did not resume", "resume() from its checkpoints to continue that run, "
+                           "or remove its files with cleanup()", kind="folder")
             path = save_checkpoint(checkpoint, target)  # durable before anything points at it
             mine, owners = index["runs"][self.run], index["files"]
             owners[path.name] = self.run
@@ -825,18 +1132,49 @@ class CheckpointFolder:
             if metric is not None and self._better(mine.get("best"), float(metric)):
                 mine["best"] = {"file": path.name, "metric": float(metric)}
             mine["latest"] = index["latest"] = path.name
-            keep = {p.name for p in ours if p not in abandoned}
-            keep = set(sorted(keep)[-self.keep_last:]) | {path.name, (mine.get("best") or {}).get("file")}
+            kept = sorted((p for p in ours if p not in abandoned), key=self._number)[-self.keep_last:]
+            keep = {p.name for p in kept} | {path.name, (mine.get("best") or {}).get("file")}
             for old in ours:
                 if old.name not in keep:
                     owners.pop(old.name, None)
             text = json.dumps(index, indent=1, sort_keys=True).encode()
             _atomic_write(self.folder / self.POINTER, lambda f: f.write(text))
             self._index = index
+            self._continues.clear()
             for old in ours:
                 if old.name not in keep:
                     old.unlink(missing_ok=True)
         return path
+
+    def cleanup(self) -> list[Path]:
+        """Remove the checkpoints of every run that has ended (and of none that lives); return what was removed.
+
+        Files no run claims (the pointer was lost, or the folder was copied) are left alone.
+        """
+        removed: list[Path] = []
+        try:
+            if not self.folder.is_dir():
+                return removed
+            with _locked(self.folder / ".lock"):
+                index = self._read_pointer()
+                runs, owners = index.setdefault("runs", {}), index.setdefault("files", {})
+                dead = {r for r in runs if r != self.run and not self._alive(r)}
+                for name in sorted(n for n, r in owners.items() if r in dead):
+                    path = self.folder / name
+                    if path.exists():
+                        path.unlink()
+                        removed.append(path)
+                    del owners[name]
+                for run in dead:
+                    del runs[run]
+                if index.get("latest") not in owners:
+                    index.pop("latest", None)
+                text = json.dumps(index, indent=1, sort_keys=True).encode()
+                _atomic_write(self.folder / self.POINTER, lambda f: f.write(text))
+                self._index = index
+        except OSError as exc:
+            raise _folder_error(self.folder, exc, "not cleaned up") from None
+        return removed
 
     def resume(self, *, map_location: Any = "cpu") -> Resumed | None:
         """The newest checkpoint that loads and passes every check, or ``None`` if the folder holds none.
@@ -865,7 +1203,9 @@ class CheckpointFolder:
             for bad, why in skipped:
                 warnings.warn(f"skipped {shown_path(bad)} ({why}); resuming from {shown_path(path)}",
                               CheckpointFallback, stacklevel=2)
+            owner = self._read_pointer().get("files", {}).get(path.name)
+            self._continues.add(path.name if owner is None else owner)  # its next save takes that run's files over
             return Resumed(checkpoint, path, skipped)
         listing = "; ".join(f"{p.name}: {why}" for p, why in skipped)
-        raise CheckpointError(self.folder, f"no checkpoint in this folder loads ({listing})",
-                              "start the run again, or restore the folder from a backup")
+        raise _err(self.folder, f"no checkpoint in this folder loads ({listing})",
+                   "start the run again, or restore the folder from a backup", kind="folder")

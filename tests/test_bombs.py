@@ -162,3 +162,127 @@ def test_the_memory_measurement_can_fail(bombs):
 
 def test_the_inflating_bomb_is_small_on_disk(bombs):
     assert bombs["inflating data.pkl (512 MB)"].stat().st_size < 4 << 20
+
+
+# --------------------------------------------------------------------------------------------------
+# helper.pickle_guard on its own: the pre-scan that runs before torch's unpickler (issue 24, cases 6-9)
+
+import collections  # noqa: E402
+import pickle  # noqa: E402
+import time  # noqa: E402
+
+from helper.checkpoint import CheckpointError  # noqa: E402
+from helper.pickle_guard import PickleBudget, scan_pickle, torch_allowed_globals  # noqa: E402
+
+
+def data_pkl(obj, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer, **kwargs)
+    with zipfile.ZipFile(buffer) as z:
+        return z.read(next(n for n in z.namelist() if n.endswith("data.pkl")))
+
+
+def refused(data: bytes, kind: str, words: str, **kwargs) -> float:
+    """Scan ``data``; it must raise CheckpointError of ``kind`` naming ``words``. Returns the seconds it took."""
+    start = time.perf_counter()
+    with pytest.raises(CheckpointError) as caught:
+        scan_pickle(data, **kwargs)
+    assert caught.value.kind == kind, caught.value
+    assert words in caught.value.cause and caught.value.path is None, caught.value.cause
+    return time.perf_counter() - start
+
+
+PLAIN_DATA = {"a": [1, 2.5, "x", b"y", None, True], "b": (1, (2, (3,))), "c": {3, 4}, "d": bytearray(b"ab"),
+              "e": 1j, "f": collections.OrderedDict(k=1), "g": collections.Counter("aab"), "h": 2 ** 100,
+              "i": frozenset({1})}
+
+
+@pytest.mark.parametrize("protocol", [1, 2, 3, 4, 5])
+def test_torch_save_files_pass_in_every_protocol(protocol):
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    optimizer = torch.optim.Adam(model.parameters())
+    model(torch.randn(2, 3)).sum().backward()
+    optimizer.step()
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             **{k: v for k, v in PLAIN_DATA.items() if k != "i" or protocol >= 4}}
+    report = scan_pickle(data_pkl(state, pickle_protocol=protocol))
+    assert "torch._utils._rebuild_tensor_v2" in report.calls and 3 <= report.max_depth <= 8
+    assert set(report.globals) <= torch_allowed_globals()
+
+
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+def test_plain_pickles_pass_in_every_protocol(protocol):
+    report = scan_pickle(pickle.dumps(PLAIN_DATA, protocol=protocol),
+                         allowed=frozenset({"builtins.set", "builtins.frozenset", "builtins.bytearray",
+                                            "builtins.complex", "collections.OrderedDict", "collections.Counter",
+                                            "_codecs.encode"}))
+    assert report.opcodes > 20 and report.end == len(pickle.dumps(PLAIN_DATA, protocol=protocol))
+
+
+def test_globals_are_exact_never_a_prefix_or_a_dotted_name():
+    module, name, cmd = b"torch.distributed.checkpoint.filesystem", b"os.system", b"touch marker"
+    dcp = b"\x80\x04\x8c%c%s\x8c%c%s\x93\x8c%c%s\x85R." % (len(module), module, len(name), name, len(cmd), cmd)
+    refused(dcp, "hostile-pickle", "a name with a dot", allowed=frozenset({module.decode() + ".os"}))
+    refused(b"\x80\x02ctorch.nn\nParameterX\n)R.", "hostile-pickle", "not on the allowlist")
+    refused(b"\x80\x02cos\nsystem\nX\x02\x00\x00\x00id\x85R.", "hostile-pickle", "os.system")
+    computed = b"\x80\x04\x8c\x05torch" + b"c_codecs\nencode\n\x8c\x04Size\x8c\x06latin1\x86R" + b"\x93."
+    refused(computed, "hostile-pickle", "computed at load time")
+    memoized = b"\x80\x04\x8c\x05torch\x94\x8c\x04Size\x94\x93h\x00h\x01\x93\x86."  # strings through the memo pass
+    assert scan_pickle(memoized).globals == ("torch.Size",)
+    for op in (b"\x82\x01", b"ios\nsystem\n", b"Pid\n"):
+        refused(b"\x80\x02(" + op + b".", "hostile-pickle", "never writes")
+
+
+def test_bombs_are_refused_quickly_with_little_memory():
+    """Cases 6-9 of issue 24 as pickles: each refused before torch's unpickler would build it, within seconds."""
+    n = 1_000_000
+    took = {
+        "tuple key nested 1M deep": refused(b"\x80\x02}(" + b")" + b"\x85" * n + b"K\x01u.", "budget", "nested"),
+        "format_version nested 200k deep": refused(b"\x80\x02}X\x0e\x00\x00\x00format_version" + b"]" * 200_000
+                                                   + b"a" * 199_999 + b"s.", "budget", "would build"),
+        "29 chained _codecs.encode": refused(b"\x80\x02" + b"c_codecs\nencode\n" * 29 + b"X\x01\x00\x00\x00a"
+                                             + b"X\x03\x00\x00\x00hex\x86R" * 29 + b".", "hostile-pickle",
+                                             "_codecs.encode"),
+        "5M empty sets": refused(b"\x80\x04(" + b"\x8f" * 5_000_000 + b"l.", "budget", "containers"),
+        "20M MARKs": refused(b"\x80\x02" + b"(" * 20_000_000 + b"N.", "budget", "MARKs"),
+        "30M empty lists": refused(b"\x80\x02(" + b"]" * 30_000_000 + b"l.", "budget", "containers"),
+        "memo of 4M entries": refused(b"\x80\x02N" + b"\x94" * 4_000_000 + b".", "budget", "memo"),
+    }
+    assert all(seconds < 15 for seconds in took.values()), took
+
+
+def test_allocating_calls_take_only_small_literals():
+    tensor = data_pkl(torch.tensor(5))  # a 0-dim int64 tensor: bytearray(t) would allocate 5 bytes, or 2 GB
+    body = tensor[2:-1]  # the tensor's opcodes, without PROTO and STOP
+    refused(b"\x80\x02cbuiltins\nbytearray\n" + body + b"\x85R.", "hostile-pickle", "bytearray")
+    refused(b"\x80\x02cbuiltins\nbytearray\nJ\x00\x00\x00\x7f\x85R.", "budget", "bytearray(N)")
+    assert scan_pickle(b"\x80\x02cbuiltins\nbytearray\nM\x00\x04\x85R.").alloc == 1024
+    refused(b"\x80\x02ctorch.storage\nUntypedStorage\nJ\x00\x00\x00\x7f\x85R.", "hostile-pickle", "allocate")
+    refused(b"\x80\x02ctorch\nFloatTensor\nJ\x00\x00\x00\x7f\x85R.", "hostile-pickle", "allocate")
+    refused(b"\x80\x02cbuiltins\nset\nX\x03\x00\x00\x00abc\x85R.", "hostile-pickle", "list, tuple")
+    refused(b"\x80\x02ctorch\nfloat32\n)R.", "hostile-pickle", "never calls")
+    refused(b"\x80\x02c_codecs\nencode\nX\x01\x00\x00\x00aX\x06\x00\x00\x00utf-32\x86R.", "hostile-pickle",
+            "encoding")
+
+
+def test_cycles_and_late_changes_are_refused():
+    refused(b"\x80\x02]q\x00h\x00a.", "hostile-pickle", "inside itself")
+    # a list placed in another, then grown through the memo: the depth check must not be fooled
+    refused(b"\x80\x02]q\x00]q\x01ah\x01]a.", "hostile-pickle", "after it was placed")
+
+
+def test_budget_grows_with_the_file_and_stops_at_its_ceilings():
+    small, big = PickleBudget.for_size(0), PickleBudget.for_size(100 << 20)
+    assert small.max_depth == big.max_depth == 100 and small.max_memory == 32 << 20
+    assert big.max_memory == 1 << 30 and big.max_containers == 1 << 20 and big.max_alloc == (1 << 20) + (100 << 20)
+    refused(b"\x80\x02" + b"(" * 11 + b"N.", "budget", "MARKs", budget=PickleBudget(max_marks=10))
+
+
+def test_truncated_and_malformed_pickles_have_their_own_kinds():
+    good = data_pkl({"w": torch.ones(2)})
+    for cut in range(0, len(good) - 1, 7):
+        with pytest.raises(CheckpointError) as caught:
+            scan_pickle(good[:cut])
+        assert caught.value.kind in ("truncated", "malformed-pickle"), (cut, caught.value)
+    refused(b"\x80\x02\xff.", "malformed-pickle", "unknown opcode")
+    refused(b"\x80\x02a.", "malformed-pickle", "empty stack")

@@ -275,17 +275,36 @@ def test_a_flipped_byte_loads_silently_with_plain_torch_load_but_verify_catches_
     assert load_checkpoint(bad, verify=False)["epoch"] == 3  # the check is what catches it
 
 
-@pytest.mark.parametrize("threaded", [False, True])
-def test_tensors_whose_crc_fails_are_never_returned(tmp_path, monkeypatch, threaded):
-    """Small files are checked before torch.load; large ones in a thread while it runs: both refuse."""
-    monkeypatch.setattr(ckpt, "_THREAD_ABOVE", -1 if threaded else 1 << 40)
-    started = []
-    real_start = ckpt.threading.Thread.start
+@pytest.mark.parametrize("how", ["in memory", "before", "threaded"])
+def test_tensors_whose_crc_fails_are_never_returned(tmp_path, monkeypatch, how):
+    """On the CPU the bytes torch.load returned are checked (no second read); elsewhere small files are checked
+    before torch.load, large ones in a thread while it runs: all three refuse, naming the member."""
+    monkeypatch.setattr(ckpt, "_THREAD_ABOVE", -1 if how == "threaded" else 1 << 40)
+    started, read_back = [], []
+    real_start, real_problem = ckpt.threading.Thread.start, ckpt.crc_problem
     monkeypatch.setattr(ckpt.threading.Thread, "start", lambda self: started.append(1) or real_start(self))
-    bad = make_bad("flipped-tensor", tmp_path, good_file(tmp_path))
-    with pytest.raises(CheckpointError, match="fails its CRC-32 check"):
-        load_checkpoint(bad)
-    assert bool(started) == threaded
+    monkeypatch.setattr(ckpt, "crc_problem", lambda *a, **k: read_back.append(1) or real_problem(*a, **k))
+    good = good_file(tmp_path)
+    bad = make_bad("flipped-tensor", tmp_path, good)
+    where = "cpu" if how == "in memory" else (lambda storage, location: storage)  # a callable: not known as CPU
+    assert load_checkpoint(good, map_location=where)["epoch"] == 3
+    assert bool(read_back) == (how != "in memory")  # a good file on the CPU is never read a second time
+    with pytest.raises(CheckpointError, match="fails its CRC-32 check") as caught:
+        load_checkpoint(bad, map_location=where)
+    assert caught.value.kind == "corrupted"
+    assert bool(started) == (how == "threaded")
+
+
+def test_the_in_memory_check_sees_every_storage(tmp_path):
+    """Views share a storage, a tensor can be a dict key or sit in a set: the multiset of CRCs still agrees."""
+    base = torch.arange(12.0)
+    checkpoint = ckpt.make_checkpoint(torch.nn.Linear(2, 2), extra={"view": base[3:], "again": base,
+                                                                   "set": {torch.ones(2)}, "key": {torch.zeros(3): 1}})
+    path = ckpt.save_checkpoint(checkpoint, tmp_path / "views.pt")
+    with open(path, "rb") as f:
+        archive = ckpt._validated(path, f)
+    assert ckpt._memory_crc_agrees(load_checkpoint(path), archive.tensor_members())
+    assert not ckpt._memory_crc_agrees({"w": torch.ones(1)}, archive.tensor_members())
 
 
 def test_the_crc_in_use_is_zlibs():
@@ -478,6 +497,43 @@ def test_resume_falls_back_to_the_newest_good_checkpoint_and_says_so(tmp_path):
         p.write_bytes(b"")
     with pytest.raises(CheckpointError, match=r"no checkpoint in this folder loads \(epoch-0003\.pt: is empty"):
         run.resume()
+
+
+def test_rotation_goes_by_epoch_number_not_file_name(tmp_path):
+    """Issue 24, case 15: with keep_last=2, saves 9997-10003 kept 9998, 9999 and 10003 (sorted as names)."""
+    run = CheckpointFolder(tmp_path, keep_last=2)
+    model = build_model({"arch": "mlp", "hidden": [4]})
+    for epoch in range(9997, 10004):
+        run.save(make_checkpoint(model, epoch=epoch))
+    assert [p.name for p in run.checkpoints()] == ["epoch-10002.pt", "epoch-10003.pt"]
+
+
+def test_every_os_error_of_the_folder_is_a_checkpoint_error(tmp_path, monkeypatch):
+    """Issue 24, case 17: a read-only folder raised a raw OSError (EROFS on .lock), not CheckpointError."""
+    import errno as errno_
+
+    model = build_model({"arch": "mlp", "hidden": [4]})
+    run = CheckpointFolder(tmp_path / "run", keep_last=2)
+    run.save(make_checkpoint(model, epoch=1))
+    real_open = ckpt.os.open
+
+    def read_only(path, flags, *args):
+        if str(path).endswith(".lock") or flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            raise OSError(errno_.EROFS, os.strerror(errno_.EROFS), str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(ckpt.os, "open", read_only)
+    for attempt in (lambda: run.save(make_checkpoint(model, epoch=2)),
+                    lambda: CheckpointFolder(tmp_path / "run").save(make_checkpoint(model, epoch=2)),
+                    lambda: run.cleanup()):
+        with pytest.raises(CheckpointError, match="EROFS") as caught:
+            attempt()
+        assert caught.value.kind == "folder" and "read-only" in caught.value.fix
+    monkeypatch.setattr(ckpt.os, "open", real_open)
+    monkeypatch.setattr(Path, "iterdir", lambda self: (_ for _ in ()).throw(PermissionError(13, "denied")))
+    with pytest.raises(CheckpointError, match="EACCES"):
+        run.checkpoints()
+    assert [p.name for p in tmp_path.joinpath("run").glob("epoch-*.pt")] == ["epoch-0001.pt"]
 
 
 def test_saving_an_older_epoch_drops_the_abandoned_newer_files(tmp_path):

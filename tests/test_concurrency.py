@@ -155,10 +155,56 @@ def test_a_second_run_may_not_overwrite_a_live_runs_file(tmp_path):
     finally:
         a.kill()  # SIGKILL: no clean exit, as when a run crashes
         a.join()
-    # once run A is gone, a new run adopts its files (a resumed run may replace them)
+    # once run A is gone, its files are still its own: a run that did not resume from them may not replace
+    # them; one that resumed continues run A and may (issue 24, case 16)
+    stranger = CheckpointFolder(tmp_path, keep_last=2)
+    with pytest.raises(CheckpointError, match=r"belongs to run .* which ended") as caught:
+        stranger.save(make_checkpoint(build_model({"arch": "mlp"}), epoch=2))
+    assert caught.value.kind == "folder" and "cleanup()" in caught.value.fix
+    assert (tmp_path / "epoch-0002.pt").read_bytes() == before
     again = CheckpointFolder(tmp_path, keep_last=2)
+    assert again.resume().path.name == "epoch-0002.pt"
     again.save(make_checkpoint(build_model({"arch": "mlp"}), epoch=2))
     assert load_checkpoint(tmp_path / "epoch-0002.pt")["config"]["hidden"] == [64]  # run A's had [8]
+
+
+def killed_run(folder: Path, epochs: list[int]) -> None:
+    """A run (keep_last=2) that saves ``epochs`` and is then SIGKILLed: no clean exit, as when a run crashes."""
+    import os
+    import signal
+
+    folder_run = CheckpointFolder(folder, keep_last=2)
+    model = build_model({"arch": "mlp", "hidden": [8]})
+    for epoch in epochs:
+        folder_run.save(make_checkpoint(model, epoch=epoch))
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_dead_runs_files_are_removed_only_by_its_own_next_save_or_cleanup(tmp_path):
+    """Issue 24, case 16: run A saves epochs 50-52 and is killed; run B (a fresh start) saves epoch 10.
+    Before, B took A's files over and removed 51 and 52 as 'abandoned' (numbered above its own)."""
+    a = start(killed_run, tmp_path / "shared", [50, 51, 52])
+    a.join(120)
+    assert a.exitcode == -9
+    b = CheckpointFolder(tmp_path / "shared", keep_last=2)
+    model = build_model({"arch": "mlp"})
+    for epoch in (10, 11, 12):
+        b.save(make_checkpoint(model, epoch=epoch))
+    assert [p.name for p in b.checkpoints()] == ["epoch-0011.pt", "epoch-0012.pt", "epoch-0051.pt",
+                                                 "epoch-0052.pt"]
+    removed = b.cleanup()  # on purpose: the ended run's files go, the live run's stay
+    assert [p.name for p in removed] == ["epoch-0051.pt", "epoch-0052.pt"]
+    assert [p.name for p in b.checkpoints()] == ["epoch-0011.pt", "epoch-0012.pt"]
+    b.save(make_checkpoint(model, epoch=13))  # the pointer still works after the clean-up
+    assert [p.name for p in b.checkpoints()] == ["epoch-0012.pt", "epoch-0013.pt"]
+
+    # the same killed run, resumed: its next save is its own, and rotates its files as before
+    a = start(killed_run, tmp_path / "resumed", [50, 51, 52])
+    a.join(120)
+    resumed = CheckpointFolder(tmp_path / "resumed", keep_last=2)
+    assert resumed.resume().checkpoint["epoch"] == 52
+    resumed.save(make_checkpoint(model, epoch=53))
+    assert [p.name for p in resumed.checkpoints()] == ["epoch-0052.pt", "epoch-0053.pt"]
 
 
 PAUSED_WRITER = textwrap.dedent("""
