@@ -56,7 +56,8 @@ from typing import Any
 
 from helper.formats import EARLIER, sniff
 
-__all__ = ["Diagnosis", "diagnose", "detect_kind", "main", "allowlistable", "LIMITS", "MESSAGES", "PLAIN_DATA"]
+__all__ = ["Diagnosis", "diagnose", "detect_kind", "main", "allowlistable", "LIMITS", "MESSAGES", "FIXES",
+           "PLAIN_DATA"]
 
 # Classes known to rebuild plain data when unpickled: the only globals, besides nn.Module classes already
 # imported in this process, that the doctor suggests for torch.serialization.safe_globals. Classes only: never a
@@ -197,6 +198,12 @@ MESSAGES: dict[str, str] = {
     "hostile-fix": f"{RUNS_CODE} (a file made to attack a reader). {ASK}",
     "failed": "could not be examined ({detail})",
 }
+# The MESSAGES keys the doctor prints as a fix ("Fix: ..."): each is followed by a test in tests/test_doctor.py
+# (ADVICE_FOLLOWED), as are EARLIER and the fixes of helper.formats.KINDS (tests/test_formats.py).
+FIXES = ("runs-code", "runs-code-ask", "safe-globals", "numpy-fix", "meta-fix", "loads-fix", "lightning-no-prefix-fix",
+         "lightning-fix", "legacy-fix", "hf-no-index-fix", "hf-bad-index-fix", "outside-fix", "copy-again",
+         "bin-unsafe-fix", "remote-code-fix", "dcp-unsafe-fix", "earlier-folder", "onnx-redo", "onnx-outside-fix",
+         "onnx-missing-fix", "onnx-data-fix", "pt2-redo", "pt2-fix", "hostile-fix")
 
 
 def say(key: str, **values: Any) -> str:

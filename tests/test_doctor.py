@@ -680,3 +680,188 @@ def test_limits_are_verdicts(files, tmp_path):
     torch.save({"w": torch.zeros(16 << 20)}, big)  # 64 MiB of tensor data
     d = diagnose(big, limits={"memory": 8 << 20, "per_file_byte": 0})  # 8 MiB more than the child holds
     assert not d.healthy and "do not load" in d.verdict(), d.report()
+
+
+# ---------------------------------------------------------------------------------------------
+# Advice is tested by following it: every fix the doctor can print (helper.doctor.FIXES) names the test that
+# follows it here, or in tests/test_doctor_libraries.py; "do not load" is followed by showing what loading does.
+
+ADVICE_FOLLOWED = {
+    "runs-code": "test_do_not_load_advice_is_right",
+    "runs-code-ask": "test_do_not_load_advice_is_right",
+    "hostile-fix": "test_do_not_load_advice_is_right",
+    "bin-unsafe-fix": "test_do_not_load_advice_is_right",
+    "dcp-unsafe-fix": "test_do_not_load_advice_is_right",
+    "safe-globals": "test_safe_globals_advice_followed",
+    "numpy-fix": "test_case14_safe_globals_advice_never_lists_a_function",
+    "meta-fix": "test_meta_and_export_advice_followed",
+    "loads-fix": "test_the_printed_fixes_work",
+    "legacy-fix": "test_the_printed_fixes_work",
+    "lightning-fix": "test_lightning_checkpoint_names_the_prefix_and_a_fix_that_works",
+    "lightning-no-prefix-fix": "test_doctor_libraries.py::test_lightning_without_one_prefix_advice_followed",
+    "hf-no-index-fix": "test_folder_advice_followed",
+    "hf-bad-index-fix": "test_folder_advice_followed",
+    "copy-again": "test_folder_advice_followed",
+    "outside-fix": "test_folder_advice_followed",
+    "remote-code-fix": "test_folder_advice_followed",
+    "earlier-folder": "test_folder_advice_followed",
+    "onnx-redo": "test_onnx_advice_followed",
+    "onnx-outside-fix": "test_onnx_advice_followed",
+    "onnx-missing-fix": "test_onnx_advice_followed",
+    "onnx-data-fix": "test_onnx_advice_followed",
+    "pt2-redo": "test_meta_and_export_advice_followed",
+    "pt2-fix": "test_meta_and_export_advice_followed",
+}
+
+
+def test_every_fix_has_a_test_that_follows_it():
+    from helper import doctor
+
+    assert set(doctor.FIXES) == set(ADVICE_FOLLOWED), set(doctor.FIXES) ^ set(ADVICE_FOLLOWED)
+    fixes_said = {key for key in doctor.MESSAGES if key.endswith("-fix")}
+    assert fixes_said <= set(doctor.FIXES), fixes_said - set(doctor.FIXES)
+    here = sys.modules[__name__]
+    libraries = (Path(__file__).parent / "test_doctor_libraries.py").read_text()
+    for key, test in ADVICE_FOLLOWED.items():
+        file, _, name = test.rpartition("::")
+        assert (f"def {name}(" in libraries) if file else callable(getattr(here, name, None)), (key, test)
+
+
+def test_do_not_load_advice_is_right(tmp_path):
+    """The files the doctor says not to load do run code when loaded as their format loads them: a pickle
+    payload through pickle (as torch.load(weights_only=False) does), DCP's .metadata through pickle.loads (as
+    dcp.load does); the doctor's verdict on each is 'do not load'. And the weights asked for instead pass."""
+    marker = tmp_path / "ran"
+    payload = pickle.dumps(Payload(marker))
+    (tmp_path / "payload.pt").write_bytes(payload)
+    assert "do not load" in diagnose(tmp_path / "payload.pt").fix
+    pickle.loads(payload)  # made here: a harmless mkdir
+    assert marker.exists()
+    marker.rmdir()
+    folder = dcp_folder(tmp_path / "dcp")
+    (folder / ".metadata").write_bytes(stack_global_call("posix" if os.name == "posix" else "nt", "mkdir",
+                                                         str(marker)))
+    d = diagnose(folder)
+    assert not d.healthy and d.fix == "do not load this folder; it can run code", d.report()
+    with open(folder / ".metadata", "rb") as f:
+        pickle.load(f)  # what torch.distributed.checkpoint.FileSystemReader.read_metadata does
+    assert marker.exists()
+    torch.save(build_model(MLP).state_dict(), tmp_path / "asked_for.pt")  # "ask for the weights as a state_dict"
+    assert diagnose(tmp_path / "asked_for.pt").healthy
+
+
+def test_safe_globals_advice_followed(tmp_path):
+    """The whole model, pickled: load it once inside safe_globals of the classes the report names (all classes,
+    no function), re-save the state_dict: the doctor then says OK."""
+    model = build_model(MLP)
+    torch.save(model, tmp_path / "whole.pt")
+    d = diagnose(tmp_path / "whole.pt")
+    assert "safe_globals" in d.fix, d.report()
+    classes = [vars(sys.modules[name.rpartition(".")[0]])[name.rpartition(".")[2]] for name in d.needed]
+    assert all(isinstance(c, type) for c in classes), classes
+    with torch.serialization.safe_globals(classes):
+        loaded = torch.load(tmp_path / "whole.pt", weights_only=True)
+    torch.save(loaded.state_dict(), tmp_path / "state.pt")
+    assert diagnose(tmp_path / "state.pt", MLP).healthy
+
+
+def test_meta_and_export_advice_followed(tmp_path):
+    model = build_model(MLP)
+    torch.save(model.to("meta").state_dict(), tmp_path / "meta.pt")
+    d = diagnose(tmp_path / "meta.pt")
+    assert not d.healthy and "model.to('cpu').state_dict()" in d.fix
+    model = build_model(MLP)
+    torch.save(model.to("cpu").state_dict(), tmp_path / "real.pt")  # the fix, followed
+    assert diagnose(tmp_path / "real.pt", MLP).healthy
+    (tmp_path / "fake.pt2").write_bytes(rezip(export_program(tmp_path / "src.pt2"), tmp_path / "x.pt2",
+                                              drop=("models/model.json",)).read_bytes())
+    d = diagnose(tmp_path / "fake.pt2")
+    assert not d.healthy and "torch.export.export and torch.export.save" in d.fix, d.report()
+    d = diagnose(export_program(tmp_path / "fake.pt2"))  # exported again
+    assert d.healthy and "torch.export.load(path)" in d.fix, d.report()
+    program = torch.export.load(tmp_path / "fake.pt2")  # made by this test: trusted, as the fix says
+    x = torch.rand(1, 3)
+    assert program.module()(x).shape == (1, 2)
+
+
+def test_folder_advice_followed(tmp_path):
+    from safetensors.torch import load_file
+
+    state = build_model(MLP).state_dict()
+    folder = hf_folder(tmp_path / "hf", state)
+    index = folder / "model.safetensors.index.json"
+    good_index = index.read_text()
+    # config.json alone: copy the weights too
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    (alone / "config.json").write_text("{}")
+    d = diagnose(alone)
+    assert not d.healthy and "copy the weights too" in d.fix
+    save_file({k: v.contiguous() for k, v in state.items()}, alone / "model.safetensors")
+    assert diagnose(alone).healthy
+    # a broken index: restore it
+    index.write_text("{}")
+    assert "restore the index file" in diagnose(folder).fix
+    index.write_text(good_index)
+    assert diagnose(folder).healthy
+    # a shard missing, then a shard that is a link: copy the folder again / get it again from its source
+    shard = sorted(folder.glob("*.safetensors"))[1]
+    data = shard.read_bytes()
+    shard.unlink()
+    assert "copy the whole folder again" in diagnose(folder).fix
+    (tmp_path / "elsewhere.safetensors").write_bytes(data)
+    shard.symlink_to(tmp_path / "elsewhere.safetensors")
+    assert "get the model again from its source" in diagnose(folder).fix
+    shard.unlink()
+    shard.write_bytes(data)
+    assert diagnose(folder).healthy
+    # code in the folder: the weights alone load with safetensors and no code
+    marker = tmp_path / "remote_code_ran"
+    (folder / "modeling_evil.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    d = diagnose(folder)
+    assert "safetensors.torch.load_file(shard)" in d.fix, d.report()
+    loaded = {}
+    for weights in folder.glob("*.safetensors"):
+        loaded.update(load_file(weights))
+    model = build_model(MLP)
+    model.load_state_dict(loaded)
+    assert not marker.exists()
+    # an interrupted DCP save: use an earlier checkpoint folder
+    earlier, broken = dcp_folder(tmp_path / "epoch1"), dcp_folder(tmp_path / "epoch2")
+    (broken / ".metadata").unlink()
+    assert "use an earlier checkpoint folder" in diagnose(broken).fix
+    assert diagnose(earlier).healthy
+    import torch.distributed.checkpoint as dcp
+
+    restored = {"w": torch.zeros(2)}
+    dcp.load(restored, checkpoint_id=earlier)
+    assert torch.equal(restored["w"], torch.ones(2))
+
+
+def test_onnx_advice_followed(tmp_path):
+    import onnxruntime as ort
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    path = onnx_model(folder / "m.onnx", external="m.onnx.data")
+    data = (folder / "m.onnx.data").read_bytes()
+    d = diagnose(folder / "m.onnx.data")
+    assert "keep it next to m.onnx" in d.fix, d.report()
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])  # "open that file"
+    assert session.run(None, {"x": [[1.0, 2.0, 3.0, 4.0]]})[0].tolist() == [[1.0, 2.0, 3.0, 4.0]]
+    (folder / "m.onnx.data").unlink()
+    d = diagnose(path)
+    assert d.fix == "copy m.onnx.data next to m.onnx (an .onnx and its .onnx.data travel together)", d.report()
+    (folder / "m.onnx.data").write_bytes(data)  # copied back next to it
+    assert diagnose(path).healthy
+    (folder / "m.onnx.data").unlink()
+    (tmp_path / "m.onnx.data").write_bytes(data)
+    (folder / "m.onnx.data").symlink_to(tmp_path / "m.onnx.data")
+    assert "export the model again" in diagnose(path).fix
+    (folder / "m.onnx.data").unlink()
+    onnx_model(path, external="m.onnx.data")  # exported again
+    assert diagnose(path).healthy
+    path.write_bytes(path.read_bytes()[:40])
+    assert diagnose(path).fix == "export the model again with torch.onnx.export"
+    onnx_model(path)
+    assert diagnose(path).healthy
