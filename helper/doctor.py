@@ -351,17 +351,21 @@ class _Server:
 
     def __init__(self) -> None:
         self.proc: subprocess.Popen[str] | None = None
+        self.owner = os.getpid()  # a forked copy of this process (a DataLoader worker) starts its own server
         self.lock = threading.Lock()
 
     def _start(self) -> subprocess.Popen[str]:
         root = str(Path(__file__).resolve().parent.parent)
         code = f"import sys; sys.path.insert(0, {root!r}); from helper.inspector import serve; serve()"
         quiet = None if os.environ.get("HELPER_INSPECTOR_DEBUG") else subprocess.DEVNULL
-        return subprocess.Popen([sys.executable, "-P", "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        safe_path = ["-P"] if sys.version_info >= (3, 11) else []  # -P: the working folder is not on sys.path
+        return subprocess.Popen([sys.executable, *safe_path, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=quiet, text=True, bufsize=1, cwd=root)
 
     def ask(self, request: dict[str, Any]) -> dict[str, Any] | None:
         with self.lock:
+            if self.owner != os.getpid():
+                self.proc, self.owner = None, os.getpid()
             fresh = self.proc is None or self.proc.poll() is not None
             if fresh:
                 self.proc = self._start()
@@ -395,8 +399,9 @@ def _ask_once(request: dict[str, Any]) -> dict[str, Any] | None:
     """macOS and Windows: a fresh interpreter runs the same child code for one request."""
     root = str(Path(__file__).resolve().parent.parent)
     code = f"import sys; sys.path.insert(0, {root!r}); from helper.inspector import run_once; run_once()"
+    safe_path = ["-P"] if sys.version_info >= (3, 11) else []
     try:
-        done = subprocess.run([sys.executable, "-c", code], input=json.dumps(request), capture_output=True,
+        done = subprocess.run([sys.executable, *safe_path, "-c", code], input=json.dumps(request), capture_output=True,
                               text=True, timeout=request["limits"]["wall"] + _SERVER_START, cwd=root)
     except subprocess.TimeoutExpired:
         return {"output": "", "exit": -int(getattr(signal, "SIGKILL", 9)), "timed_out": True}

@@ -865,3 +865,17 @@ def test_onnx_advice_followed(tmp_path):
     assert diagnose(path).fix == "export the model again with torch.onnx.export"
     onnx_model(path)
     assert diagnose(path).healthy
+
+
+def test_the_one_interpreter_per_call_path(files, monkeypatch, tmp_path):
+    """macOS and Windows run each examination in a fresh interpreter (run_once): the same verdicts, and a crash
+    is a verdict there too. Exercised here on Linux by pretending to be another system."""
+    monkeypatch.setattr(sys, "platform", "darwin")
+    d = diagnose(files["good"], MLP)
+    assert d.healthy and "fits config" in d.report(), d.report()
+    with zipfile.ZipFile(files["good"]) as z:
+        pkl_name = next(n for n in z.namelist() if n.endswith("data.pkl"))
+        data_members = tuple(n for n in z.namelist() if "/data/" in n)
+    path = rezip(files["good"], tmp_path / "deep.pt", {pkl_name: nested_key_pickle(1_000_000)}, drop=data_members)
+    d = diagnose(path)
+    assert not d.healthy and "do not load" in d.verdict(), d.report()
