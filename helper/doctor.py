@@ -19,11 +19,12 @@ keys, devices, dtypes and parameter count. Given a model config
 never in this one: a file that crashes, hangs or floods a parser ends in a
 verdict that names it ("the file crashed the inspector with SIGSEGV: do not
 load it"), not in a traceback or a dead notebook kernel. What the child is
-allowed (``LIMITS``): on Linux 1 GiB of address space beyond what it holds
-after importing torch plus twice the size of the files it examines, 30 s of
-CPU, an 8 MiB stack, no core file, 60 s of wall time; the child is forked from
-a server process that imported torch once (``helper.inspector.serve``), so a
-call costs tens of milliseconds after the first. macOS: the same limits by
+allowed (``LIMITS``), per file: on Linux 1 GiB of address space beyond what it
+holds when the request arrives, plus twice the size of the files, 30 s of
+CPU, an 8 MiB stack, no core file, 60 s of wall time; the child is a worker
+forked from a server process that imported torch once
+(``helper.inspector.serve``), so a call costs a few milliseconds after the
+first (which starts the server: the time of importing torch). macOS: the same limits by
 ``setrlimit``, but the kernel does not enforce the address-space one, and each
 call starts a fresh interpreter (``fork`` after importing system frameworks is
 unsafe there); Windows: no ``resource`` module, so only the wall-time limit,

@@ -680,6 +680,7 @@ def test_limits_are_verdicts(files, tmp_path):
     torch.save({"w": torch.zeros(16 << 20)}, big)  # 64 MiB of tensor data
     d = diagnose(big, limits={"memory": 8 << 20, "per_file_byte": 0})  # 8 MiB more than the child holds
     assert not d.healthy and "do not load" in d.verdict(), d.report()
+    assert diagnose(big).healthy and diagnose(files["good"]).healthy  # the next worker has the usual limits
 
 
 # ---------------------------------------------------------------------------------------------
