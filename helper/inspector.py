@@ -490,7 +490,8 @@ def _pt2(d: Diagnosis, path: Path) -> Diagnosis:
     names = list(members)
     formats = [n for n in names if n.endswith("/archive_format") and n.count("/") == 1]
     fake = None
-    if len(formats) != 1 or _member_bytes(path, members[formats[0]].start, min(members[formats[0]].size, 16)).strip() != b"pt2":
+    record = members[formats[0]] if len(formats) == 1 else None
+    if record is None or _member_bytes(path, record.start, min(record.size, 16)).strip() != b"pt2":
         fake = "no archive_format record reading pt2"
     prefix = formats[0][:-len("archive_format")] if formats else ""
     models = sorted(n for n in names if n.startswith(prefix + "models/") and n.endswith(".json"))

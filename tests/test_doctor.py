@@ -493,7 +493,8 @@ def peak_of_a_fresh_doctor(path: Path) -> dict:
     """diagnose(path) in a fresh process: its verdict, the doctor process's own peak growth and the child's."""
     code = ("import json, resource, sys; from helper.doctor import diagnose; "
             "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; d = diagnose(sys.argv[1]); "
-            "print(json.dumps({'verdict': d.verdict(), 'healthy': d.healthy, 'inspector': getattr(d, 'facts', {}).get('inspector'), "
+            "print(json.dumps({'verdict': d.verdict(), 'healthy': d.healthy, "
+            "'inspector': getattr(d, 'facts', {}).get('inspector'), "
             "'parent_growth': (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024}))")
     run = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=300,
                          cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
@@ -516,7 +517,8 @@ def test_case11_a_huge_safetensors_header_costs_bounded_memory(tmp_path):
     if inspector is not None:  # a verdict from the child: its growth stayed under its limit
         from helper.doctor import LIMITS
 
-        assert inspector["rss_peak"] - inspector["rss_start"] < LIMITS["memory"] + LIMITS["per_file_byte"] * path.stat().st_size, result
+        bound = LIMITS["memory"] + LIMITS["per_file_byte"] * path.stat().st_size
+        assert inspector["rss_peak"] - inspector["rss_start"] < bound, result
 
 
 def test_case11_a_huge_onnx_file_costs_bounded_memory(tmp_path):
