@@ -55,7 +55,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from helper.formats import EARLIER, sniff
+from helper.formats import EARLIER
 
 __all__ = ["Diagnosis", "diagnose", "detect_kind", "main", "allowlistable", "LIMITS", "MESSAGES", "FIXES",
            "PLAIN_DATA"]
@@ -196,7 +196,8 @@ MESSAGES: dict[str, str] = {
     "timeout": "the file kept the inspector busy past its {limit} limit: do not load it",
     "memory": "the file needs more memory than the inspector's limit ({limit}): do not load it",
     "inspector-died": "the inspector stopped with exit code {code} before a verdict: do not load it",
-    "hostile-fix": f"{RUNS_CODE} (a file made to attack a reader). {ASK}",
+    "hostile-fix": f"do not load this file: a reader crashed, hung or ran out of memory on it, as on a file made to "
+                   f"attack one. {ASK}",
     "failed": "could not be examined ({detail})",
 }
 # The MESSAGES keys the doctor prints as a fix ("Fix: ..."): each is followed by a test in tests/test_doctor.py
@@ -267,8 +268,8 @@ class Diagnosis:
 
 
 def detect_kind(path: str | Path) -> str:
-    """The kind of ``path`` (``helper.formats.sniff``; kept under this name for older code)."""
-    return sniff(path)
+    """The kind of ``path`` (``helper.formats.sniff``, run in the inspector child like every read of the file)."""
+    return diagnose(path).kind
 
 
 # --------------------------------------------------------------------------------------------------

@@ -530,7 +530,7 @@ def _pt2(d: Diagnosis, path: Path) -> Diagnosis:
     if fake is not None:
         return d.fail(say("pt2-fake", detail=fake), say("pt2-redo"))
     if code:
-        return d.fail(say("pt2-code", what="; ".join(code)[:300]), say("hostile-fix"))
+        return d.fail(say("pt2-code", what="; ".join(code)[:300]), say("runs-code-ask"))
     d.note("pt2", models=[n[len(prefix) + len("models/"):] for n in models], weights=weights, constants=constants)
     return d.ok(say("pt2-ok"), say("pt2-fix"))
 
