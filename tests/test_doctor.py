@@ -882,3 +882,15 @@ def test_the_one_interpreter_per_call_path(files, monkeypatch, tmp_path):
     path = rezip(files["good"], tmp_path / "deep.pt", {pkl_name: nested_key_pickle(1_000_000)}, drop=data_members)
     d = diagnose(path)
     assert not d.healthy and "do not load" in d.verdict(), d.report()
+
+
+def test_a_signal_in_the_inspector_is_a_verdict(files, tmp_path):
+    """A real crash: safetensors (Rust) aborts when its header parse cannot allocate (here: 200k entries under a
+    64 MiB limit). The doctor's process lives, the verdict names the signal, and the next call is served."""
+    entry = '"t%07d":{"dtype":"U8","shape":[0],"data_offsets":[0,0]}'
+    header = ("{" + ",".join(entry % i for i in range(200_000)) + "}").encode()
+    path = tmp_path / "wide.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header)
+    d = diagnose(path, limits={"memory": 64 << 20, "per_file_byte": 0})
+    assert not d.healthy and "the file crashed the inspector with SIGABRT: do not load it" in d.verdict(), d.report()
+    assert diagnose(files["good"]).healthy
