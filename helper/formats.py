@@ -91,7 +91,8 @@ KINDS: dict[str, Kind] = {
     "incomplete-torch-zip": Kind("is an incomplete torch.save archive: torch.save's bookkeeping records but no "
                                  "data.pkl, as when torch.save raised part way (a value it could not pickle)", EARLIER),
     "torch-export": Kind("is a torch.export program (.pt2): a graph and its weights",
-                         "load it with torch.export.load(path), not torch.load", True),
+                         "load it with torch.export.load(path), not torch.load, and only if you made it or trust "
+                         "who did: torch.export.load runs code from the file (its guards, pickled constants)", True),
     "torchscript": Kind("is a TorchScript archive (torch.jit.save), not a checkpoint dict",
                         "load it with torch.jit.load(path); save training checkpoints with save_checkpoint", True),
     "zip": Kind("is a zip archive, but not one torch.save wrote (no data.pkl inside)", "check the path"),
