@@ -16,6 +16,7 @@ protocol), the storages it declares and the memory it would ask for
 from __future__ import annotations
 
 import _compat_pickle
+import gc
 import json
 import mmap
 import os
@@ -25,8 +26,6 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
-
-import torch
 
 from helper.paths import REPO_ROOT
 
@@ -49,10 +48,13 @@ def shown_path(path: PathLike) -> str:
 
 
 class CheckpointError(Exception):
-    """A checkpoint file could not be used. The message names the file, the cause and a fix."""
+    """A checkpoint file could not be used. The message names the file, the cause and a fix.
 
-    def __init__(self, path: PathLike | None, cause: str, fix: str):
-        self.path, self.cause, self.fix = (None if path is None else Path(path)), cause, fix
+    ``kind`` is a short code for the kind of failure (a key of ``KINDS`` where one applies), "" if unset.
+    """
+
+    def __init__(self, path: PathLike | None, cause: str, fix: str, *, kind: str = ""):
+        self.path, self.cause, self.fix, self.kind = (None if path is None else Path(path)), cause, fix, kind
         where = "the checkpoint" if path is None else shown_path(path)
         super().__init__(f"{where}: {cause}. Fix: {fix}")
 
@@ -89,7 +91,8 @@ KINDS: dict[str, Kind] = {
     "incomplete-torch-zip": Kind("is an incomplete torch.save archive: torch.save's bookkeeping records but no "
                                  "data.pkl, as when torch.save raised part way (a value it could not pickle)", EARLIER),
     "torch-export": Kind("is a torch.export program (.pt2): a graph and its weights",
-                         "load it with torch.export.load(path), not torch.load", True),
+                         "load it with torch.export.load(path), not torch.load, and only if you made it or trust "
+                         "who did: torch.export.load runs code from the file (its guards, pickled constants)", True),
     "torchscript": Kind("is a TorchScript archive (torch.jit.save), not a checkpoint dict",
                         "load it with torch.jit.load(path); save training checkpoints with save_checkpoint", True),
     "zip": Kind("is a zip archive, but not one torch.save wrote (no data.pkl inside)", "check the path"),
@@ -188,14 +191,23 @@ def kind_error(path: Path, kind: str) -> CheckpointError:
         names = sorted(p.name for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
         shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
         fix = fix.format(listing=f" (it holds {shown})" if names else " (it is empty)")
-    return CheckpointError(path, KINDS[kind].cause, fix)
+    return CheckpointError(path, KINDS[kind].cause, fix, kind=kind)
 
 
 # --------------------------------------------------------------------------------------------------
 # A pickle's opcodes, walked without executing anything
 
-_STORAGE_BYTES = {name: dtype.itemsize for dtype, name in torch.storage._dtype_to_storage_type_map().items()}
-_STORAGE_BYTES["UntypedStorage"] = 1
+_STORAGE_BYTES: dict[str, int] = {}  # storage type name -> bytes per element, filled on first use (imports torch)
+
+
+def _storage_bytes_table() -> dict[str, int]:
+    if not _STORAGE_BYTES:
+        import torch
+
+        _STORAGE_BYTES.update({name: dtype.itemsize for dtype, name in
+                               torch.storage._dtype_to_storage_type_map().items()})
+        _STORAGE_BYTES["UntypedStorage"] = 1
+    return _STORAGE_BYTES
 _MARK, _ANY = object(), object()
 _CONSTANTS = {"INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4", "STRING", "BINSTRING",
               "SHORT_BINSTRING", "BINBYTES", "SHORT_BINBYTES", "BINBYTES8", "UNICODE", "SHORT_BINUNICODE",
@@ -213,6 +225,7 @@ class PickleScan:
     meta: bool = False
     end: int = 0
     strings: list[str] = field(default_factory=list)
+    dotted: set[str] = field(default_factory=set)  # globals whose name (after the module) holds a dot: never allowed
 
 
 def _global(module: Any, name: Any) -> str:
@@ -236,12 +249,19 @@ def scan_pickle(data: bytes | memoryview, start: int = 0) -> PickleScan:
 
     Raises ``ValueError`` for a malformed pickle. Tracks a small abstract stack
     so ``STACK_GLOBAL`` (protocol 4+), ``bytearray(N)`` and torch's storage
-    references are seen whatever the protocol.
+    references are seen whatever the protocol. The cyclic garbage collector is
+    paused meanwhile: the abstract stack holds no cycles, and a crafted pickle of
+    a million nested tuples otherwise spends most of its scan in collections.
     """
+    paused = gc.isenabled()
+    gc.disable()
     try:
         return _scan(data, start)
     except (ValueError, TypeError, AttributeError, IndexError, KeyError, struct.error, OverflowError) as exc:
         raise ValueError(f"a malformed pickle ({type(exc).__name__}: {exc})") from None
+    finally:
+        if paused:
+            gc.enable()
 
 
 _OPS = {op.code.encode("latin-1")[0]: op for op in pickletools.opcodes}
@@ -344,12 +364,16 @@ def _scan(data: bytes | memoryview, start: int) -> PickleScan:
         elif name in ("GLOBAL", "INST"):
             module, _, attr = arg.partition(" ")
             scan.globals.add(_global(module, attr))
+            if "." in attr:
+                scan.dotted.add(_global(module, attr))
             if name == "INST":
                 _pop_to_mark(stack)
             stack.append(("global", _global(module, attr)))
         elif name == "STACK_GLOBAL":
             attr, module = stack.pop(), stack.pop()
             scan.globals.add(_global(module, attr))
+            if isinstance(attr, str) and "." in attr:
+                scan.dotted.add(_global(module, attr))
             stack.append(("global", _global(module, attr)))
         elif name.startswith("EXT"):
             scan.globals.add(f"<extension code {arg}>")
@@ -367,11 +391,11 @@ def _scan(data: bytes | memoryview, start: int) -> PickleScan:
 
 def storage_bytes(scan: PickleScan) -> dict[str, int]:
     """Bytes each storage the pickle declares takes (``ValueError`` for an unknown storage type)."""
-    sizes = {}
+    sizes, table = {}, _storage_bytes_table()
     for key, (kind, numel) in scan.storages.items():
-        if kind not in _STORAGE_BYTES or numel < 0:
+        if kind not in table or numel < 0:
             raise ValueError(f"storage {key!r} has an unknown type {kind!r}")
-        sizes[key] = numel * _STORAGE_BYTES[kind]
+        sizes[key] = numel * table[kind]
     return sizes
 
 

@@ -305,3 +305,25 @@ def test_cli_in_a_fresh_process_without_this_modules_imports(files):
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert run.returncode == 0, run.stdout + run.stderr
     assert run.stdout.strip().splitlines()[-1].startswith("OK: "), run.stdout
+
+
+def test_lightning_without_one_prefix_advice_followed(tmp_path):
+    """Keys under two attributes share no prefix: the doctor says to rebuild the LightningModule and call
+    load_from_checkpoint. Followed here on a module whose weights sit in ``body`` and ``head``."""
+    import lightning as L
+
+    class TwoPartModule(L.LightningModule):
+        def __init__(self, hidden: int = 4):
+            super().__init__()
+            self.save_hyperparameters()
+            self.body, self.head = torch.nn.Linear(3, hidden), torch.nn.Linear(hidden, 2)
+
+    module = TwoPartModule(hidden=5)
+    path = tmp_path / "two_parts.ckpt"
+    torch.save({"epoch": 0, "global_step": 0, "pytorch-lightning_version": L.__version__,
+                "state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
+    d = diagnose(path)
+    assert d.healthy and "load_from_checkpoint(path)" in d.fix, d.report()
+    loaded = TwoPartModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)  # the fix, followed
+    assert loaded.hparams.hidden == 5
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in module.state_dict().items())

@@ -1,0 +1,216 @@
+"""helper.formats' table of file kinds: every kind is recognised by ``sniff``, examined by the doctor's child, and
+has a row here; a kind added to ``KINDS`` without a row in ``MAKERS`` fails ``test_every_kind_has_a_row``."""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import struct
+import zipfile
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import torch
+
+from helper.formats import KINDS, CheckpointError, kind_error, sniff
+
+
+def _torch_zip(path: Path) -> None:
+    torch.save({"w": torch.ones(2)}, path)
+
+
+def _rezip(path: Path, keep: Callable[[str], bool]) -> None:
+    buffer = io.BytesIO()
+    torch.save({"w": torch.ones(2)}, buffer)
+    with zipfile.ZipFile(buffer) as z, zipfile.ZipFile(path, "w") as out:
+        for name in z.namelist():
+            if keep(name):
+                out.writestr(zipfile.ZipInfo(name), z.read(name))
+
+
+def _dcp(path: Path, complete: bool = True) -> None:
+    import torch.distributed.checkpoint as dcp
+
+    dcp.save({"w": torch.ones(2)}, checkpoint_id=path)
+    if not complete:
+        (path / ".metadata").unlink()
+
+
+def _hf_folder(path: Path) -> None:
+    from safetensors.torch import save_file
+
+    path.mkdir()
+    save_file({"w": torch.ones(2)}, path / "model.safetensors")
+    (path / "config.json").write_text("{}")
+
+
+def _hf_index(path: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.ones(2)}, path.parent / "model-00001-of-00001.safetensors")
+    path.write_text(json.dumps({"weight_map": {"w": "model-00001-of-00001.safetensors"}}))
+
+
+def _onnx(path: Path, external: bool = False) -> None:
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
+                              [numpy_helper.from_array(np.eye(2, dtype=np.float32), "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.save(model, path, save_as_external_data=external, location=f"{path.name}.data", size_threshold=0)
+
+
+def _pt2(path: Path) -> None:
+    torch.export.save(torch.export.export(torch.nn.Linear(2, 2), (torch.randn(1, 2),)), path)
+
+
+def _torchscript(path: Path) -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit.trace is deprecated: still what writes this kind
+        torch.jit.save(torch.jit.trace(torch.nn.Linear(2, 2), torch.randn(1, 2)), path)
+
+
+def _safetensors(path: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.ones(2)}, path)
+
+
+def _write(data: bytes | str) -> Callable[[Path], None]:
+    def make(path: Path) -> None:
+        path.write_bytes(data if isinstance(data, bytes) else data.encode())
+    return make
+
+
+def _zip_of(names: dict[str, bytes]) -> Callable[[Path], None]:
+    def make(path: Path) -> None:
+        with zipfile.ZipFile(path, "w") as out:
+            for name, data in names.items():
+                out.writestr(name, data)
+    return make
+
+
+def _numpy(path: Path) -> None:
+    import numpy as np
+
+    with open(path, "wb") as f:
+        np.save(f, np.ones(2))
+
+
+def _fifo(path: Path) -> None:
+    import os
+
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("no named pipes on this system")
+    os.mkfifo(path)
+
+
+# kind: (file name, how to make it, healthy in the doctor's eyes)
+MAKERS: dict[str, tuple[str, Callable[[Path], None], bool]] = {
+    "missing": ("nothing_here.pt", lambda p: None, False),
+    "not-a-file": ("pipe.pt", _fifo, False),
+    "directory": ("folder", lambda p: p.mkdir(), False),
+    "dcp": ("dcp", _dcp, True),
+    "dcp-incomplete": ("dcp_cut", lambda p: _dcp(p, complete=False), False),
+    "hf-folder": ("hf", _hf_folder, True),
+    "hf-index": ("model.safetensors.index.json", _hf_index, True),
+    "empty": ("empty.pt", _write(b""), False),
+    "damaged-zip": ("cut.pt", lambda p: (_torch_zip(p), p.write_bytes(p.read_bytes()[:200])), False),
+    "torch-zip": ("model.pt", _torch_zip, True),
+    "incomplete-torch-zip": ("no_pkl.pt", lambda p: _rezip(p, lambda n: not n.endswith(("data.pkl", "/data/0"))),
+                             False),
+    "torch-export": ("model.pt2", _pt2, True),
+    "torchscript": ("script.pt", _torchscript, True),
+    "zip": ("other.zip", _zip_of({"readme.txt": b"hello"}), False),
+    "legacy": ("legacy.pt", lambda p: torch.save({"w": torch.ones(2)}, p, _use_new_zipfile_serialization=False),
+               True),
+    "safetensors": ("model.bin", _safetensors, True),
+    "onnx": ("model.onnx", _onnx, True),
+    "onnx-data": ("ext.onnx.data", lambda p: _onnx(p.with_name("ext.onnx"), external=True), True),
+    "numpy": ("array.npy", _numpy, True),
+    "pickle": ("plain.pkl", _write(pickle.dumps({"w": [1.0, 2.0]}, protocol=4)), False),
+    "git-lfs-pointer": ("lfs.pt", _write("version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 1\n"),
+                        False),
+    "html": ("page.pt", _write("<!DOCTYPE html><html><body>Not found</body></html>"), False),
+    "text": ("notes.pt", _write("these are my notes\n"), False),
+    "unknown": ("noise.pt", _write(bytes(range(256)) * 4), False),
+}
+
+
+def test_every_kind_has_a_row():
+    """A kind added to KINDS needs its row in MAKERS (and so a file that proves sniff recognises it)."""
+    assert set(MAKERS) == set(KINDS), set(KINDS) ^ set(MAKERS)
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("kinds")
+    paths = {}
+    for kind, (name, make, _) in MAKERS.items():
+        (root / kind).mkdir()
+        paths[kind] = root / kind / name
+        make(paths[kind])
+    return paths
+
+
+@pytest.mark.parametrize("kind", list(MAKERS))
+def test_sniff_names_every_kind(made, kind):
+    assert sniff(made[kind]) == kind
+
+
+@pytest.mark.parametrize("kind", list(MAKERS))
+def test_the_doctor_examines_every_kind(made, kind):
+    from helper.doctor import diagnose
+
+    d = diagnose(made[kind])
+    assert d.kind == kind and d.healthy == MAKERS[kind][2], d.report()
+    assert d.report().splitlines()[-1].startswith(("OK: ", "PROBLEM: ")) and "Fix: " in d.verdict(), d.report()
+
+
+def test_examine_steps_are_for_known_kinds():
+    """The doctor's child has a step for a kind of KINDS only (every other kind: its KINDS row, see above)."""
+    from helper.inspector import EXAMINE
+
+    assert set(EXAMINE) <= set(KINDS) and {"torch-zip", "legacy", "onnx", "dcp", "torch-export"} <= set(EXAMINE)
+
+
+@pytest.mark.parametrize("kind", [k for k, row in KINDS.items() if not row.other_format])
+def test_kind_error_carries_its_kind(made, kind):
+    error = kind_error(made[kind], kind)
+    assert isinstance(error, CheckpointError) and error.kind == kind and error.cause == KINDS[kind].cause
+
+
+def test_checkpoint_error_kind_defaults_to_empty():
+    assert CheckpointError(None, "a cause", "a fix").kind == ""
+    assert CheckpointError(None, "a cause", "a fix", kind="budget").kind == "budget"
+
+
+def test_safetensors_header_gives_safetensors_own_dtype_names(tmp_path):
+    """Every dtype safetensors can write comes back under its own name (no silent uint8 in the doctor)."""
+    from safetensors.torch import _TYPES, save_file
+
+    from helper.formats import safetensors_header
+
+    tensors = {name.lower(): torch.zeros(2, dtype=dtype) for name, dtype in _TYPES.items()}
+    save_file(tensors, tmp_path / "all.safetensors")
+    header = safetensors_header(tmp_path / "all.safetensors")
+    assert {dtype for _, dtype in header["tensors"].values()} == set(_TYPES)
+
+
+def test_scan_records_dotted_global_names():
+    """protocol 4's STACK_GLOBAL resolves 'os.system' under any module: the scan names it as dotted."""
+    from helper.formats import scan_pickle
+
+    m, n = b"torch.distributed.checkpoint.filesystem", b"os.system"
+    data = b"\x80\x04\x8c%c%s\x8c%c%s\x93\x8c\x04true\x85R." % (len(m), m, len(n), n)
+    scan = scan_pickle(data)
+    assert scan.dotted == {"torch.distributed.checkpoint.filesystem.os.system"}
+    assert scan_pickle(pickle.dumps(struct.Struct, protocol=4)).dotted == set()
