@@ -28,7 +28,7 @@ interpreter: ``fork`` after importing system frameworks is unsafe on macOS
 The examination, one step per file kind (``EXAMINE``; the kinds and their
 recognition are ``helper.formats.KINDS`` and ``sniff``): OK only when the
 format's own loader accepted the file here (``torch.load(weights_only=True)``
-after the opcode scan and, once merged, ``helper.pickle_guard``'s budget;
+after the opcode scan and ``helper.pickle_guard``'s budget;
 ``safetensors.safe_open``; ``onnx.load(load_external_data=False)`` and
 ``onnx.checker``; DCP ``.metadata`` through an unpickler that knows DCP's own
 classes only; ``torch.jit.load`` for TorchScript). Never ``torch.export.load``:
