@@ -192,6 +192,9 @@ MESSAGES: dict[str, str] = {
     "torchscript-fake": "not a TorchScript archive torch.jit.load accepts ({detail})",
     "torchscript-ok": "a TorchScript program (torch.jit.save): its methods are code, run them only if you trust "
                       "who made it",
+    "npy-object": "a NumPy object array: its data is a pickle, which numpy.load(path, allow_pickle=True) "
+                  "would unpickle, so loading it could run code",
+    "npy-damaged": "a damaged NumPy file ({detail})",
     "crashed": "the file crashed the inspector with {signal}: do not load it",
     "timeout": "the file kept the inspector busy past its {limit} limit: do not load it",
     "memory": "the file needs more memory than the inspector's limit ({limit}): do not load it",

@@ -894,3 +894,72 @@ def test_a_signal_in_the_inspector_is_a_verdict(files, tmp_path):
     d = diagnose(path, limits={"memory": 64 << 20, "per_file_byte": 0})
     assert not d.healthy and "the file crashed the inspector with SIGABRT: do not load it" in d.verdict(), d.report()
     assert diagnose(files["good"]).healthy
+
+
+def test_case12_members_swapped_in_a_save_checkpoint_file(tmp_path):
+    """Two equal-size storages of a save_checkpoint file renamed into each other: every CRC-32 stays valid,
+    only the digest record (which bytes belong to which name) tells. The doctor reads it, as load_checkpoint
+    does; the same file before the swap is OK."""
+    from helper.checkpoint import make_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    model = build_model(MLP)
+    optimizer = torch.optim.Adam(model.parameters())
+    model(torch.randn(4, 64)).sum().backward()
+    optimizer.step()  # exp_avg and exp_avg_sq: storages of equal size
+    good = save_checkpoint(make_checkpoint(model, optimizer, config=MLP), tmp_path / "good.pt")
+    assert diagnose(good).healthy
+    with zipfile.ZipFile(good) as z:
+        infos = {i.filename: i for i in z.infolist()}
+    sizes: dict[int, list[str]] = {}
+    for name, info in infos.items():
+        if "/data/" in name:
+            sizes.setdefault(info.file_size, []).append(name)
+    a, b = next(names for names in sizes.values() if len(names) >= 2)[:2]
+    swapped = tmp_path / "swapped.pt"
+    with zipfile.ZipFile(good) as z, zipfile.ZipFile(swapped, "w") as out:
+        for info in z.infolist():  # stored, in order; a and b trade names (each keeps its own bytes and CRC)
+            name = {a: b, b: a}.get(info.filename, info.filename)
+            out.writestr(zipfile.ZipInfo(name), z.read(info))
+            out.filelist[-1].external_attr = 0  # as torch.save writes
+            out.filelist[-1].create_system = 0
+    with zipfile.ZipFile(swapped) as z:
+        assert z.testzip() is None  # every CRC-32 still holds
+    d = diagnose(swapped)
+    assert not d.healthy and "swapped" in d.cause, d.cause
+
+
+def test_a_numpy_object_array_is_not_ok(tmp_path):
+    """A .npy of dtype object stores a pickle (numpy.load(allow_pickle=True) would run it); a numeric .npy is OK."""
+    import numpy as np
+
+    plain = tmp_path / "plain.npy"
+    np.save(plain, np.arange(4.0))
+    assert diagnose(plain).healthy
+    marker = tmp_path / "ran"
+    obj = tmp_path / "object.npy"
+    np.save(obj, np.array([Payload(marker)], dtype=object), allow_pickle=True)
+    d = diagnose(obj)
+    assert not d.healthy and "could run code" in d.cause and "do not load" in d.fix, (d.cause, d.fix)
+    assert not marker.exists()
+    np.load(obj, allow_pickle=True)  # made here: the harmless mkdir shows the file really runs code
+    assert marker.exists()
+
+
+def test_a_pickle_bomb_is_refused_before_the_slow_scan(tmp_path):
+    """3M empty lists in a torch.save zip: the budget refuses it before formats' opcode walk (which took tens of
+    seconds on 30M)."""
+    import time
+
+    torch.save({}, tmp_path / "bomb.pt")
+    with zipfile.ZipFile(tmp_path / "bomb.pt") as z:
+        records = {i.filename: z.read(i) for i in z.infolist()}
+    pkl = next(n for n in records if n.endswith("/data.pkl"))
+    records[pkl] = b"\x80\x02" + b"]" * 3_000_000 + b"."
+    with zipfile.ZipFile(tmp_path / "bomb.pt", "w") as out:
+        for name, data in records.items():
+            out.writestr(zipfile.ZipInfo(name), data)
+    start = time.perf_counter()
+    d = diagnose(tmp_path / "bomb.pt")
+    assert not d.healthy and ("budget" in d.cause or "would build" in d.cause), d.cause
+    assert time.perf_counter() - start < 15
