@@ -54,7 +54,8 @@ from hostile_corpus import Case, load_manifest  # noqa: E402
 ALLOC_GIB = 1.0  # what a case may allocate beyond the forked process's address space
 RSS_GIB = 2.0  # the stated bound on peak resident memory per case (torch and pytest included)
 SECONDS = 20  # per case and tool
-ENV = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+ENV = dict(os.environ, PYTHONPATH=os.environ.get("PYTHONPATH") or str(REPO), OMP_NUM_THREADS="1",
+           OPENBLAS_NUM_THREADS="1")
 
 ROOT = Path(tempfile.mkdtemp(prefix="hostile-corpus-"))
 atexit.register(shutil.rmtree, ROOT, True)

@@ -129,6 +129,8 @@ def classify(tool: str, case: Case, code: int | None, sig: int | None, text: str
             return "error"
         if case.expect == "caveat":  # the check: the report says what no check covers
             return "caught" if "checksum" in text.lower() else "missed"
+        if case.expect == "advice":  # the check: what it tells one to allowlist is classes only
+            return "bad advice" if _lists_a_function(text) else "caught"
         return "missed" if code == 0 else "caught"
     if tool == "load_checkpoint":
         if code == 0:
@@ -139,6 +141,22 @@ def classify(tool: str, case: Case, code: int | None, sig: int | None, text: str
     if tool == "modelscan":
         return {0: "missed", 1: "caught", 3: "missed"}.get(code, "error")
     return {0: "missed", 1: "caught"}.get(code, "error")
+
+
+def _lists_a_function(report: str) -> bool:
+    """Does the report advise safe_globals naming something that is not a class (a function)?"""
+    import importlib
+    import re
+    if "safe_globals" not in report:
+        return False
+    for name in set(re.findall(r"'([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+)'", report)):
+        module, _, attr = name.rpartition(".")
+        try:
+            if not isinstance(getattr(importlib.import_module(module), attr), type):
+                return True
+        except (ImportError, AttributeError):
+            return True
+    return False
 
 
 def fickling_targets(target: Path) -> list[Path]:
@@ -163,7 +181,7 @@ def run_one(case: Case, tool: str, root: Path, args: argparse.Namespace) -> dict
         cells.append(classify(tool, case, code, sig, text))
         seconds, peak = seconds + took, max(peak, rss)
         texts.append(text[-400:])
-    order = ("RAN CODE", "CRASH", "timeout", "memory", "caught", "warned", "error", "missed")
+    order = ("RAN CODE", "CRASH", "timeout", "memory", "bad advice", "caught", "warned", "error", "missed")
     cell = min(cells, key=lambda c: next(i for i, o in enumerate(order) if c.startswith(o)))
     if tool == "fickling" and len(cells) > 1 and cell == "error" and "missed" in cells:
         cell = "missed"
@@ -268,8 +286,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scanners-from", type=Path,
                         help="a --json file of an earlier run: take the scanners' cells from it (run only the doctor "
                         "and load_checkpoint, e.g. for another branch's helper)")
+    parser.add_argument("--render", type=Path, help="print the tables of a --json file (with --corpus), run nothing")
     args = parser.parse_args(argv)
     tools = args.tools.split(",")
+    if args.render:
+        earlier = json.loads(args.render.read_text())
+        results = {(r["case"], r["tool"]): r for r in earlier["results"]}
+        cases = [c for c in load_manifest(args.corpus) if c.group != "scenario" and any(k[0] == c.name for k in results)]
+        print("Versions: " + ", ".join(f"{k} {v}" for k, v in earlier["versions"].items()) + "\n")
+        print(summary(cases, results, tools) + "\n")
+        print(markdown(cases, results, tools))
+        return 0
     if any(t in SCANNERS for t in tools) and not (Path(args.scan_venv) / "bin" / "picklescan").exists():
         parser.error(f"no scanners in {args.scan_venv}: make scan-compare creates it from requirements-scan.txt")
     with tempfile.TemporaryDirectory() as tmp:
