@@ -13,7 +13,8 @@ once, so a case costs a fork, not an interpreter start) with its own process
 group, an address-space limit of its current size plus ``ALLOC_GIB`` (RLIMIT_AS;
 torch's import alone maps about 3 GiB, so a plain limit would stop the import,
 not the file) and a time limit of ``SECONDS`` (SIGALRM). The peak resident
-memory each case reaches (``wait4``) must stay under ``RSS_GIB``.
+memory each case reaches (its whole process tree, sampled from /proc every 50
+ms, or ``wait4``'s figure if larger) must stay under ``RSS_GIB``.
 
 Not part of ``make test`` (the corpus is large and the cases slow on today's
 helper): ``make fuzz`` runs it (``FUZZ_FULL=1``), or
@@ -49,7 +50,7 @@ from helper.models import build_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tools"))
-from hostile_corpus import Case, load_manifest  # noqa: E402
+from hostile_corpus import Case, TreeMemory, load_manifest  # noqa: E402
 
 ALLOC_GIB = 1.0  # what a case may allocate beyond the forked process's address space
 RSS_GIB = 2.0  # the stated bound on peak resident memory per case (torch and pytest included)
@@ -103,7 +104,9 @@ def capped(fn, *, cwd: Path | None = None) -> dict:
             code = 3
         finally:
             os._exit(code)
+    memory = TreeMemory(pid)
     _, status, usage = os.wait4(pid, 0)
+    tree = memory.stop()
     try:
         os.killpg(pid, signal.SIGKILL)  # anything the case started (a sandbox child) goes with it
     except (ProcessLookupError, PermissionError):
@@ -113,7 +116,7 @@ def capped(fn, *, cwd: Path | None = None) -> dict:
     out.close()
     code = os.waitstatus_to_exitcode(status)
     return {"code": code if code >= 0 else None, "signal": -code if code < 0 else None, "text": text,
-            "rss": usage.ru_maxrss * 1024, "seconds": time.perf_counter() - start}
+            "rss": max(usage.ru_maxrss * 1024, tree), "seconds": time.perf_counter() - start}
 
 
 def doctor(case: Case) -> dict:
@@ -262,17 +265,18 @@ def test_15_rotation_by_number(tmp_path: Path) -> None:
 
 
 def test_16_dead_run_keeps_its_newest(tmp_path: Path) -> None:
+    """Run A (its own interpreter, as a real second run) saves 50-52 and is killed; run B's save leaves them."""
     run = tmp_path / "run"
-    pid = os.fork()
-    if pid == 0:  # run A: saves 50-52, then is killed
-        try:
-            a = CheckpointFolder(run)
-            for epoch in (50, 51, 52):
-                a.save(tiny_checkpoint(epoch))
-        finally:
-            os.kill(os.getpid(), signal.SIGKILL)
-    _, status, _ = os.wait4(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == -signal.SIGKILL
+    snippet = ("import os, signal, torch\n"
+               "from helper.checkpoint import CheckpointFolder, make_checkpoint\n"
+               "from helper.models import build_model\n"
+               f"a = CheckpointFolder({str(run)!r})\n"
+               "for epoch in (50, 51, 52):\n"
+               "    a.save(make_checkpoint(build_model({'arch': 'mlp', 'hidden': [2]}), epoch=epoch, step=epoch))\n"
+               "os.kill(os.getpid(), signal.SIGKILL)\n")
+    a = subprocess.run([sys.executable, "-c", snippet], env=ENV, capture_output=True, text=True, timeout=120)
+    assert a.returncode == -signal.SIGKILL, a.stderr[-800:]
+    assert sorted(p.name for p in run.glob("epoch-*.pt")) == ["epoch-0050.pt", "epoch-0051.pt", "epoch-0052.pt"]
     CheckpointFolder(run).save(tiny_checkpoint(10))  # run B
     left = sorted(int(p.stem.split("-")[1]) for p in run.glob("epoch-*.pt"))
     assert {51, 52} <= set(left), f"run B deleted the dead run A's newest checkpoints: {left}"

@@ -1002,6 +1002,54 @@ def build(root: Path, only: list[str] | None = None) -> list[Case]:
     return corpus.cases
 
 
+class TreeMemory:
+    """Sample the resident memory of a process and all its descendants (Linux /proc), keep the peak.
+
+    ``wait4``'s ru_maxrss sees only the children a process waited for: a doctor
+    that hands the file to a helper process it does not wait for would look
+    small. Sampled every ``interval`` seconds, so a spike shorter than that can
+    be missed; the larger of this and ru_maxrss is reported.
+    """
+
+    def __init__(self, pid: int, interval: float = 0.05):
+        import threading
+        self.pid, self.interval, self.peak = pid, interval, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> int:
+        children: dict[int, list[int]] = {}
+        rss: dict[int, int] = {}
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+            except OSError:
+                continue
+            pid = int(entry.name)
+            children.setdefault(int(fields[1]), []).append(pid)  # fields[1]: ppid
+            rss[pid] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")  # fields[21]: rss in pages
+        total, todo = 0, [self.pid]
+        while todo:
+            pid = todo.pop()
+            total += rss.get(pid, 0)
+            todo.extend(children.get(pid, []))
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._sample())
+            self._stop.wait(self.interval)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
 def load_manifest(root: Path) -> list[Case]:
     return [Case(**entry) for entry in json.loads((Path(root) / "manifest.json").read_text())]
 

@@ -6,7 +6,8 @@ Builds the corpus (tools/hostile_corpus.py) unless ``--corpus`` names a built
 one, then runs each tool on each file or folder in a child process of its own
 (its own process group) with an address-space limit (``--mem-gb``, RLIMIT_AS)
 and a time limit (``--timeout``), and records its verdict, its peak resident
-memory (``wait4``'s ru_maxrss) and its time. The scanners run from their own
+memory (its process tree sampled from /proc, or ``wait4``'s ru_maxrss if
+larger) and its time. The scanners run from their own
 virtual env (``--scan-venv``, made by ``make scan-compare`` from
 requirements-scan.txt); the doctor and ``load_checkpoint`` from this
 interpreter with ``PYTHONPATH=--helper`` (default: this tree), so the same
@@ -40,7 +41,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tools"))
-from hostile_corpus import Case, load_manifest  # noqa: E402
+from hostile_corpus import Case, TreeMemory, load_manifest  # noqa: E402
 
 TOOLS = ("picklescan", "modelscan", "fickling", "modelaudit", "doctor", "load_checkpoint")
 SCANNERS = TOOLS[:4]
@@ -70,10 +71,12 @@ def run_capped(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float, m
                                 preexec_fn=limits)
         timer = threading.Timer(timeout, lambda: os.killpg(proc.pid, signal.SIGKILL))
         timer.start()
+        memory = TreeMemory(proc.pid)
         try:
             _, status, usage = os.wait4(proc.pid, 0)
         finally:
             timer.cancel()
+            tree = memory.stop()
         proc.returncode = os.waitstatus_to_exitcode(status)
         try:
             os.killpg(proc.pid, signal.SIGKILL)  # anything it left behind
@@ -85,7 +88,7 @@ def run_capped(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float, m
     code = proc.returncode
     timed_out = seconds >= timeout
     return (None if code < 0 else code), (-code if code < 0 else None), text + ("\n[timeout]" if timed_out else ""), \
-        seconds, usage.ru_maxrss * 1024
+        seconds, max(usage.ru_maxrss * 1024, tree)
 
 
 def command(tool: str, target: Path, args: argparse.Namespace) -> list[str] | None:
