@@ -18,7 +18,7 @@ export OMP_NUM_THREADS
 # JupyterLab refuses to start as root (containers) unless told
 LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: setup run test mutations fuzz test-portable lab slides chromium refresh benchmark clean scan-compare
+.PHONY: setup run test mutations fuzz test-portable lab slides chromium refresh benchmark clean
 
 setup: $(STAMP)
 
@@ -54,6 +54,7 @@ $(SCAN)/.installed: requirements-scan.txt  ## the model scanners, in a virtual e
 	$(SCAN)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-scan.txt
 	touch $@
 
+.PHONY: scan-compare
 scan-compare: $(DEV) $(SCAN)/.installed  ## picklescan, modelscan, fickling, modelaudit vs the doctor on the hostile corpus
 	$(PY) tools/scan_compare.py --scan-venv $(SCAN) $(SCAN_ARGS)  # e.g. SCAN_ARGS="--json scan.json"
 
