@@ -49,8 +49,19 @@ test: $(DEV) $(SLIDES) $(SITE)  ## unit tests for helper + strict nbval over eve
 mutations: $(DEV)  ## break each lesson's guarded lines (tests/mutations/NN.toml): the checking cell must fail
 	$(PY) -m pytest -m mutation tests/test_mutations.py
 
-fuzz: $(DEV)  ## every byte change and truncation of a small checkpoint through load_checkpoint and the doctor
+fuzz: $(DEV)  ## every byte change and truncation of a small checkpoint, and the hostile corpus (capped per case)
 	FUZZ_FULL=1 $(PY) -m pytest -p no:nbval -o addopts="" -s tests/test_fuzz.py
+	FUZZ_FULL=1 $(PY) -m pytest -p no:nbval -o addopts="" tests/test_hostile.py
+
+SCAN   := .venv-scan
+$(SCAN)/.installed: requirements-scan.txt  ## the model scanners, in a virtual env of their own (their pins differ)
+	test -x $(SCAN)/bin/python || $(PYTHON) -m venv $(SCAN)
+	$(SCAN)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-scan.txt
+	touch $@
+
+.PHONY: scan-compare
+scan-compare: $(DEV) $(SCAN)/.installed  ## picklescan, modelscan, fickling, modelaudit vs the doctor on the hostile corpus
+	$(PY) tools/scan_compare.py --scan-venv $(SCAN) $(SCAN_ARGS)  # e.g. SCAN_ARGS="--json scan.json"
 
 test-portable: $(DEV)  ## every notebook again under several CPU-kernel settings (vector units, threads)
 	$(PY) tools/test_portable.py $(PORTABLE)  # e.g. make test-portable PORTABLE="--setting mixed"
