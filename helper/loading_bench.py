@@ -56,7 +56,7 @@ MB = 2**20
 MEMCPY_REPEATS = 3
 #: method name -> what it builds, in the order the lesson teaches them.
 METHODS: dict[str, str] = {
-    "torch.load + load_state_dict": "model built (random init), file read into RAM, copied into the model",
+    "torch.load + load_state_dict": "model built (memory allocated, random init), file read into RAM, copied into the model",
     "torch.load mmap=True + load_state_dict": "model built, file mapped, copied into the model",
     "meta + mmap=True + assign=True": "model on meta (no memory), parameters ARE the mapped tensors",
     "safetensors load_file + assign=True": "model on meta, file mapped (safetensors >= 0.8), parameters ARE those tensors",
@@ -118,8 +118,9 @@ def load_by(method: str, pt: Path, st: Path, config: dict[str, int], device: str
             times: dict[str, float] | None = None) -> nn.Module:
     """Load the checkpoint into a new ``build_stack(config)`` model the way ``method`` (a key of METHODS) says.
 
-    ``times``, if given, receives ``times["init"]``: the seconds spent building the model (its random
-    initialisation, or next to nothing on the meta device), part of the load.
+    ``times``, if given, receives ``times["build"]``: the seconds spent building the model, part of the
+    load: allocating its memory (the first write to each fresh page, a page fault) and filling it with
+    random numbers; next to nothing on the meta device.
     """
     from safetensors import safe_open
     from safetensors.torch import load_file
@@ -131,7 +132,7 @@ def load_by(method: str, pt: Path, st: Path, config: dict[str, int], device: str
         model = build_stack(config)
     _sync(device)
     if times is not None:
-        times["init"] = time.perf_counter() - start
+        times["build"] = time.perf_counter() - start
     if method == "torch.load + load_state_dict":
         model.load_state_dict(torch.load(pt, map_location=device, weights_only=True))
     elif method == "torch.load mmap=True + load_state_dict":
@@ -215,8 +216,8 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
     ``job``: ``{"method": ..., "pt": ..., "st": ..., "config": ..., "device": ...}`` for a method of
     METHODS (checked with ``torch.equal`` against the *other* file: .pt methods against the
     .safetensors file and the other way round), or ``{"method": "memcpy into touched memory",
-    "nbytes": ...}``. Figures: ``seconds`` (the load), ``init_seconds`` (the part of the load spent
-    building the model: random initialisation), ``used_seconds`` (the load plus a first touch of
+    "nbytes": ...}``. Figures: ``seconds`` (the load), ``build_seconds`` (the part of the load spent
+    building the model: allocating its memory and filling it with random numbers), ``used_seconds`` (the load plus a first touch of
     every page of every weight: one value per 4 KiB page), ``peak_mb`` (RSS high-water growth during
     the load), ``held_mb`` (growth of the current RSS, VmRSS, after the touch: what the process
     still holds), ``private_mb`` (growth of private memory after the touch). The memory figures
@@ -248,7 +249,7 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
     peak = _grown(_peak_mb(), base)
     _touch(list(model.state_dict().values()))
     _sync(device)
-    result = {"seconds": seconds, "init_seconds": times["init"], "used_seconds": time.perf_counter() - start,
+    result = {"seconds": seconds, "build_seconds": times["build"], "used_seconds": time.perf_counter() - start,
               "peak_mb": peak, "held_mb": _grown(_current_mb(), current),
               "private_mb": _grown(_private_mb(), private)}
     if device.startswith("cuda"):
@@ -415,7 +416,7 @@ class Measurement:
 
     name: str
     seconds: float
-    init_seconds: float | None = None  # the part of the load spent building the model (random init)
+    build_seconds: float | None = None  # the part of the load spent building the model (allocate + random fill)
     used_seconds: float | None = None  # load + first touch of every page (one value per 4 KiB page)
     peak_mb: float | None = None       # RSS high-water mark growth while loading
     held_mb: float | None = None       # current RSS (VmRSS) growth after that first touch of every page
@@ -474,9 +475,9 @@ def run_benchmark(pt: Path, st: Path, config: dict[str, int], *, device: str = "
 def format_table(rows: list[Measurement], size_mb: float) -> str:
     """A text table 70 characters wide: seconds, GB/s, memory growth in MB, same tensors.
 
-    Methods are named by their LABELS. ``init`` is the part of ``load s`` spent building the model
-    (random initialisation). GB/s is ``size_mb`` over the seconds spent on the bytes, ``+touch``
-    minus ``init``, so that it does not count the initialisation; it is left blank for the MAPPED
+    Methods are named by their LABELS. ``build`` is the part of ``load s`` spent building the model
+    (allocating its memory and filling it with random numbers). GB/s is ``size_mb`` over the seconds
+    spent on the file's bytes, ``+touch`` minus ``build``, so that it counts neither; it is left blank for the MAPPED
     methods, whose load reads nothing and whose touch reads one value per page.
     """
     gpu = any(r.gpu_peak_mb is not None for r in rows)
@@ -484,14 +485,14 @@ def format_table(rows: list[Measurement], size_mb: float) -> str:
     def num(value: float | None, digits: int = 0) -> str:
         return "" if value is None else f"{value:.{digits}f}"
 
-    head = (f"{'method':<20} {'load s':>6} {'init':>5} {'+touch':>6} {'GB/s':>5} {'peak':>5} {'held':>5}"
+    head = (f"{'method':<20} {'load s':>6} {'build':>5} {'+touch':>6} {'GB/s':>5} {'peak':>5} {'held':>5}"
             f" {'priv.':>5}" + (f" {'GPU':>5}" if gpu else ""))
-    caption = "seconds; GB/s: file size / (+touch - init); memory: MB grown"
+    caption = "seconds; GB/s: file size / (+touch - build); memory: MB grown"
     lines = [caption, head + "  same", "-" * (len(head) + 6)]
     for r in rows:
-        spent = (r.used_seconds or r.seconds) - (r.init_seconds or 0.0)
+        spent = (r.used_seconds or r.seconds) - (r.build_seconds or 0.0)
         rate = None if r.name in MAPPED else size_mb / 1024 / max(spent, 1e-9)
-        line = (f"{LABELS.get(r.name, r.name):<20} {r.seconds:6.3f} {num(r.init_seconds, 3):>5}"
+        line = (f"{LABELS.get(r.name, r.name):<20} {r.seconds:6.3f} {num(r.build_seconds, 3):>5}"
                 f" {num(r.used_seconds, 3):>6} {num(rate, 1):>5} {num(r.peak_mb):>5} {num(r.held_mb):>5}"
                 f" {num(r.private_mb):>5}" + (f" {num(r.gpu_peak_mb):>5}" if gpu else ""))
         lines.append(line + f"  {'' if r.same is None else r.same}")
