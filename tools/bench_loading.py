@@ -14,11 +14,11 @@ state_dict once with ``torch.save`` and once with safetensors (under
 it the five ways lesson 10 teaches, each in a fresh process
 (``helper.loading_bench``), and prints one table:
 
-- load s: seconds to a model holding the weights; init: the part of it spent
-  building the model (random initialisation; next to nothing on the meta
-  device); +touch: the load plus a first touch of every page (one value per
+- load s: seconds to a model holding the weights; build: the part of it spent
+  building the model (allocating its memory and filling it with random
+  numbers; next to nothing on the meta device); +touch: the load plus a first touch of every page (one value per
   4 KiB page; memory-mapped methods read the file only then);
-- GB/s: the file's size over the seconds spent on its bytes (+touch - init),
+- GB/s: the file's size over the seconds spent on its bytes (+touch - build),
   left blank for the two mapped methods (their load reads nothing and their
   touch one value per page);
 - peak: growth of the process's RSS high-water mark while loading, in MB;
