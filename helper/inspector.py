@@ -69,13 +69,18 @@ def _allowed_globals() -> set[str]:
                       if hasattr(g, "__qualname__")}
 
 
-def _guard(data: bytes, name: str, allowed: frozenset[str] | None = None) -> None:
-    """``helper.pickle_guard``'s budget on the pickle before any unpickler runs (``CheckpointError`` if not)."""
-    try:
-        from helper.pickle_guard import PickleBudget, scan_pickle as guard
-    except ImportError:  # not in this tree yet: the child's own limits still bound it
-        return
-    guard(data, allowed=allowed, budget=PickleBudget.for_size(len(data)), name=name)
+def _guard(data: bytes, name: str, allowed: frozenset[str] | None = None, *, allocations: bool = True) -> None:
+    """``helper.pickle_guard``'s budget on the pickle before any unpickler runs (``CheckpointError`` if not).
+    ``allocations=False`` leaves what ``bytearray`` and the like ask for to a later check that says it in
+    the words lesson 07 uses ("a memory bomb")."""
+    import dataclasses
+
+    from helper.pickle_guard import PickleBudget, scan_pickle as guard
+
+    budget = PickleBudget.for_size(len(data))
+    if not allocations:
+        budget = dataclasses.replace(budget, max_alloc=1 << 62)
+    guard(data, allowed=allowed, budget=budget, name=name)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -241,12 +246,12 @@ def _budget_first(data: bytes, name: str) -> None:
     ``scan_pickle`` 50 s and 1.5 GiB, the guard 2 s). The globals a pickle names are left to the doctor's
     own analysis (which turns them into advice), so they are allowed here for the budget's sake only."""
     try:
-        _guard(data, name)
+        _guard(data, name, allocations=False)
     except CheckpointError as exc:
         names = getattr(exc, "refused_globals", ())
         if not names:
             raise
-        _guard(data, name, allowed=frozenset(_allowed_globals() | set(names)))
+        _guard(data, name, allowed=frozenset(_allowed_globals() | set(names)), allocations=False)
 
 
 def _torch_zip(d: Diagnosis, path: Path, config: dict[str, Any] | None) -> Diagnosis:

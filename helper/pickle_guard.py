@@ -255,10 +255,13 @@ class _Scan:
                       _FIX_HOSTILE)
 
     def over(self, what: str, value: int, limit: int) -> Exception:
+        which = next(f for f in ("max_depth", "max_marks", "max_containers", "max_memo", "max_memory",
+                                 "max_alloc") if getattr(self.budget, f) == limit)  # which limit was hit
+        bomb = ", a memory bomb" if which in ("max_memory", "max_alloc") else ""
         err = _error(self.name, KIND_BUDGET, f"refused before unpickling: it would build {what} ({value:,}, the "
-                     f"budget for a pickle of {self.nbytes:,} bytes is {limit:,}); nothing was built", _FIX_BUDGET)
-        err.limit = next(f for f in ("max_depth", "max_marks", "max_containers", "max_memo", "max_memory",
-                                     "max_alloc") if getattr(self.budget, f) == limit)  # which limit was hit
+                     f"budget for a pickle of {self.nbytes:,} bytes is {limit:,}){bomb}; nothing was built",
+                     _FIX_BUDGET)
+        err.limit = which
         return err
 
     def refused_globals(self) -> Exception:
