@@ -361,7 +361,10 @@ def check_solution(page: Any, site: Path, events: list[str]) -> list[str]:
             found.append(f"{path.name}: a solution is shown before it is clicked")
         page.locator(".tag_solution details summary").first.click()
         with contextlib.suppress(Exception):  # reported below if it never opens
-            page.wait_for_function("() => document.querySelector('.tag_solution details').open", timeout=3000)
+            page.wait_for_function(  # open, and its code drawn (a busy machine may lag the animation)
+                "() => { const d = document.querySelector('.tag_solution details'); const c = d && d.querySelector('pre');"
+                " return d.open && !!c && c.checkVisibility({visibilityProperty: true, opacityProperty: true}); }",
+                timeout=15_000)
         after = page.evaluate(_SOLUTION)
         if not after["code_visible"]:
             found.append(f"{path.name}: clicking the solution's summary does not show its code")
