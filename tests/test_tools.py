@@ -190,14 +190,34 @@ def test_benchmark_refuses_readme_figures_from_a_busy_machine(benchmark, noise, 
     assert results["samples"][0]["others_cores"] == others and results["machine"]["cpu"]
 
 
-def test_benchmark_readme_block_replaces_only_its_markers(benchmark, tmp_path):
-    readme = tmp_path / "README.md"
-    readme.write_text(f"before\n{benchmark.README_START}\nold\n{benchmark.README_END}\nafter\n")
-    benchmark.write_readme(f"{benchmark.README_START}\nnew\n{benchmark.README_END}", readme)
-    assert readme.read_text() == f"before\n{benchmark.README_START}\nnew\n{benchmark.README_END}\nafter\n"
+def test_benchmark_readme_block_replaces_only_its_markers_and_the_run_times(benchmark, tmp_path):
+    doc, readme = tmp_path / "benchmarks.md", tmp_path / "README.md"
+    doc.write_text(f"before\n{benchmark.README_START}\nold\n{benchmark.README_END}\nafter\n")
+    table = ("| notebook | what | run time |\n|---|---|---|\n"
+             "| `01_a.ipynb` | x \\| y | 6.6 s |\n| `02_b.ipynb` | z | 8.8 s |\n")
+    readme.write_text(f"intro\n{table}outro 9.9 s |\n")
+    machine = {"cpu": "a CPU", "cores": 2, "python": "3.11", "OMP_NUM_THREADS": "1"}
+    block = benchmark.readme_block(machine, None, {"01_a.ipynb": {"quiet": [12.0, 13.0], "busy": [13.0]}}, "load")
+    benchmark.write_readme(block, doc, readme)
+    assert doc.read_text() == f"before\n{block}\nafter\n"
+    assert readme.read_text() == f"intro\n{table.replace('6.6 s', '12.5 s')}outro 9.9 s |\n"
+    benchmark.write_readme(f"{benchmark.README_START}\nio only\n{benchmark.README_END}", doc, readme)
+    assert "io only" in doc.read_text() and "12.5 s" in readme.read_text()  # no notebook figures: README kept
     (tmp_path / "none.md").write_text("no markers\n")
     with pytest.raises(SystemExit):
-        benchmark.write_readme("x", tmp_path / "none.md")
+        benchmark.write_readme("x", tmp_path / "none.md", readme)
+    unlisted = block.replace("01_a", "03_c")
+    with pytest.raises(SystemExit, match="03_c"):  # a notebook the lesson table lacks: nothing written
+        benchmark.write_readme(unlisted, doc, readme)
+    assert "io only" in doc.read_text()
+
+
+def test_benchmark_figures_live_in_docs_and_the_readme_lesson_table(benchmark):
+    """The marker block is in docs/benchmarks.md; every lesson has a row whose run time --readme rewrites."""
+    doc = benchmark.BENCHMARKS_MD.read_text(encoding="utf-8")
+    assert doc.count(benchmark.README_START) == doc.count(benchmark.README_END) == 1
+    rows = {name for _, name, _ in benchmark._LESSON_ROW.findall(benchmark.README.read_text(encoding="utf-8"))}
+    assert rows == {p.name for p in (benchmark.README.parent / "notebooks").glob("[0-9][0-9]_*.ipynb")} != set()
 
 
 def test_benchmark_sections_and_rotation(benchmark):

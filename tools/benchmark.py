@@ -3,7 +3,7 @@
     python tools/benchmark.py                       # everything (about 15 minutes on 2 cores)
     python tools/benchmark.py --only io             # checkpoint save/load ratios only
     python tools/benchmark.py --only notebooks 03   # lesson 03's run time, quiet and busy
-    python tools/benchmark.py --only io,notebooks --readme   # final figures into README.md
+    python tools/benchmark.py --only io,notebooks --readme   # figures into docs/benchmarks.md, README.md
     make benchmark BENCH="--only io"
 
 Sections (``--only``, comma-separated):
@@ -47,7 +47,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SECTIONS = ("training", "io", "notebooks", "loading")
 IO_MB, IO_ROUNDS, NB_ROUNDS, TRAIN_ROUNDS = 384, 10, 2, 3
 BUSY_LIMIT = 1.5  # issue 18: a notebook's time with one core busy, at most this times its quiet time
-README_START, README_END = "<!-- benchmark:start -->", "<!-- benchmark:end -->"
+README_START, README_END = "<!-- benchmark:start -->", "<!-- benchmark:end -->"  # in BENCHMARKS_MD
+README, BENCHMARKS_MD = ROOT / "README.md", ROOT / "docs" / "benchmarks.md"
 
 
 def _sibling(name: str):
@@ -326,7 +327,7 @@ def loading(log: Log) -> None:
 
 
 def readme_block(machine: dict, io_ratios: dict | None, nb_times: dict | None, loads: str) -> str:
-    """The README's figures, in Markdown, from this run."""
+    """This run's figures, in Markdown, for docs/benchmarks.md (the notebooks' also feed the README)."""
     lines = [README_START,
              f"Measured by `make benchmark` on {machine['cpu']}, {machine['cores']} cores, Python "
              f"{machine['python']}, OMP_NUM_THREADS={machine['OMP_NUM_THREADS']}; {loads}. "
@@ -346,13 +347,27 @@ def readme_block(machine: dict, io_ratios: dict | None, nb_times: dict | None, l
     return "\n".join(lines)
 
 
-def write_readme(block: str, readme: Path = ROOT / "README.md") -> None:
-    """Replace the text between the benchmark markers in the README with ``block``."""
-    text = readme.read_text(encoding="utf-8")
+_BLOCK_TIME = re.compile(r"^\| `(\d\d_\w+\.ipynb)` \| ([\d.]+) \(", re.MULTILINE)  # readme_block's quiet median
+_LESSON_ROW = re.compile(r"^(\| `(\d\d_\w+\.ipynb)` \| .* \| )[\d.]+ s( \|)$", re.MULTILINE)  # README's lesson table
+
+
+def write_readme(block: str, doc: Path = BENCHMARKS_MD, readme: Path = README) -> None:
+    """Put ``block`` between the benchmark markers of docs/benchmarks.md, and each notebook's quiet
+    median from it into the run-time column of the README's lesson table (the rest of both kept)."""
+    text = doc.read_text(encoding="utf-8")
     pattern = re.compile(re.escape(README_START) + ".*?" + re.escape(README_END), re.S)
     if not pattern.search(text):
-        raise SystemExit(f"{readme.name} has no {README_START} ... {README_END} block")
-    readme.write_text(pattern.sub(lambda _: block, text), encoding="utf-8")
+        raise SystemExit(f"{doc.name} has no {README_START} ... {README_END} block")
+    times = dict(_BLOCK_TIME.findall(block))
+    lessons = readme.read_text(encoding="utf-8")
+    missing = sorted(set(times) - {name for _, name, _ in _LESSON_ROW.findall(lessons)})
+    if missing:
+        raise SystemExit(f"{readme.name}'s lesson table has no run-time row for {missing}")
+    doc.write_text(pattern.sub(lambda _: block, text), encoding="utf-8")
+    if times:
+        def row(m: re.Match) -> str:
+            return f"{m[1]}{times[m[2]]} s{m[3]}" if m[2] in times else m[0]
+        readme.write_text(_LESSON_ROW.sub(row, lessons), encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -364,7 +379,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, help="rounds per section (default: io 10, notebooks 2, training 3)")
     parser.add_argument("--io-mb", type=int, default=IO_MB, help=f"io section: MB of tensors (default {IO_MB})")
     parser.add_argument("--readme", action="store_true",
-                        help="write the io and notebook figures into README.md, unless the machine was busy")
+                        help="write the io and notebook figures into docs/benchmarks.md and the notebooks' "
+                             "run times into README.md's lesson table, unless the machine was busy")
     args = parser.parse_args(argv)
     sections = ["io"] if args.io_only else [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = set(sections) - set(SECTIONS)
@@ -411,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
             print("README.md not written: --readme needs the io or notebooks section")
             return 1
         write_readme(readme_block(machine, io_ratios, nb_times, loads))
-        print("README.md: benchmark figures written")
+        print("docs/benchmarks.md and README.md: benchmark figures written")
     return 0
 
 
