@@ -4,7 +4,6 @@ exported deck, opened offline in a real browser (headless Chromium at 1280x800),
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -15,9 +14,7 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_outp
 
 from helper.paths import REPO_ROOT
 
-spec = importlib.util.spec_from_file_location("slides", REPO_ROOT / "tools" / "slides.py")
-slides = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(slides)
+from tools import slides
 
 NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("*.ipynb"))
 
