@@ -166,3 +166,14 @@ def test_the_slow_marker_leaves_out_the_browser_and_bomb_tests_and_only_those():
     assert not {t for t in quick if "test_bombs.py" in t} and any("test_bombs.py" in t for t in every)
     assert "tests/test_slides.py::test_rules_and_the_pixel_budget" in quick  # the fast ones stay
     assert collected("-m", "slow", *files) == every - quick
+
+
+def test_nbval_takes_the_harness_cell_timeout_unless_the_caller_chose_one():
+    from tools.harness import CELL_TIMEOUT
+
+    conftest = root_conftest()
+    default, chosen = SimpleNamespace(option=SimpleNamespace(nbval_cell_timeout=2000.0)), SimpleNamespace(
+        option=SimpleNamespace(nbval_cell_timeout=50.0))
+    conftest.pytest_configure(default)
+    conftest.pytest_configure(chosen)
+    assert (default.option.nbval_cell_timeout, chosen.option.nbval_cell_timeout) == (CELL_TIMEOUT, 50.0)
