@@ -43,7 +43,7 @@ run: $(STAMP)  ## execute every notebook headlessly, print a time table (tracked
 test: $(DEV) $(SLIDES) $(SITE)  ## unit tests for helper + strict nbval over every notebook + slide check (2 workers)
 	$(PY) -m pytest
 
-quick: $(DEV)  ## make test less the slow tests (browser checks of slides and site, crash, bombs): the fast loop
+quick: $(DEV) $(SLIDES)  ## make test less the slow tests (browser checks of slides and site, crash, bombs): the fast loop
 	$(PY) -m pytest -m "not mutation and not slow"
 
 mutations: $(DEV)  ## break each lesson's guarded lines (tests/mutations/NN.toml): the checking cell must fail
