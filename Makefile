@@ -10,16 +10,13 @@ STAMP  := $(VENV)/.installed
 DEV    := $(VENV)/.installed-dev
 SLIDES := $(VENV)/.installed-slides
 SITE   := $(VENV)/.installed-site
-# Thread policy: one thread per process, for every target (kernels, tests, benchmark). torch
-# starts one thread per core; when another program keeps a core busy, its threads spin waiting
-# for each other and a 13 s lesson took 128-235 s (14.5 s with one thread). README, "Threads".
-# Override per call: make run OMP_NUM_THREADS=2
-OMP_NUM_THREADS ?= 1
-export OMP_NUM_THREADS
+# Thread policy: one thread per process, for every target (kernels, tests, benchmark, lab), set by
+# tools/harness.py (the one place) unless the caller chose: make run OMP_NUM_THREADS=2. README, "Threads".
+# The tools run as modules of the tools package: $(PY) -m tools.NAME
 # JupyterLab refuses to start as root (containers) unless told
 LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: setup run test mutations fuzz test-portable lab slides site chromium refresh benchmark clean
+.PHONY: setup run test quick mutations fuzz test-portable lab slides site chromium refresh benchmark clean
 
 setup: $(STAMP)
 
@@ -41,10 +38,13 @@ $(SITE): $(SLIDES) requirements-site.txt  ## the course site: Sphinx, myst-nb, s
 	touch $@
 
 run: $(STAMP)  ## execute every notebook headlessly, print a time table (tracked files untouched)
-	$(PY) tools/run_notebooks.py
+	$(PY) -m tools.run_notebooks
 
 test: $(DEV) $(SLIDES) $(SITE)  ## unit tests for helper + strict nbval over every notebook + slide check (2 workers)
 	$(PY) -m pytest
+
+quick: $(DEV) $(SLIDES)  ## make test less the slow tests (browser checks of slides and site, crash, bombs): the fast loop
+	$(PY) -m pytest -m "not mutation and not slow"
 
 mutations: $(DEV)  ## break each lesson's guarded lines (tests/mutations/NN.toml): the checking cell must fail
 	$(PY) -m pytest -m mutation tests/test_mutations.py
@@ -61,19 +61,19 @@ $(SCAN)/.installed: requirements-scan.txt  ## the model scanners, in a virtual e
 
 .PHONY: scan-compare
 scan-compare: $(DEV) $(SCAN)/.installed  ## picklescan, modelscan, fickling, modelaudit vs the doctor on the hostile corpus
-	$(PY) tools/scan_compare.py --scan-venv $(SCAN) $(SCAN_ARGS)  # e.g. SCAN_ARGS="--json scan.json"
+	$(PY) -m tools.scan_compare --scan-venv $(SCAN) $(SCAN_ARGS)  # e.g. SCAN_ARGS="--json scan.json"
 
 test-portable: $(DEV)  ## every notebook again under several CPU-kernel settings (vector units, threads)
-	$(PY) tools/test_portable.py $(PORTABLE)  # e.g. make test-portable PORTABLE="--setting mixed"
+	$(PY) -m tools.portability $(PORTABLE)  # e.g. make test-portable PORTABLE="--setting mixed"
 
 lab: $(STAMP)  ## open the course in JupyterLab
-	$(VENV)/bin/jupyter lab $(LAB_ROOT) notebooks/
+	$(PY) -m tools.harness --threads-only $(VENV)/bin/jupyter lab $(LAB_ROOT) notebooks/
 
 slides: $(SLIDES) chromium  ## instructors: offline reveal.js decks in artifacts/slides/, checked in headless Chromium
-	$(PY) tools/slides.py browser
+	$(PY) -m tools.slides browser
 
 site: $(SITE) chromium  ## the course as a static site in artifacts/site/ (stored outputs, nothing run), checked in headless Chromium
-	$(PY) tools/course_site.py all
+	$(PY) -m tools.course_site all
 
 chromium:  ## Debian's Chromium for the slide check (installed with apt-get when missing and run as root)
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
@@ -81,10 +81,10 @@ chromium:  ## Debian's Chromium for the slide check (installed with apt-get when
 	  { echo "install Chromium (Debian/Ubuntu: apt-get install chromium) to check the slides"; exit 1; }
 
 benchmark: $(STAMP)  ## noise-aware timings (load average, CPU model, quiet vs one core busy); BENCH="--only io"
-	$(PY) tools/benchmark.py $(BENCH)
+	$(PY) -m tools.benchmark $(BENCH)
 
 refresh: $(STAMP)  ## maintainers: re-execute notebooks in place and store their outputs
-	$(PY) tools/run_notebooks.py --write
+	$(PY) -m tools.run_notebooks --write
 
 clean:  ## remove generated files (not the virtual environment)
 	rm -rf artifacts .pytest_cache

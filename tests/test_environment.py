@@ -140,3 +140,40 @@ def test_files_go_to_the_workers_longest_first_each_in_its_own_order():
     addopts = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["pytest"][
         "ini_options"]["addopts"]
     assert "--dist loadscope --no-loadscope-reorder" in " ".join(addopts.split())
+
+
+def collected(*args: str) -> set[str]:
+    """The test ids ``pytest --collect-only`` selects with ``args`` (nbval and addopts off)."""
+    done = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:nbval", "-p",
+                           "no:cacheprovider", "-o", "addopts=", *args], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert done.returncode in (0, 5), done.stdout[-2000:] + done.stderr[-2000:]  # 5: nothing selected
+    return {line.split("[")[0] for line in done.stdout.splitlines() if "::" in line}
+
+
+def test_the_slow_marker_leaves_out_the_browser_and_bomb_tests_and_only_those():
+    """conftest.py marks the SLOW tests (make quick deselects them, make test runs them); every name in
+    SLOW is a test module and the marker is registered (pyproject.toml)."""
+    slow = root_conftest().SLOW
+    assert set(slow) <= {p.stem for p in (REPO_ROOT / "tests").glob("test_*.py")}, set(slow)
+    markers = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["pytest"][
+        "ini_options"]["markers"]
+    assert any(m.startswith("slow:") for m in markers)
+    files = ["tests/test_slides.py", "tests/test_bombs.py"]
+    every, quick = collected(*files), collected("-m", "not slow", *files)
+    browser = {t for t in every if "test_slides.py" in t and ("browser" in t or "apply_with_measured" in t
+                                                             or "every_slide_of_every_deck" in t)}
+    assert len(browser) == 3 and not browser & quick
+    assert not {t for t in quick if "test_bombs.py" in t} and any("test_bombs.py" in t for t in every)
+    assert "tests/test_slides.py::test_rules_and_the_pixel_budget" in quick  # the fast ones stay
+    assert collected("-m", "slow", *files) == every - quick
+
+
+def test_nbval_takes_the_harness_cell_timeout_unless_the_caller_chose_one():
+    from tools.harness import CELL_TIMEOUT
+
+    conftest = root_conftest()
+    default, chosen = SimpleNamespace(option=SimpleNamespace(nbval_cell_timeout=2000.0)), SimpleNamespace(
+        option=SimpleNamespace(nbval_cell_timeout=50.0))
+    conftest.pytest_configure(default)
+    conftest.pytest_configure(chosen)
+    assert (default.option.nbval_cell_timeout, chosen.option.nbval_cell_timeout) == (CELL_TIMEOUT, 50.0)

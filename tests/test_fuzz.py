@@ -11,6 +11,8 @@ core, and prints the figures.
 from __future__ import annotations
 
 import collections
+import contextlib
+import io
 import multiprocessing
 import os
 import random
@@ -22,7 +24,7 @@ import pytest
 import torch
 
 from helper.checkpoint import CheckpointError, load_checkpoint, make_checkpoint, save_checkpoint
-from helper.doctor import diagnose
+from helper.doctor import main as doctor_main
 from helper.models import build_model
 
 SAMPLE = 300
@@ -74,6 +76,18 @@ def _init(original: bytes, folder: str) -> None:
     _STATE.update(original=original, path=path, reference=load_checkpoint(path))
 
 
+def doctor_verdict(path: Path) -> str:
+    """The doctor's command line as a user runs it: "OK" (exit status 0, last line "OK: ...") or
+    "PROBLEM" (1, "PROBLEM: ..."); an exit status and a last line that disagree, or any other status,
+    is "BAD-REPORT"."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = doctor_main([str(path)])
+    lines = out.getvalue().splitlines()
+    head = {0: "OK", 1: "PROBLEM"}.get(code)
+    return head if head and lines and lines[-1].startswith(f"{head}: ") else "BAD-REPORT"
+
+
 def run_case(case: tuple[str, int, int], doctor: bool = True) -> tuple[str, str, str]:
     """(load outcome, cause or detail, doctor outcome) for one changed copy."""
     what, where, mask = case
@@ -94,10 +108,7 @@ def run_case(case: tuple[str, int, int], doctor: bool = True) -> tuple[str, str,
     verdict = "-"
     if doctor:
         try:
-            d = diagnose(path)
-            verdict = "OK" if d.healthy else "PROBLEM"
-            if d.exit_code not in (0, 1) or not d.report().splitlines()[-1].startswith(("OK: ", "PROBLEM: ")):
-                verdict = "BAD-REPORT"
+            verdict = doctor_verdict(path)
         except BaseException as exc:  # noqa: BLE001 - a traceback is the finding
             verdict = f"TRACEBACK {type(exc).__name__}: {exc}"[:200]
     return load, detail, verdict
@@ -159,6 +170,22 @@ def test_the_fuzz_harness_catches_a_silent_garbage_load(tmp_path):
     assert run_case(("xor", at, 0x10))[0] == "refused"
 
 
+@pytest.mark.parametrize("printed, status, verdict", [
+    ("x.pt: torch-zip\nOK: a checkpoint", 0, "OK"), ("x.pt: torch-zip\nPROBLEM: damaged", 1, "PROBLEM"),
+    ("x.pt: torch-zip\nOK: a checkpoint", 1, "BAD-REPORT"), ("x.pt: torch-zip\nPROBLEM: damaged", 0, "BAD-REPORT"),
+    ("x.pt: torch-zip\nPROBLEM: damaged", 2, "BAD-REPORT"), ("", 0, "BAD-REPORT"),
+    ("x.pt: torch-zip\n  OK: indented, not the verdict", 0, "BAD-REPORT")])
+def test_the_doctor_check_fails_when_status_and_verdict_disagree(monkeypatch, tmp_path, printed, status, verdict):
+    """The check the sweep applies to the doctor can fail: a doctor whose exit status contradicts its last
+    line, or that prints no verdict, is a finding."""
+    def doctor(argv):
+        print(printed)
+        return status
+
+    monkeypatch.setitem(globals(), "doctor_main", doctor)  # what doctor_verdict calls
+    assert doctor_verdict(tmp_path / "x.pt") == verdict
+
+
 @pytest.mark.parametrize("mask", FLIPS)
 def test_directory_bit_on_a_tensor_member_is_refused(tmp_path, mask):
     """The central directory's external attributes: torch ignores them, zipfile reads 0x10 as a folder."""
@@ -172,7 +199,7 @@ def test_directory_bit_on_a_tensor_member_is_refused(tmp_path, mask):
 
 def test_every_change_to_the_pickle_itself_is_scanned_or_refused(tmp_path):
     """data.pkl with its CRC recomputed (a crafted file): the opcode scan never raises anything but ValueError,
-    and load_checkpoint raises nothing but CheckpointError on it; the doctor exits 0 or 1."""
+    and load_checkpoint raises nothing but CheckpointError on it; the doctor's exit status and verdict agree."""
     import zipfile
 
     from helper.formats import scan_pickle
@@ -206,7 +233,7 @@ def test_every_change_to_the_pickle_itself_is_scanned_or_refused(tmp_path):
             load_checkpoint(tmp_path / "crafted.pt")
         except CheckpointError:
             pass
-        assert diagnose(tmp_path / "crafted.pt").exit_code in (0, 1)
+        assert doctor_verdict(tmp_path / "crafted.pt") in ("OK", "PROBLEM")
 
 
 def _ops_or_error(walk, data: bytes) -> tuple[list, str | None]:

@@ -173,14 +173,9 @@ def test_held_memory_is_current_not_the_high_water_mark():
 
 
 def load_tool():
-    import importlib.util
+    from tools import bench_loading
 
-    from helper.paths import REPO_ROOT
-
-    spec = importlib.util.spec_from_file_location("bench_loading", REPO_ROOT / "tools" / "bench_loading.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    return tool
+    return bench_loading
 
 
 def test_bench_loading_tool_refuses_a_size_this_machine_cannot_hold(tmp_path, monkeypatch, capsys):

@@ -1,6 +1,6 @@
 """Every key claim of a lesson is shown to fire: break what it guards and the notebook fails there.
 
-The mutations are in ``tests/mutations/NN.toml``; ``tools/mutate.py`` applies and runs them. Running
+The mutations are in ``tests/mutations/NN.toml``; ``tools/mutate.py`` (``python -m tools.mutate``) applies and runs them. Running
 them all takes minutes, so they carry the ``mutation`` marker and run in ``make mutations`` (CI runs
 it), not in ``make test``. ``make test`` still checks that every mutation applies to the notebook as
 it is now, and that the runner itself can tell a surviving mutation and an early failure.
@@ -8,8 +8,6 @@ it is now, and that the runner itself can tell a surviving mutation and an early
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from itertools import groupby
 from pathlib import Path
 
@@ -17,12 +15,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-from helper.paths import REPO_ROOT
-
-_spec = importlib.util.spec_from_file_location("mutate", REPO_ROOT / "tools" / "mutate.py")
-mutate = importlib.util.module_from_spec(_spec)
-sys.modules["mutate"] = mutate  # dataclasses look their module up there
-_spec.loader.exec_module(mutate)
+from tools import mutate
 
 MUTATIONS = mutate.load_all()
 MINIMUM = 125  # issue 25: at least 125 mutations across the lessons

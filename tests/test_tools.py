@@ -1,9 +1,11 @@
 """The tools behind `make run`, `make test-portable` and `make benchmark` must report failures
 (and noise), not hide them."""
 
-import importlib.util
+import importlib
 import json
+import ast
 import os
+import re
 import subprocess
 import sys
 import time
@@ -13,15 +15,9 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from helper.paths import REPO_ROOT
-
 
 def load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f"tools.{name}")
 
 
 def write_notebook(path: Path, *sources: str) -> Path:
@@ -40,8 +36,8 @@ def run_notebooks():
 
 
 @pytest.fixture(scope="module")
-def test_portable():
-    return load_tool("test_portable")
+def portability():
+    return load_tool("portability")
 
 
 def test_run_notebooks_executes_and_writes_outputs(tmp_path, run_notebooks):
@@ -90,7 +86,7 @@ def test_a_tagged_cell_may_say_skipped_only_off_linux(run_notebooks):
     assert run_notebooks.silent_cells(nb, nb.cells, linux=False) == [2, 3, 5, 6, 7]
 
 
-def test_portability_settings_reach_the_kernels(tmp_path, test_portable):
+def test_portability_settings_reach_the_kernels(tmp_path, portability):
     """Each setting's variables reach the nbval kernel, and a failing notebook fails the setting."""
     nb = write_notebook(tmp_path / "01_env.ipynb",
                         "import os\nprint(os.environ.get('ATEN_CPU_CAPABILITY'))")
@@ -98,9 +94,9 @@ def test_portability_settings_reach_the_kernels(tmp_path, test_portable):
     stored.cells[1].outputs = [nbformat.v4.new_output("stream", name="stdout", text="default\n")]
     stored.cells[1].execution_count = 1
     nbformat.write(stored, nb)
-    name, _, code, summary = test_portable.run_setting("aten-default", [nb])
+    name, _, code, summary = portability.run_setting("aten-default", [nb])
     assert (name, code) == ("aten-default", 0), summary
-    _, _, code, summary = test_portable.run_setting("aten-avx2", [nb])
+    _, _, code, summary = portability.run_setting("aten-avx2", [nb])
     assert code == 1 and "FAILED" in summary
 
 
@@ -276,3 +272,69 @@ def test_running_tells_a_zombie_from_a_live_process():
     assert Path(f"/proc/{child.pid}/stat").exists() and not running(child.pid)
     child.wait()
     assert not running(child.pid)
+
+
+# --------------------------------------------------------------------------------------------------
+# tools/harness.py: the one environment and the one client of every notebook runner
+
+
+def test_kernel_env_sets_the_policy_and_keeps_the_callers_threads():
+    harness = load_tool("harness")
+    env = harness.kernel_env({"PATH": "/bin"})
+    assert env == {"PATH": "/bin", "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0", "TQDM_DISABLE": "1"}
+    chosen = harness.kernel_env({"OMP_NUM_THREADS": "2", "TQDM_DISABLE": "0"})
+    assert chosen["OMP_NUM_THREADS"] == "2" and chosen["TQDM_DISABLE"] == "1"  # the caller's threads win, bars never
+    assert harness.kernel_env({}, threads_only=True) == {"OMP_NUM_THREADS": "1"}  # make lab: students keep tqdm
+    assert harness.kernel_env({}, OMP_NUM_THREADS="2")["OMP_NUM_THREADS"] == "2"  # a portability setting
+
+
+def test_the_notebook_client_starts_its_kernel_with_the_policy(tmp_path, monkeypatch):
+    """Even where this process lacks the variables, the kernel has them: the client passes kernel_env."""
+    harness = load_tool("harness")
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the caller's choice reaches the kernel
+    nb = nbformat.read(write_notebook(tmp_path / "env.ipynb", "import os\nprint(os.environ.get('TQDM_DISABLE'), "
+                                      "os.environ.get('OMP_NUM_THREADS'), os.getcwd())"), as_version=4)
+    harness.notebook_client(nb, tmp_path, timeout=60).execute()
+    assert nb.cells[1].outputs[0]["text"] == f"1 3 {tmp_path}\n"
+
+
+THREADS = "OMP_NUM_THREADS"
+
+
+def thread_settings(source: str) -> list[str]:
+    """The lines of a Python source that give ``OMP_NUM_THREADS`` a value: a dict entry, a keyword, a call
+    such as ``setdefault(name, value)``, an assignment to ``os.environ[name]``."""
+    lines = set()
+    for node in ast.walk(ast.parse(source)):
+        named = (lambda n: isinstance(n, ast.Constant) and n.value == THREADS)
+        if isinstance(node, ast.Dict):  # a value written out, not one read (a report of the setting)
+            lines.update(k.lineno for k, v in zip(node.keys, node.values) if named(k) and isinstance(v, ast.Constant))
+        elif isinstance(node, ast.keyword) and node.arg == THREADS:
+            lines.add(node.lineno)
+        elif isinstance(node, ast.Call) and len(node.args) >= 2 and named(node.args[0]) \
+                and not (isinstance(node.func, ast.Attribute) and node.func.attr == "get"):
+            lines.add(node.lineno)
+        elif isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Store) and named(node.slice):
+            lines.add(node.lineno)
+    text = source.splitlines()
+    return [text[n - 1].strip() for n in sorted(lines)]
+
+
+def test_the_thread_policy_is_defined_once():
+    """tools/harness.py defines the policy; a tool, conftest.py or the Makefile giving OMP_NUM_THREADS a
+    value itself would fork it. Only the portability runner's deliberate 2-threads setting names a count."""
+    root = Path(__file__).resolve().parent.parent
+    found = {p.relative_to(root).as_posix(): thread_settings(p.read_text(encoding="utf-8"))
+             for p in [*sorted((root / "tools").glob("*.py")), root / "conftest.py"]}
+    assert {name: lines for name, lines in found.items() if lines} == {
+        "tools/harness.py": ['THREADS = {"OMP_NUM_THREADS": "1"}'],
+        "tools/portability.py": ['"2-threads": {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"},']}
+    makefile = (root / "Makefile").read_text(encoding="utf-8")
+    assert not re.search(rf"^\s*(export\s+)?{THREADS}\s*[?:]?=", makefile, re.M)
+    # the check can fail: each way the policy was copied before
+    for copy in ['os.environ.setdefault("OMP_NUM_THREADS", "1")', 'env = dict(os.environ, OMP_NUM_THREADS="1")',
+                 'os.environ["OMP_NUM_THREADS"] = "1"', 'env = {**os.environ, "OMP_NUM_THREADS": "1"}']:
+        assert thread_settings(copy) == [copy], copy
+    assert thread_settings('x = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "(not set)")}') == []
+    assert re.search(rf"^\s*(export\s+)?{THREADS}\s*[?:]?=", "OMP_NUM_THREADS ?= 1\n", re.M)

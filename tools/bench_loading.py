@@ -1,8 +1,8 @@
 """Time and memory of five ways to load a big checkpoint, beside plain reads and a copy of the same bytes.
 
-    python tools/bench_loading.py                 # a model of about 256 MB, files warm (in the page cache)
-    python tools/bench_loading.py --cold          # evict the files from the page cache before each method
-    python tools/bench_loading.py --size-gb 4     # bigger: needs about 3 x 4 = 12 GB of free memory
+    python -m tools.bench_loading                 # a model of about 256 MB, files warm (in the page cache)
+    python -m tools.bench_loading --cold          # evict the files from the page cache before each method
+    python -m tools.bench_loading --size-gb 4     # bigger: needs about 3 x 4 = 12 GB of free memory
                                                   # (the naive path's two copies, plus the file's pages)
                                                   # and 2 x 4 = 8 GB of free disk; still warm without --cold
 
@@ -45,21 +45,21 @@ import os
 import platform
 import shutil
 import sys
+from pathlib import Path
 
-import torch
+if __package__ in (None, ""):  # `python tools/bench_loading.py`, as lesson 10 says: the tools package of this tree
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from helper import loading_bench as lb
-from helper.paths import ARTIFACTS_DIR, display_path
+import torch  # noqa: E402
+
+from helper import loading_bench as lb  # noqa: E402
+from helper.paths import ARTIFACTS_DIR, display_path  # noqa: E402
+from tools.bench_noise import cpu_model  # noqa: E402
 
 
 def machine() -> str:
     """CPU model, core count, memory and versions, for the table's caption."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as info:
-            cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_model()
     memory = ""
     if hasattr(os, "sysconf") and "SC_PHYS_PAGES" in os.sysconf_names:
         memory = f", {os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.0f} GiB RAM"

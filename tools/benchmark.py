@@ -1,9 +1,9 @@
 """Time the course on this machine and say how noisy each figure was (``make benchmark``).
 
-    python tools/benchmark.py                       # everything (about 15 minutes on 2 cores)
-    python tools/benchmark.py --only io             # checkpoint save/load ratios only
-    python tools/benchmark.py --only notebooks 03   # lesson 03's run time, quiet and busy
-    python tools/benchmark.py --only io,notebooks --readme   # figures into docs/benchmarks.md, README.md
+    python -m tools.benchmark                       # everything (about 15 minutes on 2 cores)
+    python -m tools.benchmark --only io             # checkpoint save/load ratios only
+    python -m tools.benchmark --only notebooks 03   # lesson 03's run time, quiet and busy
+    python -m tools.benchmark --only io,notebooks --readme   # figures into docs/benchmarks.md, README.md
     make benchmark BENCH="--only io"
 
 Sections (``--only``, comma-separated):
@@ -29,7 +29,6 @@ go to ``artifacts/benchmark/results.json``.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import re
@@ -43,26 +42,15 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
-ROOT = Path(__file__).resolve().parent.parent
+from tools import bench_noise as noise
+from tools import harness
+
+ROOT = harness.ROOT
 SECTIONS = ("training", "io", "notebooks", "loading")
 IO_MB, IO_ROUNDS, NB_ROUNDS, TRAIN_ROUNDS = 384, 10, 2, 3
 BUSY_LIMIT = 1.5  # issue 18: a notebook's time with one core busy, at most this times its quiet time
 README_START, README_END = "<!-- benchmark:start -->", "<!-- benchmark:end -->"  # in BENCHMARKS_MD
 README, BENCHMARKS_MD = ROOT / "README.md", ROOT / "docs" / "benchmarks.md"
-
-
-def _sibling(name: str):
-    """Import another script of tools/ (tools/ is a folder of scripts, not a package)."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-noise = _sibling("bench_noise")
 
 
 class Log:
@@ -275,15 +263,13 @@ def io(log: Log, mb: int = IO_MB, rounds: int = IO_ROUNDS) -> dict[str, dict[str
 
 def notebooks(log: Log, prefixes: list[str], rounds: int = NB_ROUNDS) -> dict[str, dict[str, list[float]]]:
     """Every notebook's run time quiet and with one core busy; returns seconds per notebook."""
-    runner = _sibling("run_notebooks")
-    os.environ["TQDM_DISABLE"] = "1"
-    os.environ.setdefault("PYTHONHASHSEED", "0")
-    os.environ.setdefault("OMP_NUM_THREADS", "1")  # the harness's thread policy (README, "Threads")
-    paths = sorted(p for p in (ROOT / "notebooks").glob("*.ipynb") if not prefixes or p.name.startswith(tuple(prefixes)))
+    from tools import run_notebooks as runner  # nbclient, nbconvert: only for this section
+
+    paths = harness.notebooks(prefixes)
     samples: dict[str, dict[bool, list]] = {p.name: {False: [], True: []} for p in paths}
     failed = []
     print(f"\nnotebooks, {rounds} rounds, quiet and one core busy in turn, OMP_NUM_THREADS="
-          f"{os.environ['OMP_NUM_THREADS']}", flush=True)
+          f"{harness.kernel_env()['OMP_NUM_THREADS']}", flush=True)
     for round_ in range(rounds):
         for path in rotated(paths, round_):
             for busy in scenarios(round_):
@@ -316,7 +302,7 @@ def notebooks(log: Log, prefixes: list[str], rounds: int = NB_ROUNDS) -> dict[st
 def loading(log: Log) -> None:
     print("\nlesson 10's loading table (tools/bench_loading.py)", flush=True)
     with noise.Meter() as m:
-        subprocess.run([sys.executable, str(ROOT / "tools" / "bench_loading.py")], check=False)
+        subprocess.run([sys.executable, "-m", "tools.bench_loading"], cwd=harness.ROOT, check=False)
     reasons = log.add("loading", "tools/bench_loading.py", m.sample)
     print(f"  ({m.sample.seconds:.0f} s, load {noise.fmt_load(m.sample.load_before)} -> "
           f"{noise.fmt_load(m.sample.load_after)}{', NOISY: ' + reasons[0] if reasons else ''})")
@@ -387,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown section(s) {sorted(unknown)}; choose from {SECTIONS}")
 
-    os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch loads: the thread policy
+    harness.use_kernel_env()  # before torch loads; the kernels and bench_loading inherit it
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the busy core on kill, too
     machine = noise.machine()
     start_load = noise.load_average()

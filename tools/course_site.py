@@ -1,9 +1,9 @@
 """The course as a static web site: every lesson with its stored outputs, built offline, checked in Chromium.
 
-    python tools/course_site.py build    # stage site/ and the notebooks, Sphinx + myst-nb -> artifacts/site/
-    python tools/course_site.py check    # open every page of artifacts/site/ in headless Chromium, offline
-    python tools/course_site.py all      # build, then check (make site)
-    python tools/course_site.py shots    # the landing page and lesson 02, desktop and phone, into docs/
+    python -m tools.course_site build    # stage site/ and the notebooks, Sphinx + myst-nb -> artifacts/site/
+    python -m tools.course_site check    # open every page of artifacts/site/ in headless Chromium, offline
+    python -m tools.course_site all      # build, then check (make site)
+    python -m tools.course_site shots    # the landing page and lesson 02, desktop and phone, into docs/
 
 Nothing is executed: the pages show the outputs stored in the committed notebooks, which CI proves
 (strict nbval). The build warns on nothing: a link to a lesson or an anchor that does not exist, an
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import re
 import shutil
 import sys
@@ -56,12 +55,9 @@ _RUN_TIME = re.compile(r"^\| `(\d\d_\w+)\.ipynb` \| .* \| ([\d.]+ s) \|$", re.MU
 
 def _slides() -> Any:
     """tools/slides.py, for its offline Chromium (one browser per session, every non-file request blocked)."""
-    if "slides" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("slides", Path(__file__).resolve().parent / "slides.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["slides"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["slides"]
+    from tools import slides
+
+    return slides
 
 
 # ---------------------------------------------------------------- staging

@@ -45,6 +45,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from tools.harness import kernel_env  # noqa: E402  (helper and tools from this tree, run as a script too)
+
 PROTOCOLS = range(6)
 
 
@@ -1075,7 +1077,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.out.exists() and any(args.out.iterdir()):
         parser.error(f"{args.out} is not empty")
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.update(kernel_env(threads_only=True))
     cases = build(args.out, args.only.split(",") if args.only else None)
     if args.list:
         for case in cases:

@@ -1,10 +1,10 @@
 """Mutation tests for the lessons' claims: break what a claim guards, and the notebook must fail
 at the cell that checks it.
 
-    python tools/mutate.py                  # every mutation of every lesson, one line each
-    python tools/mutate.py 03               # lesson 03's mutations
-    python tools/mutate.py 03 "best.pt"     # the mutations of lesson 03 whose name contains "best.pt"
-    python tools/mutate.py --list           # list them without running anything
+    python -m tools.mutate                  # every mutation of every lesson, one line each
+    python -m tools.mutate 03               # lesson 03's mutations
+    python -m tools.mutate 03 "best.pt"     # the mutations of lesson 03 whose name contains "best.pt"
+    python -m tools.mutate --list           # list them without running anything
 
 Each mutation lives in ``tests/mutations/NN.toml`` (NN: the lesson's number)::
 
@@ -30,8 +30,6 @@ or *fired early*, and ``tests/test_mutations.py`` (``make mutations``) fails.
 from __future__ import annotations
 
 import argparse
-import os
-import re
 import sys
 import time
 import tomllib
@@ -39,13 +37,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
-from nbclient import NotebookClient
 
-ROOT = Path(__file__).resolve().parent.parent
-NOTEBOOKS = ROOT / "notebooks"
+from tools.harness import ANSI, CELL_TIMEOUT, NOTEBOOKS, RAISES, ROOT, notebook_client, notebooks
+
 MUTATIONS = ROOT / "tests" / "mutations"
-RAISES = "raises-exception"
-ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 class SpecError(ValueError):
@@ -110,7 +105,7 @@ def load_all(lessons: list[str] | None = None) -> list[Mutation]:
 
 def notebook_path(lesson: str) -> Path:
     """``notebooks/NN_*.ipynb`` for lesson ``NN``."""
-    found = sorted(NOTEBOOKS.glob(f"{lesson}_*.ipynb"))
+    found = notebooks([f"{lesson}_"])
     if len(found) != 1:
         raise SpecError(f"lesson {lesson}: expected one notebook, found {[p.name for p in found]}")
     return found[0]
@@ -149,13 +144,10 @@ def _describe(error: nbformat.NotebookNode) -> str:
 
 
 def run(nb: nbformat.NotebookNode, target: int, *, error: str | None = None,
-        cwd: Path = NOTEBOOKS, timeout: int = 300) -> Outcome:
+        cwd: Path = NOTEBOOKS, timeout: int = CELL_TIMEOUT) -> Outcome:
     """Execute ``nb`` from the top through cell ``target`` and judge the result (see the module doc)."""
     start = time.perf_counter()
-    client = NotebookClient(
-        nb, timeout=timeout, kernel_name="python3", allow_errors=True, record_timing=False,
-        extra_arguments=["--IPKernelApp.log_level=ERROR"], resources={"metadata": {"path": str(cwd)}},
-    )
+    client = notebook_client(nb, cwd, timeout=timeout, allow_errors=True)
     client.reset_execution_trackers()
     with client.setup_kernel():
         for index in range(target + 1):
@@ -182,7 +174,7 @@ def run(nb: nbformat.NotebookNode, target: int, *, error: str | None = None,
     raise AssertionError("unreachable: the loop returns at the target cell")
 
 
-def run_mutation(mutation: Mutation, *, timeout: int = 300) -> Outcome:
+def run_mutation(mutation: Mutation, *, timeout: int = CELL_TIMEOUT) -> Outcome:
     """Apply one mutation to its lesson and run it."""
     nb = nbformat.read(notebook_path(mutation.lesson), as_version=4)
     target = apply(nb, mutation)
@@ -195,9 +187,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("name", nargs="?", help="run only mutations whose name contains this")
     parser.add_argument("--list", action="store_true", help="list the mutations, run nothing")
     args = parser.parse_args(argv)
-    os.environ["TQDM_DISABLE"] = "1"
-    os.environ.setdefault("PYTHONHASHSEED", "0")
-    os.environ.setdefault("OMP_NUM_THREADS", "1")  # the course's thread policy (README, "Threads")
     chosen = [m for m in load_all([args.lesson] if args.lesson else None)
               if not args.name or args.name in m.name]
     if not chosen:

@@ -1,45 +1,29 @@
 """Execute every notebook in notebooks/ headlessly and print how long each took.
 
-    python tools/run_notebooks.py            # run all, leave tracked files untouched
-    python tools/run_notebooks.py 01 03      # only notebooks whose name starts so
-    python tools/run_notebooks.py --write    # maintainers: store fresh outputs (and slide metadata) in place
+    python -m tools.run_notebooks            # run all, leave tracked files untouched
+    python -m tools.run_notebooks 01 03      # only notebooks whose name starts so
+    python -m tools.run_notebooks --write    # maintainers: store fresh outputs (and slide metadata) in place
 
 Each notebook runs in its own kernel from the notebooks/ folder, as in
-JupyterLab, with TQDM_DISABLE=1 so stored outputs hold no progress-bar text,
-and OMP_NUM_THREADS=1 unless set already (the course's thread policy: one
-thread per kernel keeps a lesson's time when another core is busy; README,
-'Threads').
+JupyterLab, with the harness's environment and client (tools/harness.py: no
+progress bars in stored outputs, one thread per kernel unless set already).
 Exit status 1 if any notebook fails.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import os
-import re
 import sys
 import time
 from pathlib import Path
 
 import nbformat
-from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 from nbconvert.preprocessors import CoalesceStreamsPreprocessor
 
-NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+from tools import slides
+from tools.harness import ANSI, CELL_TIMEOUT, RAISES, notebook_client, notebooks
 
-
-def _sibling(name: str):
-    """Import another script of tools/ (tools/ is a folder of scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-RAISES = "raises-exception"
-ANSI = re.compile(r"\x1b\[[0-9;]*m")
 LINUX = sys.platform.startswith("linux")
 
 
@@ -63,16 +47,11 @@ def silent_cells(nb: nbformat.NotebookNode, must_raise: list[nbformat.NotebookNo
     return [nb.cells.index(c) for c in must_raise if not raised(c) and (linux or not said_skipped(c))]
 
 
-def run_one(path: Path, *, write: bool, timeout: int) -> tuple[float, str]:
+def run_one(path: Path, *, write: bool, timeout: int = CELL_TIMEOUT) -> tuple[float, str]:
     """Execute one notebook; return (seconds, "ok" or what went wrong)."""
     nb = nbformat.read(path, as_version=4)
     must_raise = expected_errors(nb)
-    client = NotebookClient(
-        nb, timeout=timeout, kernel_name="python3", record_timing=False,
-        # the kernel listens on localhost only; its notice that TCP is unencrypted is noise here
-        extra_arguments=["--IPKernelApp.log_level=ERROR"],
-        resources={"metadata": {"path": str(path.parent)}},
-    )
+    client = notebook_client(nb, path.parent, timeout=timeout)
     start = time.perf_counter()
     try:
         client.execute()
@@ -88,7 +67,7 @@ def run_one(path: Path, *, write: bool, timeout: int) -> tuple[float, str]:
     if write and status == "ok":
         # how printing splits into stream outputs depends on flush timing; joining them keeps refreshes stable
         nb, _ = CoalesceStreamsPreprocessor().preprocess(nb, {})
-        _sibling("slides").apply(nb)  # slide metadata follows the fresh outputs (tools/slides.py)
+        slides.apply(nb)  # slide metadata follows the fresh outputs (tools/slides.py)
         nbformat.write(nb, path)
     return seconds, status
 
@@ -97,14 +76,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("prefixes", nargs="*", help="run only notebooks whose file name starts with one of these")
     parser.add_argument("--write", action="store_true", help="store the fresh outputs in the notebooks")
-    parser.add_argument("--timeout", type=int, default=300, help="seconds allowed per cell (default 300)")
+    parser.add_argument("--timeout", type=int, default=CELL_TIMEOUT,
+                        help=f"seconds allowed per cell (default {CELL_TIMEOUT})")
     args = parser.parse_args(argv)
 
-    os.environ["TQDM_DISABLE"] = "1"
-    os.environ.setdefault("PYTHONHASHSEED", "0")
-    os.environ.setdefault("OMP_NUM_THREADS", "1")  # the thread policy, see the docstring
-    paths = sorted(p for p in NOTEBOOKS.glob("*.ipynb")
-                   if not args.prefixes or p.name.startswith(tuple(args.prefixes)))
+    paths = notebooks(args.prefixes)
     if not paths:
         print("no notebooks matched", file=sys.stderr)
         return 1

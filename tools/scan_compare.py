@@ -1,6 +1,6 @@
 """Run the model scanners the ecosystem uses, the doctor and load_checkpoint on the hostile corpus; print a table.
 
-    python tools/scan_compare.py [--corpus DIR] [--helper TREE] [--json OUT.json] [--jobs N]
+    python -m tools.scan_compare [--corpus DIR] [--helper TREE] [--json OUT.json] [--jobs N]
 
 Builds the corpus (tools/hostile_corpus.py) unless ``--corpus`` names a built
 one, then runs each tool on each file or folder in a child process of its own
@@ -39,9 +39,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tools"))
-from hostile_corpus import Case, TreeMemory, load_manifest  # noqa: E402
+from tools.harness import ROOT as REPO, kernel_env
+from tools.hostile_corpus import Case, TreeMemory, load_manifest
 
 TOOLS = ("picklescan", "modelscan", "fickling", "modelaudit", "doctor", "load_checkpoint")
 SCANNERS = TOOLS[:4]
@@ -171,8 +170,8 @@ def fickling_targets(target: Path) -> list[Path]:
 
 def run_one(case: Case, tool: str, root: Path, args: argparse.Namespace) -> dict:
     target = root / case.path
-    env = dict(os.environ, OMP_NUM_THREADS="1", CI="1", PROMPTFOO_DISABLE_TELEMETRY="1", NO_ANALYTICS="1",
-               PYTHONPATH=str(Path(args.helper).absolute()), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    env = kernel_env(threads_only=True, CI="1", PROMPTFOO_DISABLE_TELEMETRY="1", NO_ANALYTICS="1",
+                     PYTHONPATH=str(Path(args.helper).absolute()), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     cwd = root / case.cwd if case.cwd else Path(args.neutral)
     marker = root / "markers" / case.name
     marker.unlink(missing_ok=True)
@@ -307,8 +306,8 @@ def main(argv: list[str] | None = None) -> int:
         if root is None:
             root = Path(tmp) / "corpus"
             build = subprocess.run([args.python, str(REPO / "tools" / "hostile_corpus.py"), str(root)],
-                                   env=dict(os.environ, PYTHONPATH=str(Path(args.helper).absolute()),
-                                            OMP_NUM_THREADS="1"), capture_output=True, text=True)
+                                   env=kernel_env(threads_only=True, PYTHONPATH=str(Path(args.helper).absolute())),
+                                   capture_output=True, text=True)
             if build.returncode:
                 print(build.stdout, build.stderr, file=sys.stderr)
                 return 2

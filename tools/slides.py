@@ -1,20 +1,20 @@
 """Slides for instructors: slide metadata by rule, an offline reveal.js export, and a per-slide browser check.
 
-    python tools/slides.py measure [NN ...]  # render every cell once in Chromium, cache its height
+    python -m tools.slides measure [NN ...]  # render every cell once in Chromium, cache its height
                                              # (tools/slides_template/heights.json, committed)
-    python tools/slides.py apply [NN ...]    # set slide types from the cached heights (run_notebooks.py
+    python -m tools.slides apply [NN ...]    # set slide types from the cached heights (run_notebooks.py
                                              # --write does it too), hide solutions, RISE settings
-    python tools/slides.py check [NN ...]    # exit 1 if metadata is stale, a heading is not the first
+    python -m tools.slides check [NN ...]    # exit 1 if metadata is stale, a heading is not the first
                                              # line of its cell, a solution shows its outputs, a code
                                              # line is over 70 characters, or one cell is taller than
                                              # the canvas (listed with its height)
-    python tools/slides.py export [NN ...]   # artifacts/slides/NN_name.slides.html + a local reveal.js
-    python tools/slides.py browser [NN ...]  # export, then open EVERY slide of every deck in headless
+    python -m tools.slides export [NN ...]   # artifacts/slides/NN_name.slides.html + a local reveal.js
+    python -m tools.slides browser [NN ...]  # export, then open EVERY slide of every deck in headless
                                              # Chromium at 1280x800, offline: content height and width
                                              # against the 960x700 canvas, headings in speaker notes,
                                              # failed requests, console errors; JSON report in
                                              # artifacts/slides/report.json; exit 1 on any finding
-    python tools/slides.py shots             # three slides at 1024x768 into docs/
+    python -m tools.slides shots             # three slides at 1024x768 into docs/
 
 ``--notebooks DIR`` works on the notebooks of another folder (copies in artifacts/, test notebooks).
 
@@ -33,8 +33,8 @@ import argparse
 import base64
 import contextlib
 import hashlib
-import html
 import json
+import logging
 import math
 import re
 import shutil
@@ -88,6 +88,38 @@ def _png_size(data: str) -> tuple[int, int]:
     return width, height
 
 
+class _Text(HTMLParser):
+    """The text of an HTML fragment (character references resolved), and the spans open at its end."""
+
+    def __init__(self, open_spans: list[str] | None = None) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self.spans = list(open_spans or [])
+
+    def handle_data(self, data: str) -> None:
+        self.parts.append(data)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "span":
+            self.spans.append(self.get_starttag_text() or "<span>")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "span" and self.spans:
+            self.spans.pop()
+
+
+def _parsed(fragment: str, open_spans: list[str] | None = None) -> _Text:
+    parser = _Text(open_spans)
+    parser.feed(fragment)
+    parser.close()
+    return parser
+
+
+def text_of(fragment: str) -> str:
+    """What an HTML fragment shows as text: tags dropped, ``&lt;`` and the like resolved."""
+    return "".join(_parsed(fragment).parts)
+
+
 def estimate(cell: Any) -> int:
     """A cell's height in px from its text (used until the cell is measured): deliberately generous."""
     if cell.cell_type == "markdown":
@@ -116,7 +148,7 @@ def estimate(cell: Any) -> int:
             width, height = _png_size(data["image/png"])
             px += OUTPUT_PX + math.ceil(IMAGE_FACTOR * height * min(1.0, IMAGE_WIDTH / width))
         elif "text/html" in data:
-            px += OUTPUT_PX + PROSE_LINE * _wrapped(re.sub(r"<[^>]+>", "", data["text/html"]), PROSE_CHARS)
+            px += OUTPUT_PX + PROSE_LINE * _wrapped(text_of(data["text/html"]), PROSE_CHARS)
         else:
             px += OUTPUT_PX + OUTPUT_LINE * _wrapped(data.get("text/plain", ""), OUTPUT_CHARS)
     return px
@@ -244,7 +276,7 @@ def problems(nb: Any, name: str, heights: dict[str, int] | None = None) -> list[
         stale = [i for i, (a, b) in enumerate(zip(nb.cells, copy.cells)) if a.metadata != b.metadata]
         shown = f"{stale[:8]}"[:-1] + (f", ... ({len(stale)} cells)]" if len(stale) > 8 else "]")
         where = [f"cells {shown}"] * bool(stale) + ["the notebook's rise settings"] * (nb.metadata != copy.metadata)
-        found.append(f"{name}: slide metadata missing or stale in {' and '.join(where)}: run tools/slides.py apply")
+        found.append(f"{name}: slide metadata missing or stale in {' and '.join(where)}: run python -m tools.slides apply")
     for i, cell in enumerate(nb.cells):
         for heading in misplaced_headings(cell):
             found.append(f"{name} cell {i}: heading not on the first line of its cell (it goes to the speaker "
@@ -286,17 +318,14 @@ class _Anchors(HTMLParser):
             self.depth -= 1
 
 
-_PLAIN_SPAN = re.compile(r"<span\b(?![^>]*\sid=)[^>]*>|</span>")
-
-
 def anchors(deck_html: str) -> dict[str, tuple[int, int]]:
     """Element id -> (h, v) of its slide in an exported deck."""
     parser = _Anchors()
-    parser.feed(_PLAIN_SPAN.sub("", deck_html))  # Pygments' spans (no id) are 2/3 of the tags: the parse 2.5x faster
+    parser.feed(deck_html)
+    parser.close()
     return parser.ids
 
 
-_SPAN = re.compile(r"<(/?)span\b[^>]*>")
 _PRE = re.compile(r'(<div class="\s*highlight[^"]*"><pre>)(.*?)(</pre>)', re.DOTALL)
 
 
@@ -308,18 +337,14 @@ def hanging_indent(pre_html: str) -> str:
     lines = pre_html.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
-    out, stack = [], []
+    out, spans = [], []
     for line in lines:
-        reopen = "".join(stack)
-        for m in _SPAN.finditer(line):
-            if m.group(1):
-                if stack:
-                    stack.pop()
-            else:
-                stack.append(m.group(0))
-        text = html.unescape(re.sub(r"<[^>]+>", "", line))
+        reopen = "".join(spans)
+        parsed = _parsed(line, spans)
+        spans = parsed.spans
+        text = "".join(parsed.parts)
         indent = len(text) - len(text.lstrip(" "))
-        out.append(f'<span class="cl" style="--i:{indent}">{reopen}{line}{"</span>" * len(stack)}</span>')
+        out.append(f'<span class="cl" style="--i:{indent}">{reopen}{line}{"</span>" * len(spans)}</span>')
     return "".join(out)
 
 
@@ -345,43 +370,17 @@ def _rewrite_links(body: str, maps: dict[str, dict[str, tuple[int, int]]], own: 
 
 
 NO_ALT = "No description has been provided for this image"  # nbconvert's words for an image with no alt
-_IMG_NO_ALT = re.compile(r"<img\b(?![^>]*\salt=)([^>]*?)(\s*/?)>")
-_FOCUSABLE = re.compile(r'<div\b[^>]*\sclass="(?:[^"]*\s)?(?:jp-Cell-inputWrapper|jp-OutputArea-output)(?:\s[^"]*)?"[^>]*>')
 
 
-def accessible(body: str) -> str:
-    """What nbconvert's HTMLExporter does with BeautifulSoup after rendering, on the known markup with two regexes.
-
-    Alt text on every ``<img>`` without one, ``tabindex="0"`` (keyboard focus) on every cell input
-    and output area. (The soup parse and re-serialization was a sixth of the export's time; the
-    test ``test_our_exporter_writes_what_nbconvert_writes`` holds the two to the same document.)
-    """
-    body = _IMG_NO_ALT.sub(lambda m: f'<img{m.group(1)} alt="{NO_ALT}"{m.group(2)}>', body)
-    return _FOCUSABLE.sub(lambda m: m.group(0) if " tabindex=" in m.group(0) else m.group(0)[:-1] + ' tabindex="0">',
-                          body)
-
-
-def _exporter(**settings: Any) -> Any:
-    """nbconvert's SlidesExporter, its BeautifulSoup pass done by ``accessible`` instead."""
+def exporter(**settings: Any) -> Any:
+    """nbconvert's SlidesExporter with ``settings`` (its traits: template, reveal.js options), quiet about
+    the lessons' figures having no alt text (it gives them ``NO_ALT``)."""
     from nbconvert import SlidesExporter
-    from nbconvert.exporters.templateexporter import TemplateExporter
-    from nbconvert.filters.highlight import Highlight2HTML
-    from nbconvert.filters.widgetsdatatypefilter import WidgetsDataTypeFilter
 
-    class Exporter(SlidesExporter):  # type: ignore[misc]
-        def from_notebook_node(self, nb: Any, resources: Any = None, **kw: Any) -> tuple[str, Any]:
-            # HTMLExporter.from_notebook_node (nbconvert 7.17) up to its soup, which is replaced
-            langinfo = nb.metadata.get("language_info", {})
-            lexer = langinfo.get("pygments_lexer", langinfo.get("name", None))
-            self.register_filter("highlight_code",
-                                 self.filters.get("highlight_code", Highlight2HTML(pygments_lexer=lexer, parent=self)))
-            resources = self._init_resources(resources)
-            self.register_filter("filter_data_type", WidgetsDataTypeFilter(
-                notebook_metadata=self._nb_metadata, parent=self, resources=resources))
-            body, resources = TemplateExporter.from_notebook_node(self, nb, resources, **kw)
-            return accessible(body), resources
-
-    return Exporter(**settings)
+    slides = SlidesExporter(**settings)
+    slides.log = logging.getLogger("tools.slides.nbconvert")
+    slides.log.setLevel(logging.ERROR)
+    return slides
 
 
 def export(paths: list[Path], out: Path = OUT, *, all_slides: bool = False) -> list[Path]:
@@ -398,8 +397,8 @@ def export(paths: list[Path], out: Path = OUT, *, all_slides: bool = False) -> l
     if not target.exists():
         shutil.copytree(reveal / "dist", target / "dist")
         shutil.copytree(reveal / "plugin" / "notes", target / "plugin" / "notes")
-    exporter = _exporter(template_name="offline_reveal", extra_template_basedirs=[str(TEMPLATE_DIR)],
-                          reveal_url_prefix="reveal.js", reveal_theme="white", reveal_number="c/t")
+    deck_exporter = exporter(template_name="offline_reveal", extra_template_basedirs=[str(TEMPLATE_DIR)],
+                             reveal_url_prefix="reveal.js", reveal_theme="white", reveal_number="c/t")
     bodies: dict[str, str] = {}
     for path in paths:
         nb = nbformat.read(path, as_version=4)
@@ -407,7 +406,7 @@ def export(paths: list[Path], out: Path = OUT, *, all_slides: bool = False) -> l
             cell.metadata.pop("jupyter", None)  # solutions collapsed in Lab, shown on their sub-slide
             if all_slides:
                 cell.metadata["slideshow"] = {"slide_type": "slide"}
-        body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": path.stem}})
+        body, _ = deck_exporter.from_notebook_node(nb, resources={"metadata": {"name": path.stem}})
         bodies[path.stem] = _PRE.sub(lambda m: m.group(1) + hanging_indent(m.group(2)) + m.group(3), body)
     maps = {stem: anchors(body) for stem, body in bodies.items()}
     elsewhere = frozenset(p.name.split(".")[0] for p in out.glob("*.slides.html"))

@@ -1,8 +1,8 @@
 """Re-run the notebooks under several CPU-kernel settings; every compared output must hold under each.
 
-    python tools/test_portable.py              # every notebook, every setting
-    python tools/test_portable.py 03 05        # only notebooks whose name starts so
-    python tools/test_portable.py --setting 1-thread
+    python -m tools.portability              # every notebook, every setting
+    python -m tools.portability 03 05        # only notebooks whose name starts so
+    python -m tools.portability --setting 1-thread
 
 Float kernels differ between CPUs: vendor, vector units (AVX-512, AVX2, none),
 thread count. A stored output that depends on them passes on the machine that
@@ -11,22 +11,24 @@ stored it and fails on a student's. This runs strict nbval (the same command as
 down a different kernel path, so such an output fails here first.
 Settings run one after another: notebooks write to artifacts/, and two runs of one
 notebook at a time would overwrite each other's files (within a setting, pytest's two
-workers run different notebooks, as in ``make test``). A setting that names no thread
-count runs under the course's thread policy (OMP_NUM_THREADS=1 unless the caller set
-it; README, "Threads"); "2-threads" checks the other side. Exit status 1 if any
-setting fails.
+workers run different notebooks, as in ``make test``). Each setting's variables go on top
+of the harness's environment (``tools.harness.kernel_env``): a setting that names no thread
+count runs under the course's thread policy; "2-threads" checks the other side. Exit status
+1 if any setting fails.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from tools.harness import ROOT, THREADS, kernel_env, notebooks as lessons
+
+#: the thread policy's count forced on every pool, whatever the caller set
+ONE_THREAD = {**THREADS, "MKL_NUM_THREADS": THREADS["OMP_NUM_THREADS"]}
 
 #: name -> environment overrides. ATen's dispatch (no vector unit / AVX2 instead of
 #: AVX-512), MKL's and oneDNN's instruction sets, and the thread count (reductions
@@ -36,12 +38,11 @@ SETTINGS: dict[str, dict[str, str]] = {
     "aten-avx2": {"ATEN_CPU_CAPABILITY": "avx2"},
     "mkl-avx2": {"MKL_ENABLE_INSTRUCTIONS": "AVX2"},
     "onednn-avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2"},
-    "1-thread": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
+    "1-thread": ONE_THREAD,
     "2-threads": {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"},
     # all at once, away from this machine's defaults on every axis: the one setting CI runs
     # (the six above take too long for every CI run; see the README)
-    "mixed": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "AVX2", "OMP_NUM_THREADS": "1",
-              "MKL_NUM_THREADS": "1"},
+    "mixed": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "AVX2", **ONE_THREAD},
 }
 #: what ``make test-portable`` runs when no --setting is given
 DEFAULT_SETTINGS = [name for name in SETTINGS if name != "mixed"]
@@ -49,7 +50,7 @@ DEFAULT_SETTINGS = [name for name in SETTINGS if name != "mixed"]
 
 def run_setting(name: str, notebooks: list[Path]) -> tuple[str, float, int, str]:
     """Strict nbval over ``notebooks`` under one setting; (name, seconds, exit code, summary line)."""
-    env = {**os.environ, **SETTINGS[name], "TQDM_DISABLE": "1"}
+    env = kernel_env(**SETTINGS[name])
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-c", str(ROOT / "pyproject.toml"),
            "--rootdir", str(ROOT), "--durations-min=1000",
            # pyproject's -n 2 for several notebooks; one notebook gains nothing from a second worker
@@ -75,8 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--setting", action="append", choices=sorted(SETTINGS),
                         help="run only this setting (repeatable; default: all but 'mixed')")
     args = parser.parse_args(argv)
-    notebooks = sorted(p for p in (ROOT / "notebooks").glob("*.ipynb")
-                       if not args.prefixes or p.name.startswith(tuple(args.prefixes)))
+    notebooks = lessons(args.prefixes)
     if not notebooks:
         print("no notebooks matched", file=sys.stderr)
         return 1
