@@ -10,18 +10,12 @@ all processes, so every measurement here is warm unless
 :func:`evict_from_page_cache` ran first (:func:`resident_fraction` tells whether
 it worked).
 
-RSS (resident set size: the process's memory that is in RAM) counts two kinds of
-pages: private (anonymous) memory, which a load has to allocate and fill, and the
-pages of a memory-mapped file, which belong to the page cache and which the
-kernel can drop and read again. Three figures are reported: ``peak``, the growth
-of the RSS *high-water mark* (``ru_maxrss``) during the load; ``held``, the
-growth of the *current* RSS (``VmRSS`` in ``/proc/self/status``) after a first
-touch of every weight, which can be lower than the peak once the load freed
-what it no longer needs; and ``priv.``, the growth of private memory
-(``RssAnon``) at that moment. ``/proc`` is Linux's: on macOS ``held`` and
-``priv.`` are left blank (``None``) and only the peak is measured; Windows has
-no ``fork``, so the fork server (and the whole table) runs on Linux and macOS
-only, while :func:`load_by` runs everywhere.
+Three memory figures are reported per method: ``peak`` (the RSS high-water mark's
+growth during the load), ``held`` (current RSS growth after every weight was
+touched) and ``priv.`` (private memory growth then); :mod:`helper.memory` says
+what each counts and where it is unknown (macOS: only the peak; Windows has no
+``fork``, so the table runs on Linux and macOS only, while :func:`load_by` runs
+everywhere).
 
 >>> config = stack_config(8)            # a stack of Linear layers of about 8 MB
 >>> sorted(config) == ["layers", "width"]
@@ -36,7 +30,6 @@ from __future__ import annotations
 import json
 import os
 import select
-import shutil
 import subprocess
 import sys
 import time
@@ -47,11 +40,13 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from helper.memory import (MB, current_mb, evict_from_page_cache, grown, mapped_file, peak_mb, private_mb,
+                           read_seconds, resident_fraction)
+
 __all__ = ["METHODS", "REFERENCES", "Measurement", "ForkServer", "stack_config", "build_stack", "save_both",
            "load_by", "measure", "read_seconds", "evict_from_page_cache", "resident_fraction",
            "mapped_file", "MAPPED", "LABELS", "run_benchmark", "format_table"]
 
-MB = 2**20
 #: the memcpy reference row is measured this many times (each in a fresh child) and the fastest run kept.
 MEMCPY_REPEATS = 3
 #: method name -> what it builds, in the order the lesson teaches them.
@@ -149,45 +144,6 @@ def load_by(method: str, pt: Path, st: Path, config: dict[str, int], device: str
     return model
 
 
-def _peak_mb() -> float | None:
-    """This process's RSS high-water mark in MB (``ru_maxrss``: KiB on Linux, bytes on macOS); None on Windows."""
-    try:
-        import resource  # Unix only
-    except ImportError:
-        return None
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / MB if sys.platform == "darwin" else peak / 1024
-
-
-def _status_mb(field: str) -> float | None:
-    """A memory figure of this process in MB from Linux's ``/proc/self/status`` (``VmRSS``, ``RssAnon``...).
-
-    None elsewhere: macOS and Windows have no ``/proc``.
-    """
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
-def _private_mb() -> float | None:
-    """This process's private (anonymous) resident memory in MB; None off Linux."""
-    return _status_mb("RssAnon")
-
-
-def _current_mb() -> float | None:
-    """This process's current RSS in MB (``VmRSS``: private memory plus resident mapped file pages); None off Linux."""
-    return _status_mb("VmRSS")
-
-
-def _grown(now: float | None, before: float | None) -> float | None:
-    return None if now is None or before is None else now - before
-
-
 def _touch(tensors: list[torch.Tensor]) -> None:
     """Read one value per 4 KiB page of every tensor, so every page is resident."""
     for t in tensors:
@@ -229,7 +185,7 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
         torch.cuda.reset_peak_memory_stats()
     if job["method"] == "memcpy into touched memory":
         source = torch.ones(job["nbytes"], dtype=torch.uint8, device=device)
-        base, current, private = _peak_mb(), _current_mb(), _private_mb()
+        base, current, private = peak_mb(), current_mb(), private_mb()
         copy = torch.zeros_like(source)  # allocated and written: every page faulted in before the clock
         _sync(device)
         start = time.perf_counter()
@@ -237,21 +193,21 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
         _sync(device)
         seconds = time.perf_counter() - start
         assert copy[-1].item() == 1
-        return {"seconds": seconds, "used_seconds": seconds, "peak_mb": _grown(_peak_mb(), base),
-                "held_mb": _grown(_current_mb(), current), "private_mb": _grown(_private_mb(), private)}
+        return {"seconds": seconds, "used_seconds": seconds, "peak_mb": grown(peak_mb(), base),
+                "held_mb": grown(current_mb(), current), "private_mb": grown(private_mb(), private)}
     pt, st = Path(job["pt"]), Path(job["st"])
-    base, current, private = _peak_mb(), _current_mb(), _private_mb()
+    base, current, private = peak_mb(), current_mb(), private_mb()
     times: dict[str, float] = {}
     start = time.perf_counter()
     model = load_by(job["method"], pt, st, job["config"], device, times=times)
     _sync(device)
     seconds = time.perf_counter() - start
-    peak = _grown(_peak_mb(), base)
+    peak = grown(peak_mb(), base)
     _touch(list(model.state_dict().values()))
     _sync(device)
     result = {"seconds": seconds, "build_seconds": times["build"], "used_seconds": time.perf_counter() - start,
-              "peak_mb": peak, "held_mb": _grown(_current_mb(), current),
-              "private_mb": _grown(_private_mb(), private)}
+              "peak_mb": peak, "held_mb": grown(current_mb(), current),
+              "private_mb": grown(private_mb(), private)}
     if device.startswith("cuda"):
         result["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / MB
     if job.get("check", True):
@@ -339,75 +295,6 @@ class ForkServer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def mapped_file(tensor: torch.Tensor) -> str | None:
-    """The file whose memory mapping holds ``tensor``'s data (from ``/proc/self/maps``); None for private memory."""
-    address = tensor.data_ptr()
-    try:
-        with open("/proc/self/maps") as maps:
-            for line in maps:
-                fields = line.split(maxsplit=5)
-                low, high = (int(x, 16) for x in fields[0].split("-"))
-                if low <= address < high:
-                    name = fields[5].strip() if len(fields) == 6 else ""
-                    return name if name.startswith("/") else None
-    except OSError:
-        pass
-    return None
-
-
-def resident_fraction(path: str | os.PathLike[str]) -> float:
-    """Fraction of ``path``'s pages now in the page cache (``mincore`` on a mapping; 1.0 where unknown)."""
-    import ctypes
-    import mmap
-
-    size = os.path.getsize(path)
-    if size == 0 or not sys.platform.startswith("linux"):
-        return 1.0
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_ubyte)]
-    pages = (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE
-    vector = (ctypes.c_ubyte * pages)()
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY) as mapped:
-        start = (ctypes.c_ubyte * 1).from_buffer(mapped)  # a pointer to the mapping; nothing is read
-        result = libc.mincore(ctypes.addressof(start), size, vector)
-        del start  # the mapping can close only once no pointer into it is left
-    if result != 0:
-        return 1.0
-    return sum(v & 1 for v in vector) / pages
-
-
-def evict_from_page_cache(path: str | os.PathLike[str]) -> bool:
-    """Ask Linux to drop ``path``'s pages from the page cache (no root needed); True where they are gone.
-
-    ``posix_fadvise(POSIX_FADV_DONTNEED)`` drops only clean, unmapped pages of
-    this one file, so the next read of it is cold. On file systems that keep
-    files in memory (tmpfs) nothing can be dropped and this returns False.
-    """
-    if not hasattr(os, "posix_fadvise"):
-        return False
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-    return resident_fraction(path) < 0.05
-
-
-def read_seconds(path: str | os.PathLike[str]) -> float:
-    """Seconds ``cat path > /dev/null`` takes (Python's own ``readinto`` loop where ``cat`` is missing)."""
-    start = time.perf_counter()
-    if shutil.which("cat"):
-        with open(os.devnull, "wb") as null:
-            subprocess.run(["cat", os.fspath(path)], stdout=null, check=True)
-    else:
-        buffer = bytearray(8 * MB)
-        with open(path, "rb", buffering=0) as f:
-            while f.readinto(buffer):
-                pass
-    return time.perf_counter() - start
 
 
 @dataclass

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from helper import loading_bench as lb
+from helper import memory
 
 SMALL = {"layers": 2, "width": 64}
 
@@ -164,12 +165,12 @@ def test_gb_per_second_leaves_out_the_build():
 
 def test_held_memory_is_current_not_the_high_water_mark():
     """VmRSS falls when memory is freed; ru_maxrss never does."""
-    if lb._current_mb() is None:
+    if memory.current_mb() is None:
         pytest.skip("no /proc/self/status here")
     block = torch.ones(64 * 2**20, dtype=torch.uint8)
-    high, current = lb._peak_mb(), lb._current_mb()
+    high, current = memory.peak_mb(), memory.current_mb()
     del block
-    assert lb._current_mb() < current - 48 and lb._peak_mb() >= high
+    assert memory.current_mb() < current - 48 and memory.peak_mb() >= high
 
 
 def load_tool():
