@@ -55,7 +55,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from helper.formats import EARLIER
+from helper.kinds import EARLIER, KINDS
 
 __all__ = ["Diagnosis", "diagnose", "detect_kind", "main", "allowlistable", "LIMITS", "MESSAGES", "FIXES",
            "PLAIN_DATA"]
@@ -139,9 +139,8 @@ MESSAGES: dict[str, str] = {
                  "detected, and converting re-saves it under fresh CRCs (compare its sha256sum with the source's "
                  "first)",
     "legacy-fix": "convert it once: torch.save(torch.load(path, weights_only=True), new_path)",
-    "pickle-malformed": "the file {cause}, and it is malformed ({detail})",
+    "pickle-malformed": "{sentence}, and it is malformed ({detail})",
     "pickle-unsafe": "a plain pickle that names {names}: loading it could run code",
-    "pickle": "the file {cause}",
     "safetensors-ok": "a complete safetensors file (tensors only, nothing to unpickle); safetensors has no "
                       "checksums, so a changed byte in the data cannot be detected",
     "safetensors-dtype": "a safetensors file with dtype {dtype}, which this safetensors cannot load",
@@ -307,8 +306,8 @@ def _decide(d: Diagnosis) -> Diagnosis:
         d.note("pickle-names", names=needed)
         unsafe = [g for g in needed if g in d.dotted or not (allowlistable(g) or g in d.facts.get("allowed", []))]
         if unsafe:
-            return d.fail(say("pickle-unsafe", names=unsafe), f"{RUNS_CODE}. {d.facts['kind_fix']}")
-        return d.fail(say("pickle", cause=d.facts["kind_cause"]), d.facts["kind_fix"])
+            return d.fail(say("pickle-unsafe", names=unsafe), f"{RUNS_CODE}. {KINDS['pickle'].fix}")
+        return d.fail(KINDS["pickle"].sentence, KINDS["pickle"].fix)
     d.note("refused-names", names=needed)
     if any(g.startswith("__main__.") for g in needed):
         d.note("main-classes")
