@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from helper.doctor import Diagnosis, say
-from helper.examine_pickles import allowed_globals, check_fit, guard, member_bytes
+from helper.examine_pickles import check_fit, guard, member_bytes, needed_globals
 from helper.formats import (EARLIER, KINDS, CheckpointError, check_zip, kind_error, open_torch_zip, read_json,
                             safetensors_header)
 
@@ -61,7 +61,7 @@ def _shard_tensors(folder: Path, path: Path) -> dict[str, torch.Tensor]:
     if path.suffix != ".bin":
         return _tensor_shapes(path, safetensors_header(path))  # validated by safetensors itself
     archive = open_torch_zip(path)
-    needed = sorted(set(archive.scan.globals - allowed_globals()) | archive.scan.dotted)
+    needed = needed_globals(archive.scan, path)
     if needed:
         raise CheckpointError(path, say("bin-unsafe", names=needed), say("bin-unsafe-fix"))
     pkl = archive.members[archive.prefix + "data.pkl"]

@@ -26,11 +26,29 @@ from helper.formats import (EARLIER, KINDS, CheckpointError, check_legacy, open_
 STATE_DICT_KEYS = ("model", "model_state", "model_state_dict", "state_dict", "net", "weights")
 
 
-def allowed_globals() -> set[str]:
-    """What ``weights_only=True`` allows in this process (torch's own set: nothing the user added)."""
-    allowed = set(torch._weights_only_unpickler._get_allowed_globals())
-    return allowed | {f"{g.__module__}.{g.__qualname__}" for g in torch.serialization.get_safe_globals()
-                      if hasattr(g, "__qualname__")}
+def allowed_globals() -> frozenset[str]:
+    """What ``weights_only=True`` allows in this process: ``helper.pickle_guard``'s one definition (torch's own
+    set, plus what ``add_safe_globals`` added: nothing, in the child)."""
+    from helper.pickle_guard import torch_allowed_globals
+
+    return torch_allowed_globals()
+
+
+def needed_globals(scan: Any, zipped: Path | None = None) -> list[str]:
+    """The globals a pickle names beyond what ``weights_only=True`` allows, dotted names always included.
+
+    For a torch.save zip (``zipped``, its path) torch's public
+    ``torch.serialization.get_unsafe_globals_in_checkpoint`` answers wherever it can read the pickle: it
+    reads the opcodes torch.save writes (protocol 2) and raises on any other (protocol 4's
+    ``STACK_GLOBAL``, protocol 0's ``INST``). There, and for legacy files and plain pickles, which it does
+    not read, the opcode scan answers against ``allowed_globals``.
+    """
+    if zipped is not None:
+        try:
+            return sorted(set(torch.serialization.get_unsafe_globals_in_checkpoint(str(zipped))) | scan.dotted)
+        except (pickle.UnpicklingError, ValueError, RuntimeError, EOFError, UnicodeDecodeError):
+            pass  # an opcode it does not read: the scan below saw every one
+    return sorted((scan.globals - allowed_globals()) | scan.dotted)
 
 
 def guard(data: bytes, name: str, allowed: frozenset[str] | None = None, *, allocations: bool = True) -> None:
@@ -141,10 +159,11 @@ def _describe_loaded(d: Diagnosis, obj: Any, locations: set[str], config: dict[s
     return check_fit(d, state, config)
 
 
-def _load(d: Diagnosis, path: Path, scan: Any, pickles: list[bytes], config: dict[str, Any] | None) -> Diagnosis:
+def _load(d: Diagnosis, path: Path, scan: Any, pickles: list[bytes], config: dict[str, Any] | None,
+          zipped: bool = False) -> Diagnosis:
     """Load with weights_only=True once the opcodes showed nothing beyond plain data is needed."""
     d.dotted = sorted(scan.dotted)
-    needed = sorted(set(scan.globals - allowed_globals()) | scan.dotted)
+    needed = needed_globals(scan, path if zipped else None)
     if needed:
         d.needed = needed  # the doctor's process decides the advice: it has the user's classes imported
         return d
@@ -231,7 +250,7 @@ def torch_zip(d: Diagnosis, path: Path, config: dict[str, Any] | None) -> Diagno
     d.note("writer", **_writer(archive.records))
     d.note("crc-ok")
     pkl = archive.members[archive.prefix + "data.pkl"]
-    return _load(d, path, archive.scan, [member_bytes(path, pkl.start, pkl.size)], config)
+    return _load(d, path, archive.scan, [member_bytes(path, pkl.start, pkl.size)], config, zipped=True)
 
 
 def legacy(d: Diagnosis, path: Path, config: dict[str, Any] | None) -> Diagnosis:
