@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from helper.doctor import Diagnosis, say
+from helper.diagnosis import Diagnosis, said, say
 from helper.examine_pickles import check_fit, guard, member_bytes, needed_globals
 from helper.formats import (EARLIER, KINDS, CheckpointError, check_zip, kind_error, open_torch_zip, read_json,
                             safetensors_header)
@@ -44,10 +44,10 @@ def safetensors_file(d: Diagnosis, path: Path, config: dict[str, Any] | None) ->
     shapes = header["tensors"]
     count = sum(int(torch.Size(s).numel()) for s, _ in shapes.values())
     dtypes = sorted({t for _, t in shapes.values()})
-    d.facts["dtypes"] = dtypes
+    d.dtypes = dtypes
     d.note("safetensors", count=len(shapes), dtypes=dtypes, numbers=count, metadata=sorted(header["metadata"]))
     state = _tensor_shapes(path, header)
-    d.ok(say("safetensors-ok"), KINDS["safetensors"].fix)
+    d.ok(said("safetensors-ok"), KINDS["safetensors"].fix)
     return check_fit(d, state, config)
 
 
@@ -87,34 +87,34 @@ def hf(d: Diagnosis, path: Path, config: dict[str, Any] | None) -> Diagnosis:
     if index_path is None:  # one unsharded weights file, or none
         files = sorted([*folder.glob("*.safetensors"), *folder.glob("pytorch_model*.bin")])
         if len(files) != 1:
-            return d.fail(say("hf-no-index", count=len(files)), say("hf-no-index-fix"))
+            return d.fail(said("hf-no-index", count=len(files)), said("hf-no-index-fix"))
         if not _inside(folder, files[0]):
-            return d.fail(say("hf-outside", what="weights file", shard=files[0].name), say("outside-fix"))
+            return d.fail(said("hf-outside", what="weights file", shard=files[0].name), said("outside-fix"))
         weight_map = {k: files[0].name for k in _shard_tensors(folder, files[0])}
     else:
         index = read_json(index_path)
         weight_map = index.get("weight_map") if isinstance(index, dict) else None
         if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
-            return d.fail(say("hf-bad-index", name=index_path.name), say("hf-bad-index-fix"))
+            return d.fail(said("hf-bad-index", name=index_path.name), said("hf-bad-index-fix"))
     state: dict[str, torch.Tensor] = {}
     for shard in sorted(set(weight_map.values())):
         shard_path = folder / shard
         if Path(shard).name != shard or shard in ("", ".", "..") or shard_path.is_symlink():
-            return d.fail(say("hf-outside", what="shard", shard=shard), say("outside-fix"))
+            return d.fail(said("hf-outside", what="shard", shard=shard), said("outside-fix"))
         if not shard_path.is_file():
-            return d.fail(say("hf-missing", shard=shard), say("copy-again"))
+            return d.fail(said("hf-missing", shard=shard), said("copy-again"))
         tensors = _shard_tensors(folder, shard_path)
         wanted = {k for k, v in weight_map.items() if v == shard}
         if set(tensors) != wanted:
-            return d.fail(say("hf-keys", shard=shard, count=len(tensors), wanted=len(wanted)), say("copy-again"))
+            return d.fail(said("hf-keys", shard=shard, count=len(tensors), wanted=len(wanted)), said("copy-again"))
         state.update(tensors)
     d.note("hf", count=len(weight_map), files=len(set(weight_map.values())),
            config="; config.json present" if (folder / "config.json").is_file() else "; no config.json")
     code = _remote_code(folder)
     if code:
         d.note("remote-code", files=code)
-        return d.fail(say("remote-code-cause", files=", ".join(code)), say("remote-code-fix"))
-    d.ok(say("hf-ok", sharded="sharded " if index_path else ""), KINDS["hf-folder"].fix)
+        return d.fail(said("remote-code-cause", files=", ".join(code)), said("remote-code-fix"))
+    d.ok(said("hf-ok", sharded="sharded " if index_path else ""), KINDS["hf-folder"].fix)
     return check_fit(d, state, config)
 
 
@@ -124,12 +124,12 @@ def onnx_model(d: Diagnosis, path: Path, config: dict[str, Any] | None = None) -
     import onnx
     from onnx.external_data_helper import _get_all_tensors
 
-    redo = say("onnx-redo")
+    redo = said("onnx-redo")
 
     def damaged(exc: Exception) -> Diagnosis:
         if isinstance(exc, MemoryError) or "alloc failed" in str(exc).lower():  # protobuf's arena, at the limit
             raise MemoryError from None
-        return d.fail(say("onnx-damaged", detail=f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"[:200]),
+        return d.fail(said("onnx-damaged", detail=f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"[:200]),
                       redo)
 
     try:
@@ -145,14 +145,14 @@ def onnx_model(d: Diagnosis, path: Path, config: dict[str, Any] | None = None) -
         try:
             end = int(info.get("offset") or 0) + int(info.get("length") or 0)
         except ValueError:
-            return d.fail(say("onnx-damaged", detail=f"external data of {tensor.name!r} has a bad offset"), redo)
+            return d.fail(said("onnx-damaged", detail=f"external data of {tensor.name!r} has a bad offset"), redo)
         external[name] = max(external.get(name, 0), end)
     for name, end in sorted(external.items()):
         data = path.parent / name
         if not name or Path(name).name != name or name in (".", "..") or data.is_symlink():
-            return d.fail(say("onnx-outside", name=name), say("onnx-outside-fix"))
+            return d.fail(said("onnx-outside", name=name), said("onnx-outside-fix"))
         if not data.is_file() or data.stat().st_size < end:
-            return d.fail(say("onnx-missing", name=name), say("onnx-missing-fix", name=name, model=path.name))
+            return d.fail(said("onnx-missing", name=name), said("onnx-missing-fix", name=name, model=path.name))
     try:  # by path: onnx checks the external data against the model's folder too
         onnx.checker.check_model(str(path))
     except Exception as exc:  # ValidationError and others
@@ -214,11 +214,11 @@ def pt2(d: Diagnosis, path: Path, config: dict[str, Any] | None = None) -> Diagn
     except (ValueError, AttributeError, TypeError, UnicodeDecodeError) as exc:
         fake = f"a record is not the JSON torch.export writes ({exc})"[:200]
     if fake is not None:
-        return d.fail(say("pt2-fake", detail=fake), say("pt2-redo"))
+        return d.fail(said("pt2-fake", detail=fake), said("pt2-redo"))
     if code:
-        return d.fail(say("pt2-code", what="; ".join(code)[:300]), say("runs-code-ask"))
+        return d.fail(said("pt2-code", what="; ".join(code)[:300]), said("runs-code-ask"))
     d.note("pt2", models=[n[len(prefix) + len("models/"):] for n in models], weights=weights, constants=constants)
-    return d.ok(say("pt2-ok"), say("pt2-fix"))
+    return d.ok(said("pt2-ok"), said("pt2-fix"))
 
 
 def torchscript(d: Diagnosis, path: Path, config: dict[str, Any] | None = None) -> Diagnosis:
@@ -228,9 +228,9 @@ def torchscript(d: Diagnosis, path: Path, config: dict[str, Any] | None = None) 
         with zipfile.ZipFile(path) as z:
             bad = z.testzip()
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as exc:
-        return d.fail(say("torchscript-fake", detail=f"{type(exc).__name__}: {exc}"[:160]), EARLIER)
+        return d.fail(said("torchscript-fake", detail=f"{type(exc).__name__}: {exc}"[:160]), EARLIER)
     if bad is not None:
-        return d.fail(say("torchscript-fake", detail=f"member {bad!r} fails its CRC-32 check"), EARLIER)
+        return d.fail(said("torchscript-fake", detail=f"member {bad!r} fails its CRC-32 check"), EARLIER)
     d.note("crc-ok")
     try:
         module = torch.jit.load(str(path), map_location="cpu")
@@ -238,13 +238,13 @@ def torchscript(d: Diagnosis, path: Path, config: dict[str, Any] | None = None) 
     except MemoryError:
         raise
     except Exception as exc:  # torch.jit.load raises RuntimeError and others on what it cannot read
-        return d.fail(say("torchscript-fake", detail=(str(exc).strip().splitlines() or [""])[0][:160]), EARLIER)
+        return d.fail(said("torchscript-fake", detail=(str(exc).strip().splitlines() or [""])[0][:160]), EARLIER)
     d.note("torchscript", methods=f"methods {methods}")
-    return d.ok(say("torchscript-ok"), KINDS["torchscript"].fix)
+    return d.ok(said("torchscript-ok"), KINDS["torchscript"].fix)
 
 
 def onnx_data(d: Diagnosis, path: Path, config: dict[str, Any] | None = None) -> Diagnosis:
-    return d.ok(KINDS["onnx-data"].what, say("onnx-data-fix", model=path.name[:-5]))
+    return d.ok(KINDS["onnx-data"].what, said("onnx-data-fix", model=path.name[:-5]))
 
 
 def other(d: Diagnosis, path: Path, config: dict[str, Any] | None = None) -> Diagnosis:
@@ -266,8 +266,8 @@ def numpy_array(d: Diagnosis, path: Path, config: dict[str, Any] | None = None) 
             read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
             _, _, dtype = read(f)
         if dtype.hasobject:
-            return d.fail(say("npy-object"), say("runs-code-ask"))
+            return d.fail(said("npy-object"), said("runs-code-ask"))
         np.load(path, allow_pickle=False, mmap_mode="r")  # the data fits the header: mapped, not read
     except ValueError as exc:
-        return d.fail(say("npy-damaged", detail=(str(exc).splitlines() or [""])[0][:160]), EARLIER)
+        return d.fail(said("npy-damaged", detail=(str(exc).splitlines() or [""])[0][:160]), EARLIER)
     return d.ok(KINDS["numpy"].what, KINDS["numpy"].fix)

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from helper.doctor import Diagnosis, say
+from helper.diagnosis import Diagnosis, said
 from helper.formats import (EARLIER, KINDS, CheckpointError, check_legacy, open_torch_zip, scan_pickle)
 
 STATE_DICT_KEYS = ("model", "model_state", "model_state_dict", "state_dict", "net", "weights")
@@ -111,8 +111,8 @@ def check_fit(d: Diagnosis, state: dict[str, torch.Tensor], config: dict[str, An
         rows = rows if len(rows) <= 5 else [*rows[:4], f"... ({len(rows) - 1} rows in all)"]
     for row in rows:
         d.note("text", text=row)
-    d.facts["mismatch"] = found.summary
-    return d.fail(say("mismatch", summary=found.summary, hint=f": {found.hint[0]}" if found.hint else ""), found.fix)
+    d.mismatch = found.summary
+    return d.fail(said("mismatch", summary=found.summary, hint=f": {found.hint[0]}" if found.hint else ""), found.fix)
 
 
 def _lightning(d: Diagnosis, obj: dict[str, Any], config: dict[str, Any] | None) -> Diagnosis:
@@ -122,10 +122,10 @@ def _lightning(d: Diagnosis, obj: dict[str, Any], config: dict[str, Any] | None)
     version = obj.get("pytorch-lightning_version", obj.get("lightning_version", "?"))
     d.note("lightning", version=version,
            prefix=f", every key prefixed {prefix!r} (the LightningModule's attribute)" if prefix else "")
-    d.facts["weights_at"] = "state_dict"
+    d.weights_at = "state_dict"
     if prefix is None:
-        return d.ok(say("lightning-no-prefix"), say("lightning-no-prefix-fix"))
-    d.ok(say("lightning-ok", prefix=prefix), say("lightning-fix", prefix=prefix))
+        return d.ok(said("lightning-no-prefix"), said("lightning-no-prefix-fix"))
+    d.ok(said("lightning-ok", prefix=prefix), said("lightning-fix", prefix=prefix))
     return check_fit(d, {k[len(prefix):]: v for k, v in state.items()}, config)
 
 
@@ -138,24 +138,24 @@ def _describe_loaded(d: Diagnosis, obj: Any, locations: set[str], config: dict[s
     else:
         d.note("holds", type=type(obj).__name__)
     dtypes = sorted({str(t.dtype).removeprefix("torch.") for t in tensors})
-    d.facts.update(devices=sorted(locations), dtypes=dtypes)
+    d.devices, d.dtypes = sorted(locations), dtypes
     d.note("tensors", count=len(tensors), devices=sorted(locations) or ["-"], dtypes=dtypes or ["-"])
     if any(t.is_meta for t in tensors):
-        return d.fail(say("meta"), say("meta-fix"))
+        return d.fail(said("meta"), said("meta-fix"))
     if isinstance(obj, dict) and _is_state_dict(obj.get("state_dict")) and any(
             k in obj for k in ("pytorch-lightning_version", "lightning_version")):
         return _lightning(d, obj, config)
     where, state = _find_state_dict(obj)
     if state is None:
-        return d.ok(say("no-state-dict"), say("loads-fix", then=""))
-    d.facts["weights_at"] = where
+        return d.ok(said("no-state-dict"), said("loads-fix", then=""))
+    d.weights_at = where
     label = "the file itself" if where == "" else f"entry {where!r}"
     count = sum(t.numel() for t in state.values() if t.is_floating_point())
     d.note("weights", label=label, count=len(state), numbers=count)
     if locations - {"cpu"}:
         d.note("saved-on", devices=sorted(locations - {"cpu"}))
-    d.ok(say("loads", where=f"; its weights are in checkpoint[{where!r}]" if where else ""),
-         say("loads-fix", then=f", then model.load_state_dict(checkpoint[{where!r}])" if where else ""))
+    d.ok(said("loads", where=f"; its weights are in checkpoint[{where!r}]" if where else ""),
+         said("loads-fix", then=f", then model.load_state_dict(checkpoint[{where!r}])" if where else ""))
     return check_fit(d, state, config)
 
 
@@ -168,7 +168,7 @@ def _load(d: Diagnosis, path: Path, scan: Any, pickles: list[bytes], config: dic
         d.needed = needed  # the doctor's process decides the advice: it has the user's classes imported
         return d
     if scan.meta:
-        return d.fail(say("meta"), say("meta-fix"))
+        return d.fail(said("meta"), said("meta-fix"))
     for data in pickles:
         guard(data, path.name)
     locations: set[str] = set()
@@ -180,13 +180,13 @@ def _load(d: Diagnosis, path: Path, scan: Any, pickles: list[bytes], config: dic
     try:
         obj = torch.load(path, map_location=record, weights_only=True)
     except pickle.UnpicklingError as exc:
-        return d.fail(say("refused", detail=str(exc).splitlines()[-1][:160]), say("runs-code"))
+        return d.fail(said("refused", detail=str(exc).splitlines()[-1][:160]), said("runs-code"))
     except MemoryError:
         raise
     except Exception as exc:  # a damaged file that passed every check still fails in many ways
         if "can't allocate memory" in str(exc):
             raise MemoryError from None
-        return d.fail(say("load-failed", detail=(str(exc).splitlines() or [""])[0][:160]), EARLIER)
+        return d.fail(said("load-failed", detail=(str(exc).splitlines() or [""])[0][:160]), EARLIER)
     return _describe_loaded(d, obj, locations, config)
 
 
@@ -261,7 +261,7 @@ def legacy(d: Diagnosis, path: Path, config: dict[str, Any] | None) -> Diagnosis
         pos = scan_pickle(data, pos).end
     d = _load(d, path, scan, [data[pos:scan_pickle(data, pos).end]], config)
     if d.healthy and d.cause:
-        d.ok(say("legacy-ok"), say("legacy-fix"))
+        d.ok(said("legacy-ok"), said("legacy-fix"))
     return d
 
 
@@ -269,7 +269,7 @@ def plain_pickle(d: Diagnosis, path: Path, config: dict[str, Any] | None) -> Dia
     try:
         scan = scan_pickle(path.read_bytes())
     except (ValueError, IndexError, KeyError) as exc:
-        return d.fail(say("pickle-malformed", sentence=KINDS["pickle"].sentence, detail=exc), KINDS["pickle"].fix)
+        return d.fail(said("pickle-malformed", sentence=KINDS["pickle"].sentence, detail=exc), KINDS["pickle"].fix)
     names = sorted(scan.globals)
     d.facts.update(allowed=sorted(set(names) & allowed_globals()))
     d.dotted = sorted(scan.dotted)
@@ -326,16 +326,16 @@ def dcp(d: Diagnosis, path: Path, config: dict[str, Any] | None = None) -> Diagn
     d.note("dcp-metadata")
     meta_path = path / ".metadata"
     if meta_path.is_symlink():
-        return d.fail(say("dcp-outside", shard=".metadata"), say("earlier-folder"))
+        return d.fail(said("dcp-outside", shard=".metadata"), said("earlier-folder"))
     raw = meta_path.read_bytes()
     try:
         scan = scan_pickle(raw)
     except (ValueError, IndexError, KeyError) as exc:
-        return d.fail(say("dcp-damaged", detail=exc), say("earlier-folder"))
+        return d.fail(said("dcp-damaged", detail=exc), said("earlier-folder"))
     classes = _dcp_classes()
     unsafe = sorted(g for g in scan.globals if g not in classes or g in scan.dotted)
     if unsafe:
-        return d.fail(say("dcp-unsafe", names=unsafe), say("dcp-unsafe-fix"))
+        return d.fail(said("dcp-unsafe", names=unsafe), said("dcp-unsafe-fix"))
     guard(raw, ".metadata", allowed=frozenset(classes))
     from torch.distributed.checkpoint.filesystem import _StorageInfo
     from torch.distributed.checkpoint.metadata import Metadata
@@ -343,22 +343,22 @@ def dcp(d: Diagnosis, path: Path, config: dict[str, Any] | None = None) -> Diagn
     try:
         metadata = _DCPUnpickler(raw, classes).load()
     except (pickle.UnpicklingError, ValueError, TypeError, AttributeError, IndexError, KeyError, EOFError) as exc:
-        return d.fail(say("dcp-damaged", detail=f"{type(exc).__name__}: {exc}"[:160]), say("earlier-folder"))
+        return d.fail(said("dcp-damaged", detail=f"{type(exc).__name__}: {exc}"[:160]), said("earlier-folder"))
     if not isinstance(metadata, Metadata) or not isinstance(metadata.storage_data or {}, dict):
-        return d.fail(say("dcp-not-metadata", type=type(metadata).__name__), say("earlier-folder"))
+        return d.fail(said("dcp-not-metadata", type=type(metadata).__name__), said("earlier-folder"))
     ranges = metadata.storage_data or {}
     for item in ranges.values():
         if not (isinstance(item, _StorageInfo) and isinstance(item.relative_path, str)
                 and isinstance(item.offset, int) and isinstance(item.length, int) and item.offset >= 0
                 and item.length >= 0):
-            return d.fail(say("dcp-not-metadata", type=f"byte range {item!r}"[:120]), say("earlier-folder"))
+            return d.fail(said("dcp-not-metadata", type=f"byte range {item!r}"[:120]), said("earlier-folder"))
         shard = path / item.relative_path
         if Path(item.relative_path).name != item.relative_path or item.relative_path in ("", ".", "..") \
                 or shard.is_symlink():
-            return d.fail(say("dcp-outside", shard=item.relative_path), say("earlier-folder"))
+            return d.fail(said("dcp-outside", shard=item.relative_path), said("earlier-folder"))
         if not shard.is_file():
-            return d.fail(say("dcp-missing", shard=item.relative_path), say("earlier-folder"))
+            return d.fail(said("dcp-missing", shard=item.relative_path), said("earlier-folder"))
         if shard.stat().st_size < item.offset + item.length:
-            return d.fail(say("dcp-short", shard=item.relative_path), say("earlier-folder"))
+            return d.fail(said("dcp-short", shard=item.relative_path), said("earlier-folder"))
     d.note("dcp-ranges", count=len(ranges), files=len({i.relative_path for i in ranges.values()}))
-    return d.ok(say("dcp-ok"), KINDS["dcp"].fix)
+    return d.ok(said("dcp-ok"), KINDS["dcp"].fix)

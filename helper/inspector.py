@@ -46,7 +46,7 @@ from typing import Any, Callable
 import torch
 
 from helper import examine_formats, examine_pickles
-from helper.doctor import Diagnosis, say
+from helper.diagnosis import Diagnosis, said
 from helper.formats import EARLIER, KINDS, CheckpointError, shown_path, sniff
 
 Step = Callable[[Diagnosis, Path, "dict[str, Any] | None"], Diagnosis]
@@ -78,11 +78,11 @@ def examine(path: str | Path, config: dict[str, Any] | None = None,
         return d.fail("", "")
     except OSError as exc:
         if exc.errno != errno.ENOMEM:
-            return d.fail(say("failed", detail=f"{type(exc).__name__}: {exc}"[:160]), EARLIER)
+            return d.fail(said("failed", detail=f"{type(exc).__name__}: {exc}"[:160]), EARLIER)
         d.facts["memory_error"] = True
         return d.fail("", "")
     except (Exception, RecursionError) as exc:  # never a traceback: say what failed
-        return d.fail(say("failed", detail=f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:160]}"),
+        return d.fail(said("failed", detail=f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:160]}"),
                       EARLIER)
 
 

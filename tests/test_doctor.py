@@ -734,6 +734,7 @@ ADVICE_FOLLOWED = {
     "hostile-fix": "test_do_not_load_advice_is_right",
     "bin-unsafe-fix": "test_do_not_load_advice_is_right",
     "dcp-unsafe-fix": "test_do_not_load_advice_is_right",
+    "pickle-unsafe-fix": "test_do_not_load_advice_is_right",
     "safe-globals": "test_safe_globals_advice_followed",
     "numpy-fix": "test_case14_safe_globals_advice_never_lists_a_function",
     "meta-fix": "test_meta_and_export_advice_followed",
@@ -776,7 +777,8 @@ def test_do_not_load_advice_is_right(tmp_path):
     marker = tmp_path / "ran"
     payload = pickle.dumps(Payload(marker))
     (tmp_path / "payload.pt").write_bytes(payload)
-    assert "do not load" in diagnose(tmp_path / "payload.pt").fix
+    d = diagnose(tmp_path / "payload.pt")
+    assert d.said_fix[0] == "pickle-unsafe-fix" and "do not load" in d.fix, d.report()
     pickle.loads(payload)  # made here: a harmless mkdir
     assert marker.exists()
     marker.rmdir()
