@@ -32,6 +32,7 @@ def _safetensors_dtypes() -> dict[str, torch.dtype]:
 
 
 def _tensor_shapes(path: Path, header: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Meta tensors of a safetensors header's shapes; a dtype safetensors cannot give torch is a ``CheckpointError``."""
     table = _safetensors_dtypes()
     unknown = sorted({dtype for _, dtype in header["tensors"].values() if dtype not in table})
     if unknown:
@@ -40,6 +41,7 @@ def _tensor_shapes(path: Path, header: dict[str, Any]) -> dict[str, torch.Tensor
 
 
 def safetensors_file(d: Diagnosis, path: Path, config: dict[str, Any] | None) -> Diagnosis:
+    """A safetensors file, validated by ``safetensors.safe_open``; with a config, the fit."""
     header = safetensors_header(path)  # validated by safetensors itself
     shapes = header["tensors"]
     count = sum(int(torch.Size(s).numel()) for s, _ in shapes.values())
@@ -82,6 +84,7 @@ def _remote_code(folder: Path) -> list[str]:
 
 
 def hf(d: Diagnosis, path: Path, config: dict[str, Any] | None) -> Diagnosis:
+    """A Hugging Face folder or index: every shard present, inside the folder, holding the keys the index names."""
     folder = path if path.is_dir() else path.parent
     index_path = path if path.is_file() else next(iter(sorted(folder.glob("*.index.json"))), None)
     if index_path is None:  # one unsharded weights file, or none
@@ -222,6 +225,7 @@ def pt2(d: Diagnosis, path: Path, config: dict[str, Any] | None = None) -> Diagn
 
 
 def torchscript(d: Diagnosis, path: Path, config: dict[str, Any] | None = None) -> Diagnosis:
+    """A TorchScript zip: every member's CRC-32, then ``torch.jit.load`` in this child (its methods never run)."""
     import zipfile
 
     try:  # torch.jit.save deflates its code files: zipfile checks every member's CRC-32 (check_zip refuses them)
@@ -244,6 +248,7 @@ def torchscript(d: Diagnosis, path: Path, config: dict[str, Any] | None = None) 
 
 
 def onnx_data(d: Diagnosis, path: Path, config: dict[str, Any] | None = None) -> Diagnosis:
+    """An ONNX external-data file: healthy beside its model, which is the file to open."""
     return d.ok(KINDS["onnx-data"].what, said("onnx-data-fix", model=path.name[:-5]))
 
 

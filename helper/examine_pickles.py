@@ -70,6 +70,7 @@ def guard(data: bytes, name: str, allowed: frozenset[str] | None = None, *, allo
 
 
 def _tensors(obj: Any, out: list[torch.Tensor], depth: int = 0) -> None:
+    """Every tensor in ``obj``, through dicts, lists and tuples up to 8 deep, appended to ``out``."""
     if isinstance(obj, torch.Tensor):
         out.append(obj)
     elif depth < 8 and isinstance(obj, dict):
@@ -81,6 +82,7 @@ def _tensors(obj: Any, out: list[torch.Tensor], depth: int = 0) -> None:
 
 
 def _is_state_dict(obj: Any) -> bool:
+    """A non-empty dict of names to tensors."""
     return isinstance(obj, dict) and bool(obj) and all(isinstance(k, str) for k in obj) and all(
         isinstance(v, torch.Tensor) for v in obj.values())
 
@@ -97,6 +99,7 @@ def _find_state_dict(obj: Any) -> tuple[str | None, dict[str, torch.Tensor] | No
 
 
 def check_fit(d: Diagnosis, state: dict[str, torch.Tensor], config: dict[str, Any] | None) -> Diagnosis:
+    """With a model ``config``: do the weights fit ``build_model(config)``? A mismatch is the verdict, with a table."""
     if config is None:
         return d
     from helper.checkpoint import find_mismatch
@@ -116,6 +119,7 @@ def check_fit(d: Diagnosis, state: dict[str, torch.Tensor], config: dict[str, An
 
 
 def _lightning(d: Diagnosis, obj: dict[str, Any], config: dict[str, Any] | None) -> Diagnosis:
+    """A Lightning checkpoint: the prefix its keys share, and the plain model's weights without it."""
     state = obj["state_dict"]
     heads = {k.split(".", 1)[0] for k in state}
     prefix = f"{heads.pop()}." if len(heads) == 1 and all("." in k for k in state) else None
@@ -130,6 +134,7 @@ def _lightning(d: Diagnosis, obj: dict[str, Any], config: dict[str, Any] | None)
 
 
 def _describe_loaded(d: Diagnosis, obj: Any, locations: set[str], config: dict[str, Any] | None) -> Diagnosis:
+    """What a loaded object holds (keys, tensors, devices, dtypes, where the weights sit), then the verdict."""
     tensors: list[torch.Tensor] = []
     _tensors(obj, tensors)
     if isinstance(obj, dict):
@@ -202,6 +207,7 @@ def _writer(records: dict[str, str]) -> dict[str, str]:
 
 
 def member_bytes(path: Path, start: int, size: int) -> bytes:
+    """``size`` bytes of ``path`` from ``start`` (a zip member's data), read without mapping the file."""
     with open(path, "rb") as f:
         f.seek(start)
         return f.read(size)
@@ -238,6 +244,7 @@ def _budget_first(data: bytes, name: str) -> None:
 
 
 def torch_zip(d: Diagnosis, path: Path, config: dict[str, Any] | None) -> Diagnosis:
+    """A torch.save zip: the budget on data.pkl, the archive's checks, save_checkpoint's digest record, then load."""
     from helper.checkpoint import _digest_problem
 
     data = _stored_pickle(path)
@@ -254,6 +261,7 @@ def torch_zip(d: Diagnosis, path: Path, config: dict[str, Any] | None) -> Diagno
 
 
 def legacy(d: Diagnosis, path: Path, config: dict[str, Any] | None) -> Diagnosis:
+    """A legacy-format file: its pickles and storages add up, then load; OK says it has no checksums."""
     d.note("legacy")
     scan = check_legacy(path)
     data, pos = path.read_bytes(), 0
@@ -266,6 +274,7 @@ def legacy(d: Diagnosis, path: Path, config: dict[str, Any] | None) -> Diagnosis
 
 
 def plain_pickle(d: Diagnosis, path: Path, config: dict[str, Any] | None) -> Diagnosis:
+    """A plain pickle: never loaded; the globals it names go to the doctor's process to decide."""
     try:
         scan = scan_pickle(path.read_bytes())
     except (ValueError, IndexError, KeyError) as exc:
@@ -319,6 +328,7 @@ class _DCPUnpickler(pickle.Unpickler):
 
 
 def dcp(d: Diagnosis, path: Path, config: dict[str, Any] | None = None) -> Diagnosis:
+    """A DCP folder: ``.metadata`` through an unpickler that knows DCP's classes only, then every byte range."""
     shards = sorted(p.name for p in path.glob("*.distcp"))
     d.note("dcp-shards", shards=shards)
     if d.kind == "dcp-incomplete":
