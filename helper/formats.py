@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from helper.kinds import EARLIER, KINDS, Kind, PathLike, Probe, kind_error, sniff  # noqa: F401 (re-exported)
+from helper.kinds import EARLIER, KINDS, RECORDS, Kind, PathLike, Probe, kind_error, sniff  # noqa: F401 (re-exported)
 from helper.paths import REPO_ROOT
 
 try:  # ISA-L's CRC-32: same polynomial as zlib's, about 7x faster (make benchmark); optional
@@ -262,9 +262,6 @@ def storage_bytes(scan: PickleScan) -> dict[str, int]:
 # --------------------------------------------------------------------------------------------------
 # A torch.save zip, validated before torch.load sees it
 
-_RECORDS = (".format_version", ".storage_alignment", "byteorder", "version", ".data/serialization_id",
-            ".data/version")
-
 
 @dataclass
 class Member:
@@ -432,7 +429,7 @@ def open_torch_zip(path: PathLike, *, check_data_crc: bool = True,
         if problem is not None:
             raise ValueError(problem)
         records = {n[len(prefix):]: bytes(view[m.start:m.start + min(m.size, 64)]).decode("ascii", "replace").strip()
-                   for n, m in members.items() if n[len(prefix):] in _RECORDS}
+                   for n, m in members.items() if n[len(prefix):] in RECORDS}
         pkl = members[prefix + "data.pkl"]
         scan = scan_pickle(bytes(view[pkl.start:pkl.start + pkl.size]))
         for key, nbytes in storage_bytes(scan).items():

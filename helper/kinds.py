@@ -28,7 +28,8 @@ PathLike = str | os.PathLike[str]
 
 _LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19."  # pickle of torch's legacy MAGIC_NUMBER
 _ONNX_FIELDS = {0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42, 0x72}  # ModelProto fields 2-8 and 14, after ir_version
-_BOOKKEEPING = ("/version", "/byteorder", "/.format_version", "/.data/serialization_id")  # torch.save's records
+# The records torch.save writes beside data.pkl, by their name after the archive's folder
+RECORDS = (".format_version", ".storage_alignment", "byteorder", "version", ".data/serialization_id", ".data/version")
 _PICKLE_0_STARTS = (b"(", b"}", b"]", b")", b"c", b"I", b"V", b"S", b"N", b"X", b"K")  # protocol 0/1 first opcodes
 
 
@@ -145,7 +146,7 @@ def _torch_zip(p: Probe) -> bool:
 
 
 def _incomplete_torch_zip(p: Probe) -> bool:
-    return any(n.endswith(_BOOKKEEPING) for n in p.members())
+    return any(n.endswith(tuple("/" + r for r in RECORDS)) for n in p.members())
 
 
 def _safetensors(p: Probe) -> bool:
