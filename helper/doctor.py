@@ -182,7 +182,7 @@ class _Server:
             if fresh:
                 self.proc = self._start()
             proc = self.proc
-            assert proc.stdin is not None and proc.stdout is not None
+            assert proc is not None and proc.stdin is not None and proc.stdout is not None
             try:
                 proc.stdin.write(json.dumps(request) + "\n")
                 proc.stdin.flush()

@@ -25,10 +25,11 @@ from helper.formats import (EARLIER, KINDS, CheckpointError, check_zip, kind_err
 
 
 def _safetensors_dtypes() -> dict[str, torch.dtype]:
-    """safetensors' own table of its dtype names (every one it can load into torch)."""
+    """safetensors' own table of its dtype names (every one it can load into this torch: an entry this torch
+    lacks, such as a float8 type before torch 2.1, is ``None`` there and left out, so it is refused by name)."""
     from safetensors import torch as st
 
-    return dict(st._TYPES)
+    return {name: dtype for name, dtype in st._TYPES.items() if isinstance(dtype, torch.dtype)}
 
 
 def _tensor_shapes(path: Path, header: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -93,7 +94,7 @@ def hf(d: Diagnosis, path: Path, config: dict[str, Any] | None) -> Diagnosis:
             return d.fail(said("hf-no-index", count=len(files)), said("hf-no-index-fix"))
         if not _inside(folder, files[0]):
             return d.fail(said("hf-outside", what="weights file", shard=files[0].name), said("outside-fix"))
-        weight_map = {k: files[0].name for k in _shard_tensors(folder, files[0])}
+        weight_map: Any = {k: files[0].name for k in _shard_tensors(folder, files[0])}
     else:
         index = read_json(index_path)
         weight_map = index.get("weight_map") if isinstance(index, dict) else None
