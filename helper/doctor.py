@@ -3,7 +3,7 @@
     python -m helper.doctor PATH [--config JSON]
 
 or, from Python, ``diagnose(path, config=None)``. It names the format with the
-table of file kinds it shares with ``load_checkpoint`` (``helper.formats``):
+table of file kinds it shares with ``load_checkpoint`` (``helper.kinds``):
 a ``torch.save`` zip, the legacy format, safetensors, a Hugging Face sharded
 folder or index, a Lightning checkpoint, a ``torch.export`` ``.pt2``, a DCP
 folder, an ONNX model, ... It validates the file before anything is
@@ -36,9 +36,11 @@ healthy file and 1 otherwise. "OK" is printed only after the format's own
 loader accepted the file (in the child), and says what no check covers. It
 never ends in a traceback.
 
-The diagnosis is a value (``Diagnosis``: kind, health, findings as message keys
-and values, the globals a pickle needs, cause and fix); ``Diagnosis.report``
-renders it, and every sentence lives once, in ``MESSAGES``.
+The diagnosis is a value (``helper.diagnosis.Diagnosis``: kind, health,
+findings, the globals a pickle needs, devices, dtypes, where the weights sit,
+the mismatch, and the cause and fix, each a message key with its values);
+``Diagnosis.report`` renders it, and every sentence lives once, in
+``helper.diagnosis.MESSAGES`` or, for a file kind, in ``helper.kinds.KINDS``.
 """
 
 from __future__ import annotations
@@ -51,11 +53,11 @@ import signal
 import subprocess
 import sys
 import threading
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from helper.formats import EARLIER
+from helper.diagnosis import FIXES, MESSAGES, Diagnosis, said, say  # noqa: F401 (re-exported)
+from helper.kinds import KINDS
 
 __all__ = ["Diagnosis", "diagnose", "detect_kind", "main", "allowlistable", "LIMITS", "MESSAGES", "FIXES",
            "PLAIN_DATA"]
@@ -73,201 +75,6 @@ PLAIN_DATA = frozenset({
 # NumPy's array and scalar rebuilders: functions, so never allowlisted; a file that names them gets ADVICE numpy.
 NUMPY_REBUILD = frozenset({"numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct",
                            "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar"})
-
-RUNS_CODE = "do not load this file; it can run code"
-ASK = "Ask for the weights as a state_dict or a safetensors file"
-
-# Every sentence the doctor prints, once: report lines (findings), causes and fixes, by key.
-MESSAGES: dict[str, str] = {
-    # findings: one report line each
-    "writer": "written by PyTorch {since} or later ({records})",
-    "crc-ok": "CRC-32 check: every member matches",
-    "refused-names": "weights_only=True refuses it; the pickle names {names}",
-    "main-classes": "classes from a script's __main__: only a process that defines them can load the file "
-                    "(AttributeError: Can't get attribute ... on <module '__main__'>)",
-    "keys": "top-level keys: {keys}{more}",
-    "holds": "holds a {type}",
-    "tensors": "tensors: {count}, devices {devices}, dtypes {dtypes}",
-    "lightning": "a PyTorch Lightning checkpoint (Lightning {version}): weights in checkpoint['state_dict']{prefix}",
-    "weights": "model weights: {label}, {count} tensors, {numbers} numbers (floating point)",
-    "saved-on": "saved on {devices}: load with map_location='cpu' where there is no GPU",
-    "fits": "fits config {config}: every key and shape matches",
-    "text": "{text}",
-    "legacy": "PyTorch's legacy format (before 1.6, or _use_new_zipfile_serialization=False): no CRCs",
-    "pickle-names": "the pickle names {names}",
-    "safetensors": "header: {count} tensors, dtypes {dtypes}, {numbers} numbers, metadata keys {metadata}; "
-                   "validated by safetensors",
-    "hf": "{count} tensors in {files} weights file(s), each validated; the keys match the index{config}",
-    "remote-code": "code that from_pretrained(..., trust_remote_code=True) would run: {files}",
-    "dcp-shards": "shard files: {shards}",
-    "dcp-metadata": ".metadata present (written last, after every shard)",
-    "dcp-ranges": "{count} byte ranges in {files} shard file(s), every one present in full",
-    "onnx": "ONNX ir_version {ir_version}, opsets {opsets}, {nodes} nodes: onnx.load and onnx.checker accept it",
-    "onnx-external": "external data: {name}, {end} bytes needed, present",
-    "pt2": "models {models}, {weights} weights, {constants} constants; no guards code, nothing pickled",
-    "torchscript": "torch.jit.load accepts it: {methods}",
-    # causes and fixes
-    "runs-code": RUNS_CODE,
-    "runs-code-ask": f"{RUNS_CODE}. {ASK}",
-    "unknown-globals": "the pickle names {names}, not known plain data or nn.Module classes: loading it could "
-                       "run code",
-    "dotted-globals": "the pickle names {names}, an attribute path inside a module (a crafted pickle: "
-                      "protocol 4 resolves it to any function): loading it could run code",
-    "whole-objects": "it pickles whole objects (classes, not plain data), refused by weights_only=True",
-    "safe-globals": "if you trust the file, load it once inside torch.serialization.safe_globals([...those "
-                    "classes]) and re-save model.state_dict() with its config",
-    "numpy": "it holds NumPy arrays or scalars ({names}), which weights_only=True refuses: rebuilding them calls "
-             "NumPy functions",
-    "numpy-fix": "if you made the file, load it once with weights_only=False and re-save the arrays as tensors "
-                 "(torch.from_numpy) or plain numbers (lesson 06); from anyone else, ask for such a file",
-    "meta": "it holds tensors on the meta device: shapes without data, nothing to load",
-    "meta-fix": f"save the real weights (model.to('cpu').state_dict()), or {EARLIER}",
-    "refused": "refused by weights_only=True ({detail})",
-    "load-failed": "torch.load(weights_only=True) failed: {detail}",
-    "loads": "loads with weights_only=True{where}",
-    "loads-fix": "torch.load(path, map_location='cpu', weights_only=True){then}",
-    "no-state-dict": "loads with weights_only=True; no model state_dict found in it",
-    "lightning-no-prefix": "a Lightning checkpoint whose keys share no single prefix",
-    "lightning-no-prefix-fix": "rebuild your LightningModule and call YourModule.load_from_checkpoint(path)",
-    "lightning-ok": "a Lightning checkpoint; the plain model's weights are checkpoint['state_dict'] without "
-                    "{prefix!r}",
-    "lightning-fix": "checkpoint = torch.load(path, map_location='cpu', weights_only=True); state = "
-                     "checkpoint['state_dict']; torch.nn.modules.utils.consume_prefix_in_state_dict_if_present("
-                     "state, {prefix!r}); model.load_state_dict(state)",
-    "mismatch": "the weights do not fit the model ({summary}){hint}",
-    "legacy-ok": "loads with weights_only=True; but legacy files have no checksums: a changed byte cannot be "
-                 "detected, and converting re-saves it under fresh CRCs (compare its sha256sum with the source's "
-                 "first)",
-    "legacy-fix": "convert it once: torch.save(torch.load(path, weights_only=True), new_path)",
-    "pickle-malformed": "the file {cause}, and it is malformed ({detail})",
-    "pickle-unsafe": "a plain pickle that names {names}: loading it could run code",
-    "pickle": "the file {cause}",
-    "safetensors-ok": "a complete safetensors file (tensors only, nothing to unpickle); safetensors has no "
-                      "checksums, so a changed byte in the data cannot be detected",
-    "safetensors-dtype": "a safetensors file with dtype {dtype}, which this safetensors cannot load",
-    "hf-ok": "a complete Hugging Face {sharded}weights folder; safetensors has no checksums, so a changed byte "
-             "in the data cannot be detected",
-    "hf-no-index": "a model folder with config.json and {count} weights files but no index",
-    "hf-no-index-fix": "copy the weights too: save_pretrained writes model.safetensors (or shards and "
-                       "model.safetensors.index.json) next to config.json",
-    "hf-bad-index": "{name} has no weight_map of key -> shard file",
-    "hf-bad-index-fix": "restore the index file",
-    "hf-missing": "shard {shard} named by the index is missing",
-    "hf-outside": "{what} {shard} is a link or a path that leaves the folder: a reader would open a file "
-                  "outside it",
-    "outside-fix": "do not use this folder as it is; get the model again from its source",
-    "hf-keys": "shard {shard} holds {count} tensors where the index names {wanted} (the keys do not add up)",
-    "copy-again": "copy the whole folder again",
-    "bin-unsafe": "its pickle names {names}, not plain data",
-    "bin-unsafe-fix": f"{RUNS_CODE}. Ask for the safetensors weights (save_pretrained's default)",
-    "remote-code-cause": "the folder carries code ({files}) that from_pretrained runs with trust_remote_code=True",
-    "remote-code-fix": "never pass trust_remote_code=True for it unless you have read that code; the weights "
-                       "alone load with safetensors.torch.load_file(shard) and no code",
-    "dcp-damaged": "the .metadata file is damaged ({detail})",
-    "dcp-unsafe": "the .metadata pickle names {names}, not DCP's metadata classes: dcp.load unpickles it with "
-                  "pickle.load, which would run them",
-    "dcp-unsafe-fix": "do not load this folder; it can run code",
-    "dcp-not-metadata": "the .metadata file holds a {type}, not DCP's Metadata",
-    "dcp-outside": "the .metadata names a shard {shard!r} that is not a plain file in the folder (a path that "
-                   "leaves it, or a link)",
-    "dcp-missing": "shard {shard} that .metadata names is missing",
-    "dcp-short": "shard {shard} is shorter than the byte ranges .metadata gives it (cut?)",
-    "earlier-folder": "use an earlier checkpoint folder",
-    "dcp-ok": "a complete torch.distributed.checkpoint (DCP) folder",
-    "onnx-damaged": "a damaged ONNX file ({detail})",
-    "onnx-redo": "export the model again with torch.onnx.export",
-    "onnx-outside": "its external data {name!r} is a link or lies outside the model's folder; onnx and "
-                    "onnxruntime refuse it",
-    "onnx-outside-fix": "do not use this file; export the model again, or get it again from its source",
-    "onnx-missing": "its weights live in the external-data file {name}, which is missing or short next to it",
-    "onnx-missing-fix": "copy {name} next to {model} (an .onnx and its .onnx.data travel together)",
-    "onnx-data-fix": "keep it next to {model} and open that file (onnxruntime.InferenceSession)",
-    "pt2-code": "a .pt2 whose {what}: torch.export.load would run it",
-    "pt2-fake": "not a torch.export program: {detail}",
-    "pt2-redo": "export the model again with torch.export.export and torch.export.save",
-    "pt2-ok": "a whole torch.export program (.pt2), but not safe from a stranger: torch.export.load exec's its "
-              "guards and unpickles some constants, so no check can prove a .pt2 harmless",
-    "pt2-fix": "load it with torch.export.load(path) only if you made it or trust who did (never torch.load); "
-               "from anyone else ask for the weights as a safetensors file",
-    "torchscript-fake": "not a TorchScript archive torch.jit.load accepts ({detail})",
-    "torchscript-ok": "a TorchScript program (torch.jit.save): its methods are code, run them only if you trust "
-                      "who made it",
-    "npy-object": "a NumPy object array: its data is a pickle, which numpy.load(path, allow_pickle=True) "
-                  "would unpickle, so loading it could run code",
-    "npy-damaged": "a damaged NumPy file ({detail})",
-    "crashed": "the file crashed the inspector with {signal}: do not load it",
-    "timeout": "the file kept the inspector busy past its {limit} limit: do not load it",
-    "memory": "the file needs more memory than the inspector's limit ({limit}): do not load it",
-    "inspector-died": "the inspector stopped with exit code {code} before a verdict: do not load it",
-    "hostile-fix": f"do not load this file: a reader crashed, hung or ran out of memory on it, as on a file made to "
-                   f"attack one. {ASK}",
-    "failed": "could not be examined ({detail})",
-}
-# The MESSAGES keys the doctor prints as a fix ("Fix: ..."): each is followed by a test in tests/test_doctor.py
-# (ADVICE_FOLLOWED), as are EARLIER and the fixes of helper.formats.KINDS (tests/test_formats.py).
-FIXES = ("runs-code", "runs-code-ask", "safe-globals", "numpy-fix", "meta-fix", "loads-fix", "lightning-no-prefix-fix",
-         "lightning-fix", "legacy-fix", "hf-no-index-fix", "hf-bad-index-fix", "outside-fix", "copy-again",
-         "bin-unsafe-fix", "remote-code-fix", "dcp-unsafe-fix", "earlier-folder", "onnx-redo", "onnx-outside-fix",
-         "onnx-missing-fix", "onnx-data-fix", "pt2-redo", "pt2-fix", "hostile-fix")
-
-
-def say(key: str, **values: Any) -> str:
-    """The sentence ``MESSAGES[key]`` with ``values`` filled in."""
-    return MESSAGES[key].format(**values)
-
-
-@dataclass
-class Diagnosis:
-    """What the doctor found, as a value: ``kind`` (see ``helper.formats.sniff``), ``healthy``, ``findings``
-    (message keys and their values, one report line each), the pickle's globals beyond weights_only's set
-    (``needed``; ``dotted`` are attribute paths, never allowed), ``facts`` (devices, dtypes, where the weights
-    sit, the mismatch), ``cause`` and ``fix``. ``report`` renders it."""
-
-    path: str
-    kind: str
-    healthy: bool = True
-    findings: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
-    cause: str = ""
-    fix: str = ""
-    needed: list[str] = field(default_factory=list)
-    dotted: list[str] = field(default_factory=list)
-    facts: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def exit_code(self) -> int:
-        return 0 if self.healthy else 1
-
-    @property
-    def lines(self) -> list[str]:
-        return [say(key, **values) for key, values in self.findings]
-
-    def note(self, key: str, **values: Any) -> None:
-        self.findings.append((key, values))
-
-    def verdict(self) -> str:
-        """The last line: OK or PROBLEM, the cause, and the fix."""
-        head = "OK" if self.healthy else "PROBLEM"
-        return f"{head}: {self.cause}. Fix: {self.fix}" if self.fix else f"{head}: {self.cause}"
-
-    def report(self) -> str:
-        return "\n".join([f"{self.path}: {self.kind}", *(f"  {line}" for line in self.lines), self.verdict()])
-
-    def fail(self, cause: str, fix: str) -> Diagnosis:
-        self.healthy, self.cause, self.fix = False, cause, fix
-        return self
-
-    def ok(self, cause: str, fix: str) -> Diagnosis:
-        self.cause, self.fix = cause, fix
-        return self
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Diagnosis:
-        data = dict(data)
-        data["findings"] = [(str(k), dict(v)) for k, v in data.get("findings", [])]
-        return cls(**data)
 
 
 def detect_kind(path: str | Path) -> str:
@@ -307,21 +114,21 @@ def _decide(d: Diagnosis) -> Diagnosis:
         d.note("pickle-names", names=needed)
         unsafe = [g for g in needed if g in d.dotted or not (allowlistable(g) or g in d.facts.get("allowed", []))]
         if unsafe:
-            return d.fail(say("pickle-unsafe", names=unsafe), f"{RUNS_CODE}. {d.facts['kind_fix']}")
-        return d.fail(say("pickle", cause=d.facts["kind_cause"]), d.facts["kind_fix"])
+            return d.fail(said("pickle-unsafe", names=unsafe), said("pickle-unsafe-fix"))
+        return d.fail(KINDS["pickle"].sentence, KINDS["pickle"].fix)
     d.note("refused-names", names=needed)
     if any(g.startswith("__main__.") for g in needed):
         d.note("main-classes")
     dotted = [g for g in needed if g in d.dotted]
     if dotted:
-        return d.fail(say("dotted-globals", names=dotted), say("runs-code-ask"))
+        return d.fail(said("dotted-globals", names=dotted), said("runs-code-ask"))
     numpy = [g for g in needed if g in NUMPY_REBUILD]
     unsafe = [g for g in needed if not allowlistable(g) and g not in NUMPY_REBUILD]
     if unsafe:
-        return d.fail(say("unknown-globals", names=unsafe), say("runs-code-ask"))
+        return d.fail(said("unknown-globals", names=unsafe), said("runs-code-ask"))
     if numpy:
-        return d.fail(say("numpy", names=numpy), say("numpy-fix"))
-    return d.fail(say("whole-objects"), say("safe-globals"))
+        return d.fail(said("numpy", names=numpy), said("numpy-fix"))
+    return d.fail(said("whole-objects"), said("safe-globals"))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -375,7 +182,7 @@ class _Server:
             if fresh:
                 self.proc = self._start()
             proc = self.proc
-            assert proc.stdin is not None and proc.stdout is not None
+            assert proc is not None and proc.stdin is not None and proc.stdout is not None
             try:
                 proc.stdin.write(json.dumps(request) + "\n")
                 proc.stdin.flush()
@@ -415,21 +222,21 @@ def _ask_once(request: dict[str, Any]) -> dict[str, Any] | None:
 
 def _crash(d: Diagnosis, reply: dict[str, Any] | None, limits: dict[str, int], memory: int) -> Diagnosis:
     """The verdict when the child gave none: a signal, a limit, or an exit."""
-    fix = say("hostile-fix")
+    fix = said("hostile-fix")
     if reply is None:
-        return d.fail(say("inspector-died", code="unknown (the inspector server stopped)"), fix)
+        return d.fail(said("inspector-died", code="unknown (the inspector server stopped)"), fix)
     code = reply.get("exit")
     if reply.get("timed_out"):
-        return d.fail(say("timeout", limit=f"{limits['wall']} s wall-time"), fix)
+        return d.fail(said("timeout", limit=f"{limits['wall']} s wall-time"), fix)
     if isinstance(code, int) and code < 0:
         try:
             name = signal.Signals(-code).name
         except ValueError:
             name = f"signal {-code}"
         if name in ("SIGXCPU", "SIGKILL"):
-            return d.fail(say("timeout", limit=f"{limits['cpu']} s CPU"), fix)
-        return d.fail(say("crashed", signal=name), fix)
-    return d.fail(say("inspector-died", code=code), fix)
+            return d.fail(said("timeout", limit=f"{limits['cpu']} s CPU"), fix)
+        return d.fail(said("crashed", signal=name), fix)
+    return d.fail(said("inspector-died", code=code), fix)
 
 
 def _examine_in_child(path: Path, config: dict[str, Any] | None, limits: dict[str, int]) -> Diagnosis:
@@ -450,7 +257,7 @@ def _examine_in_child(path: Path, config: dict[str, Any] | None, limits: dict[st
     if isinstance(result, dict):
         d = Diagnosis.from_json(result)
         if d.facts.pop("memory_error", False):
-            return d.fail(say("memory", limit=_mib(memory)), say("hostile-fix"))
+            return d.fail(said("memory", limit=_mib(memory)), said("hostile-fix"))
         return d
     return _crash(Diagnosis(shown_path(path), kind), reply, limits, memory)
 

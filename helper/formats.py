@@ -1,9 +1,7 @@
-"""What a checkpoint file is, and whether its bytes can be trusted, decided before anything is unpickled.
+"""Whether a checkpoint file's bytes can be trusted, decided before anything is unpickled.
 
-One table of file kinds (``KINDS``: how each is named, its cause, its fix,
-whether it is a healthy file of another format) shared by
-``helper.checkpoint.load_checkpoint`` and ``helper.doctor``; ``sniff`` names
-the kind from the file system and the first bytes. For ``torch.save`` files,
+The table of file kinds and ``sniff`` live in ``helper.kinds`` (re-exported
+here, with ``CheckpointError`` and ``shown_path``). For ``torch.save`` files,
 ``open_torch_zip`` validates the archive more strictly than ``torch.load``
 (no compressed or directory members, local headers that agree with the
 central directory, sizes that agree with the pickle, a ``version`` record,
@@ -19,7 +17,6 @@ import _compat_pickle
 import gc
 import json
 import mmap
-import os
 import pickletools
 import struct
 import zipfile
@@ -27,15 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from helper.kinds import EARLIER, KINDS, RECORDS, Kind, PathLike, Probe, kind_error, sniff  # noqa: F401 (re-exported)
 from helper.paths import REPO_ROOT
 
 try:  # ISA-L's CRC-32: same polynomial as zlib's, about 7x faster (make benchmark); optional
     from isal.isal_zlib import crc32 as _crc32
 except ImportError:
     from zlib import crc32 as _crc32
-
-EARLIER = "use an earlier checkpoint (CheckpointFolder.resume picks the newest good one)"
-PathLike = str | os.PathLike[str]
 
 
 def shown_path(path: PathLike) -> str:
@@ -57,141 +52,6 @@ class CheckpointError(Exception):
         self.path, self.cause, self.fix, self.kind = (None if path is None else Path(path)), cause, fix, kind
         where = "the checkpoint" if path is None else shown_path(path)
         super().__init__(f"{where}: {cause}. Fix: {fix}")
-
-
-@dataclass(frozen=True)
-class Kind:
-    """One kind of file: the cause ``load_checkpoint`` reports, the fix, and whether it is a healthy other format."""
-
-    cause: str
-    fix: str
-    other_format: bool = False
-
-
-_DCP_FIX = ("load it with torch.distributed.checkpoint.load(state_dict, checkpoint_id=folder), or convert it "
-            "once with torch.distributed.checkpoint.format_utils.dcp_to_torch_save(folder, 'model.pt')")
-_HF_FIX = ("load the folder with transformers' AutoModel.from_pretrained(folder), or each shard with "
-           "safetensors.torch.load_file(shard) (a .bin one: torch.load(shard, weights_only=True)); the index's "
-           "weight_map says which shard holds which key")
-KINDS: dict[str, Kind] = {
-    "missing": Kind("no such file", "check the path, or train and save a checkpoint first"),
-    "not-a-file": Kind("not a regular file", "pass the path of a checkpoint file"),
-    "directory": Kind("is a folder, not a checkpoint file", "pass the path of a file inside it{listing}"),
-    "dcp": Kind("is a torch.distributed.checkpoint (DCP) folder, not a torch.save file", _DCP_FIX, True),
-    "dcp-incomplete": Kind("is a DCP folder without its .metadata file: the save never finished (rank 0 writes "
-                           ".metadata last)", "use an earlier checkpoint folder; the shards alone cannot be loaded"),
-    "hf-folder": Kind("is a Hugging Face model folder (config.json and its weights), not a torch.save file",
-                      _HF_FIX, True),
-    "hf-index": Kind("is a Hugging Face sharded-weights index (model.safetensors.index.json), not a checkpoint",
-                     _HF_FIX, True),
-    "empty": Kind("is empty (0 bytes): the save that wrote it never finished", EARLIER),
-    "damaged-zip": Kind("is truncated or damaged: a zip archive whose directory (at the end of the file) is "
-                        "missing, as when a save is killed half way or a copy is cut short", EARLIER),
-    "torch-zip": Kind("is a torch.save archive", "torch.load(path, map_location='cpu', weights_only=True)", True),
-    "incomplete-torch-zip": Kind("is an incomplete torch.save archive: torch.save's bookkeeping records but no "
-                                 "data.pkl, as when torch.save raised part way (a value it could not pickle)", EARLIER),
-    "torch-export": Kind("is a torch.export program (.pt2): a graph and its weights",
-                         "load it with torch.export.load(path), not torch.load, and only if you made it or trust "
-                         "who did: torch.export.load runs code from the file (its guards, pickled constants)", True),
-    "torchscript": Kind("is a TorchScript archive (torch.jit.save), not a checkpoint dict",
-                        "load it with torch.jit.load(path); save training checkpoints with save_checkpoint", True),
-    "zip": Kind("is a zip archive, but not one torch.save wrote (no data.pkl inside)", "check the path"),
-    "legacy": Kind("is in PyTorch's legacy format (before 1.6, or _use_new_zipfile_serialization=False), which "
-                   "has no checksums", "convert it once: torch.save(torch.load(path, weights_only=True), new_path)"),
-    "safetensors": Kind("is a safetensors file (tensors only), not a torch.save file, whatever its name says",
-                        "load it with safetensors.torch.load_file(path), and name it .safetensors", True),
-    "onnx": Kind("is an ONNX model (a graph for inference runtimes), not a torch.save file",
-                 "run it with onnxruntime.InferenceSession(path); it has no optimizer state to resume from", True),
-    "onnx-data": Kind("is the external-data file of an ONNX model (raw tensor bytes, no structure of its own)",
-                      "keep it next to its .onnx file and open that one (onnxruntime.InferenceSession)", True),
-    "numpy": Kind("is a NumPy .npy file, not a torch.save file", "load it with numpy.load(path)", True),
-    "pickle": Kind("is a plain pickle (pickle.dump), not a torch.save file; unpickling it could run code",
-                   "re-create it with torch.save from tensors and plain data"),
-    "git-lfs-pointer": Kind("is a Git LFS pointer (a small text file), not the checkpoint itself",
-                            "fetch the real file: git lfs pull"),
-    "html": Kind("is an HTML page (a failed download?), not a checkpoint", "download the file again"),
-    "text": Kind("is a text file, not a checkpoint", "check the path"),
-    "unknown": Kind("is not a torch.save file (unknown format)", "check the path, or " + EARLIER),
-}
-_LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19."  # pickle of torch's legacy MAGIC_NUMBER
-_ONNX_FIELDS = {0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42, 0x72}  # ModelProto fields 2-8 and 14, after ir_version
-
-
-def sniff(path: PathLike) -> str:
-    """What ``path`` really is, from the file system, its first 64 bytes and a zip's directory: a key of ``KINDS``."""
-    path = Path(path)
-    if path.is_dir():
-        if (path / ".metadata").is_file():
-            return "dcp"
-        if any(path.glob("*.distcp")):
-            return "dcp-incomplete"
-        if (path / "config.json").is_file():
-            return "hf-folder"
-        return "directory"
-    if not path.exists():
-        return "missing"
-    if not path.is_file():
-        return "not-a-file"
-    size = path.stat().st_size
-    if size == 0:
-        return "empty"
-    with open(path, "rb") as f:
-        head = f.read(64)
-    if head[:4] in (b"PK\x03\x04", b"PK\x05\x06") or (len(head) < 4 and b"PK\x03\x04".startswith(head)):
-        try:
-            with zipfile.ZipFile(path) as z:
-                names = z.namelist()
-        except Exception:  # zipfile raises many kinds on a damaged directory
-            return "damaged-zip"
-        if any(n.endswith("/archive_format") for n in names):
-            return "torch-export"
-        if any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names):
-            return "torchscript"
-        if any(n.endswith("data.pkl") for n in names):
-            return "torch-zip"
-        bookkeeping = ("/version", "/byteorder", "/.format_version", "/.data/serialization_id")
-        return "incomplete-torch-zip" if any(n.endswith(bookkeeping) for n in names) else "zip"
-    if head.startswith(_LEGACY_MAGIC):
-        return "legacy"
-    if len(head) >= 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] <= size - 8:
-        return "safetensors"
-    if head.startswith(b"\x93NUMPY"):
-        return "numpy"
-    if len(head) > 1 and head[0] == 0x80 and 2 <= head[1] <= 5:
-        return "pickle"
-    if len(head) > 2 and head[0] == 0x08 and 3 <= head[1] <= 30 and head[2] in _ONNX_FIELDS:
-        return "onnx"
-    if path.name.endswith(".onnx.data") and path.with_name(path.name[:-5]).is_file():
-        return "onnx-data"
-    if head.startswith(b"version https://git-lfs"):
-        return "git-lfs-pointer"
-    if size < 16 << 20 and head[:1] in (b"(", b"}", b"]", b")", b"c", b"I", b"V", b"S", b"N", b"X", b"K"):
-        try:  # a protocol 0 or 1 pickle (no PROTO opcode): the whole file must be one pickle
-            if scan_pickle(path.read_bytes()).end == size:
-                return "pickle"
-        except Exception:  # not a pickle after all
-            pass
-    try:
-        text = head.decode("utf-8")
-    except UnicodeDecodeError:
-        text = None
-    if text is not None and text.lstrip().lower().startswith(("<!doctype html", "<html")):
-        return "html"
-    if text is not None and path.name.endswith(".index.json") and text.lstrip().startswith("{"):
-        return "hf-index"
-    if text is not None and all(ch.isprintable() or ch in "\r\n\t" for ch in text):
-        return "text"
-    return "unknown"
-
-
-def kind_error(path: Path, kind: str) -> CheckpointError:
-    """The ``CheckpointError`` ``load_checkpoint`` raises for a file of ``kind`` (anything but a torch.save zip)."""
-    fix = KINDS[kind].fix
-    if kind == "directory":
-        names = sorted(p.name for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
-        shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
-        fix = fix.format(listing=f" (it holds {shown})" if names else " (it is empty)")
-    return CheckpointError(path, KINDS[kind].cause, fix, kind=kind)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -402,9 +262,6 @@ def storage_bytes(scan: PickleScan) -> dict[str, int]:
 # --------------------------------------------------------------------------------------------------
 # A torch.save zip, validated before torch.load sees it
 
-_RECORDS = (".format_version", ".storage_alignment", "byteorder", "version", ".data/serialization_id",
-            ".data/version")
-
 
 @dataclass
 class Member:
@@ -572,7 +429,7 @@ def open_torch_zip(path: PathLike, *, check_data_crc: bool = True,
         if problem is not None:
             raise ValueError(problem)
         records = {n[len(prefix):]: bytes(view[m.start:m.start + min(m.size, 64)]).decode("ascii", "replace").strip()
-                   for n, m in members.items() if n[len(prefix):] in _RECORDS}
+                   for n, m in members.items() if n[len(prefix):] in RECORDS}
         pkl = members[prefix + "data.pkl"]
         scan = scan_pickle(bytes(view[pkl.start:pkl.start + pkl.size]))
         for key, nbytes in storage_bytes(scan).items():

@@ -202,6 +202,46 @@ def test_safetensors_headers_that_safetensors_rejects_are_problems(tmp_path, hea
     assert d.kind == "safetensors" and not d.healthy and "not a valid safetensors file" in d.cause, d.report()
 
 
+@pytest.mark.parametrize("dtype", ["F8_E8M0", "Q9"])
+def test_a_safetensors_dtype_torch_cannot_hold_is_a_clear_problem(tmp_path, dtype):
+    """safetensors' own dtype table decides: a dtype it knows but cannot give torch, or one it does not know,
+    is a PROBLEM that names it (once a silent uint8)."""
+    from safetensors.torch import _TYPES
+
+    if dtype in _TYPES:
+        pytest.skip(f"this safetensors loads {dtype} into torch")
+    header = json.dumps({"w": {"dtype": dtype, "shape": [2], "data_offsets": [0, 2]}}).encode()
+    header += b" " * (-len(header) % 8)
+    path = tmp_path / f"{dtype}.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header + bytes(2))
+    d = diagnose(path)
+    assert d.kind == "safetensors" and not d.healthy and dtype in d.cause, d.report()
+
+
+def test_torch_public_unsafe_globals_answer_where_they_can(tmp_path):
+    """torch's public get_unsafe_globals_in_checkpoint names what the opcode scan names for the pickles torch.save
+    writes; it cannot read protocol 4, where the scan answers alone."""
+    import argparse
+    import collections
+
+    from helper.examine_pickles import needed_globals
+    from helper.formats import open_torch_zip
+
+    made = {"plain": {"w": torch.ones(2)}, "module": torch.nn.Linear(2, 2),
+            "objects": {"w": torch.ones(2), "args": argparse.Namespace(lr=0.1), "od": collections.OrderedDict(a=1)}}
+    for name, obj in made.items():
+        path = tmp_path / f"{name}.pt"
+        torch.save(obj, path)
+        scan = open_torch_zip(path).scan
+        assert needed_globals(scan, path) == needed_globals(scan), name
+    assert needed_globals(open_torch_zip(tmp_path / "plain.pt").scan, tmp_path / "plain.pt") == []
+    proto4 = tmp_path / "p4.pt"
+    torch.save({"args": argparse.Namespace(lr=0.1)}, proto4, pickle_protocol=4)
+    with pytest.raises(pickle.UnpicklingError):
+        torch.serialization.get_unsafe_globals_in_checkpoint(str(proto4))
+    assert needed_globals(open_torch_zip(proto4).scan, proto4) == ["argparse.Namespace"]
+
+
 def test_a_zip_without_its_version_record_is_a_problem(files, tmp_path):
     with zipfile.ZipFile(files["good"]) as z:
         records = {n: z.read(n) for n in z.namelist() if not n.endswith("/version")}
@@ -694,6 +734,7 @@ ADVICE_FOLLOWED = {
     "hostile-fix": "test_do_not_load_advice_is_right",
     "bin-unsafe-fix": "test_do_not_load_advice_is_right",
     "dcp-unsafe-fix": "test_do_not_load_advice_is_right",
+    "pickle-unsafe-fix": "test_do_not_load_advice_is_right",
     "safe-globals": "test_safe_globals_advice_followed",
     "numpy-fix": "test_case14_safe_globals_advice_never_lists_a_function",
     "meta-fix": "test_meta_and_export_advice_followed",
@@ -736,7 +777,8 @@ def test_do_not_load_advice_is_right(tmp_path):
     marker = tmp_path / "ran"
     payload = pickle.dumps(Payload(marker))
     (tmp_path / "payload.pt").write_bytes(payload)
-    assert "do not load" in diagnose(tmp_path / "payload.pt").fix
+    d = diagnose(tmp_path / "payload.pt")
+    assert d.said_fix[0] == "pickle-unsafe-fix" and "do not load" in d.fix, d.report()
     pickle.loads(payload)  # made here: a harmless mkdir
     assert marker.exists()
     marker.rmdir()

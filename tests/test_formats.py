@@ -1,5 +1,6 @@
-"""helper.formats' table of file kinds: every kind is recognised by ``sniff``, examined by the doctor's child, and
-has a row here; a kind added to ``KINDS`` without a row in ``MAKERS`` fails ``test_every_kind_has_a_row``."""
+"""helper.kinds' table of file kinds: every kind is recognised by ``sniff`` (asserted by its code), examined by the
+doctor's child, and has a row here; a kind added to ``KINDS`` without a row in ``MAKERS`` fails
+``test_every_kind_has_a_row``."""
 
 from __future__ import annotations
 
@@ -175,17 +176,36 @@ def test_the_doctor_examines_every_kind(made, kind):
     assert d.report().splitlines()[-1].startswith(("OK: ", "PROBLEM: ")) and "Fix: " in d.verdict(), d.report()
 
 
-def test_examine_steps_are_for_known_kinds():
-    """The doctor's child has a step for a kind of KINDS only (every other kind: its KINDS row, see above)."""
-    from helper.inspector import EXAMINE
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_every_row_names_an_examine_step(kind):
+    """Each row's examine step is a function of the doctor's child (a typo fails here, not in a user's run)."""
+    from helper.inspector import step
 
-    assert set(EXAMINE) <= set(KINDS) and {"torch-zip", "legacy", "onnx", "dcp", "torch-export"} <= set(EXAMINE)
+    assert callable(step(kind))
+
+
+def test_a_row_naming_no_step_fails(monkeypatch):
+    import dataclasses
+
+    from helper import inspector
+
+    monkeypatch.setitem(KINDS, "text", dataclasses.replace(KINDS["text"], examine="no_such_step"))
+    with pytest.raises(LookupError, match="no_such_step"):
+        inspector.step("text")
 
 
 @pytest.mark.parametrize("kind", [k for k, row in KINDS.items() if not row.other_format])
 def test_kind_error_carries_its_kind(made, kind):
     error = kind_error(made[kind], kind)
     assert isinstance(error, CheckpointError) and error.kind == kind and error.cause == KINDS[kind].cause
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_causes_are_written_once_without_is(kind):
+    """A row says what the file is; "is " is added once, by ``Kind.cause`` (load_checkpoint's wording)."""
+    row = KINDS[kind]
+    assert not row.what.startswith("is ") and row.cause.endswith(row.what)
+    assert row.sentence == (f"the file is {row.what}" if row.verb else row.what)
 
 
 def test_checkpoint_error_kind_defaults_to_empty():

@@ -1,0 +1,279 @@
+"""The doctor's examine steps for formats without a pickle of their own (safetensors, Hugging Face folders,
+ONNX, ``.pt2``, TorchScript, NumPy) and for kinds that only have a cause and fix (``other``).
+
+Each step is named by its row of ``helper.kinds.KINDS`` and runs in the
+inspector child (``helper.inspector``). OK only when the format's own loader
+accepted the file here: ``safetensors.safe_open`` (its own dtype table),
+``onnx.load(load_external_data=False)`` and ``onnx.checker``,
+``torch.jit.load`` for TorchScript, NumPy's header reader. Never
+``torch.export.load``: a ``.pt2`` is checked as a zip and as JSON, and is
+never called safe.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from helper.diagnosis import Diagnosis, said, say
+from helper.examine_pickles import check_fit, guard, member_bytes, needed_globals
+from helper.formats import (EARLIER, KINDS, CheckpointError, check_zip, kind_error, open_torch_zip, read_json,
+                            safetensors_header)
+
+
+def _safetensors_dtypes() -> dict[str, torch.dtype]:
+    """safetensors' own table of its dtype names (every one it can load into this torch: an entry this torch
+    lacks, such as a float8 type before torch 2.1, is ``None`` there and left out, so it is refused by name)."""
+    from safetensors import torch as st
+
+    return {name: dtype for name, dtype in st._TYPES.items() if isinstance(dtype, torch.dtype)}
+
+
+def _tensor_shapes(path: Path, header: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Meta tensors of a safetensors header's shapes; a dtype safetensors cannot give torch is a ``CheckpointError``."""
+    table = _safetensors_dtypes()
+    unknown = sorted({dtype for _, dtype in header["tensors"].values() if dtype not in table})
+    if unknown:
+        raise CheckpointError(path, say("safetensors-dtype", dtype=unknown[0]), EARLIER)
+    return {k: torch.empty(shape, dtype=table[dtype], device="meta") for k, (shape, dtype) in header["tensors"].items()}
+
+
+def safetensors_file(d: Diagnosis, path: Path, config: dict[str, Any] | None) -> Diagnosis:
+    """A safetensors file, validated by ``safetensors.safe_open``; with a config, the fit."""
+    header = safetensors_header(path)  # validated by safetensors itself
+    shapes = header["tensors"]
+    count = sum(int(torch.Size(s).numel()) for s, _ in shapes.values())
+    dtypes = sorted({t for _, t in shapes.values()})
+    d.dtypes = dtypes
+    d.note("safetensors", count=len(shapes), dtypes=dtypes, numbers=count, metadata=sorted(header["metadata"]))
+    state = _tensor_shapes(path, header)
+    d.ok(said("safetensors-ok"), KINDS["safetensors"].fix)
+    return check_fit(d, state, config)
+
+
+def _inside(folder: Path, path: Path) -> bool:
+    """A plain file directly in ``folder``: no link, no path that leaves it."""
+    return not path.is_symlink() and path.parent.resolve() == folder.resolve() and path.is_file()
+
+
+def _shard_tensors(folder: Path, path: Path) -> dict[str, torch.Tensor]:
+    """Names and shapes (meta tensors) of one weights file: safetensors, or a torch.save ``.bin`` checked first."""
+    if path.suffix != ".bin":
+        return _tensor_shapes(path, safetensors_header(path))  # validated by safetensors itself
+    archive = open_torch_zip(path)
+    needed = needed_globals(archive.scan, path)
+    if needed:
+        raise CheckpointError(path, say("bin-unsafe", names=needed), say("bin-unsafe-fix"))
+    pkl = archive.members[archive.prefix + "data.pkl"]
+    guard(member_bytes(path, pkl.start, pkl.size), path.name)
+    return torch.load(path, map_location="meta", weights_only=True)
+
+
+def _remote_code(folder: Path) -> list[str]:
+    """The code a ``trust_remote_code=True`` load of the folder would run: ``auto_map`` targets and ``.py`` files."""
+    found = sorted(p.name for p in folder.glob("*.py"))
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        config = None
+    if isinstance(config, dict) and config.get("auto_map"):
+        found.append("config.json auto_map " + json.dumps(config["auto_map"], sort_keys=True)[:200])
+    return found
+
+
+def hf(d: Diagnosis, path: Path, config: dict[str, Any] | None) -> Diagnosis:
+    """A Hugging Face folder or index: every shard present, inside the folder, holding the keys the index names."""
+    folder = path if path.is_dir() else path.parent
+    index_path = path if path.is_file() else next(iter(sorted(folder.glob("*.index.json"))), None)
+    if index_path is None:  # one unsharded weights file, or none
+        files = sorted([*folder.glob("*.safetensors"), *folder.glob("pytorch_model*.bin")])
+        if len(files) != 1:
+            return d.fail(said("hf-no-index", count=len(files)), said("hf-no-index-fix"))
+        if not _inside(folder, files[0]):
+            return d.fail(said("hf-outside", what="weights file", shard=files[0].name), said("outside-fix"))
+        weight_map: Any = {k: files[0].name for k in _shard_tensors(folder, files[0])}
+    else:
+        index = read_json(index_path)
+        weight_map = index.get("weight_map") if isinstance(index, dict) else None
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            return d.fail(said("hf-bad-index", name=index_path.name), said("hf-bad-index-fix"))
+    state: dict[str, torch.Tensor] = {}
+    for shard in sorted(set(weight_map.values())):
+        shard_path = folder / shard
+        if Path(shard).name != shard or shard in ("", ".", "..") or shard_path.is_symlink():
+            return d.fail(said("hf-outside", what="shard", shard=shard), said("outside-fix"))
+        if not shard_path.is_file():
+            return d.fail(said("hf-missing", shard=shard), said("copy-again"))
+        tensors = _shard_tensors(folder, shard_path)
+        wanted = {k for k, v in weight_map.items() if v == shard}
+        if set(tensors) != wanted:
+            return d.fail(said("hf-keys", shard=shard, count=len(tensors), wanted=len(wanted)), said("copy-again"))
+        state.update(tensors)
+    d.note("hf", count=len(weight_map), files=len(set(weight_map.values())),
+           config="; config.json present" if (folder / "config.json").is_file() else "; no config.json")
+    code = _remote_code(folder)
+    if code:
+        d.note("remote-code", files=code)
+        return d.fail(said("remote-code-cause", files=", ".join(code)), said("remote-code-fix"))
+    d.ok(said("hf-ok", sharded="sharded " if index_path else ""), KINDS["hf-folder"].fix)
+    return check_fit(d, state, config)
+
+
+def onnx_model(d: Diagnosis, path: Path, config: dict[str, Any] | None = None) -> Diagnosis:
+    """``onnx.load`` without external data, ``onnx.checker``, then every external-data file: a plain file in the
+    model's folder, long enough."""
+    import onnx
+    from onnx.external_data_helper import _get_all_tensors
+
+    redo = said("onnx-redo")
+
+    def damaged(exc: Exception) -> Diagnosis:
+        if isinstance(exc, MemoryError) or "alloc failed" in str(exc).lower():  # protobuf's arena, at the limit
+            raise MemoryError from None
+        return d.fail(said("onnx-damaged", detail=f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"[:200]),
+                      redo)
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError and others
+        return damaged(exc)
+    external: dict[str, int] = {}  # file -> bytes the initializers need from it
+    for tensor in _get_all_tensors(model):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = {e.key: e.value for e in tensor.external_data}
+        name = info.get("location", "")
+        try:
+            end = int(info.get("offset") or 0) + int(info.get("length") or 0)
+        except ValueError:
+            return d.fail(said("onnx-damaged", detail=f"external data of {tensor.name!r} has a bad offset"), redo)
+        external[name] = max(external.get(name, 0), end)
+    for name, end in sorted(external.items()):
+        data = path.parent / name
+        if not name or Path(name).name != name or name in (".", "..") or data.is_symlink():
+            return d.fail(said("onnx-outside", name=name), said("onnx-outside-fix"))
+        if not data.is_file() or data.stat().st_size < end:
+            return d.fail(said("onnx-missing", name=name), said("onnx-missing-fix", name=name, model=path.name))
+    try:  # by path: onnx checks the external data against the model's folder too
+        onnx.checker.check_model(str(path))
+    except Exception as exc:  # ValidationError and others
+        return damaged(exc)
+    d.note("onnx", ir_version=model.ir_version, opsets=sorted(f"{o.domain or 'ai.onnx'} {o.version}"
+                                                              for o in model.opset_import),
+           nodes=len(model.graph.node))
+    for name, end in sorted(external.items()):
+        d.note("onnx-external", name=name, end=end)
+    return d.ok(KINDS["onnx"].what, KINDS["onnx"].fix)
+
+
+_NATIVE = (".so", ".dll", ".dylib", ".pyd", ".py", ".pyc")
+
+
+def pt2(d: Diagnosis, path: Path, config: dict[str, Any] | None = None) -> Diagnosis:
+    """A ``.pt2`` checked as a zip (CRC-32s) and as JSON, never loaded: guards code, pickled weights or
+    constants, or native code make it a problem; a whole one is still only as safe as who made it."""
+    members = check_zip(path)
+    d.note("crc-ok")
+    names = list(members)
+    formats = [n for n in names if n.endswith("/archive_format") and n.count("/") == 1]
+    fake = None
+    record = members[formats[0]] if len(formats) == 1 else None
+    if record is None or member_bytes(path, record.start, min(record.size, 16)).strip() != b"pt2":
+        fake = "no archive_format record reading pt2"
+    prefix = formats[0][:-len("archive_format")] if formats else ""
+    models = sorted(n for n in names if n.startswith(prefix + "models/") and n.endswith(".json"))
+    if fake is None and not models:
+        fake = "no models/*.json program"
+
+    def load(name: str) -> Any:
+        m = members[name]
+        return json.loads(member_bytes(path, m.start, m.size))
+
+    code, weights, constants = [], 0, 0
+    try:
+        for name in models:
+            program = load(name)
+            if not isinstance(program, dict) or not isinstance(program.get("graph_module"), dict):
+                fake = f"{name} is not a serialized program"
+                break
+            if program.get("guards_code"):
+                code.append(f"{name} carries guards code, which torch.export.load exec's")
+        for name in names:
+            if name.endswith(_NATIVE):
+                code.append(f"member {name} is code")
+            if name.startswith(prefix + "data/") and name.endswith("_config.json"):
+                config = load(name).get("config", {})
+                config = json.loads(config) if isinstance(config, str) else config
+                for fqn, entry in (config or {}).items():
+                    weights += "weights" in name
+                    constants += "constants" in name
+                    if not isinstance(entry, dict):
+                        fake = f"{name} is not a weights table"
+                    elif entry.get("use_pickle") or str(entry.get("path_name", "")).startswith(
+                            ("custom_obj", "opaque_obj")):
+                        code.append(f"{fqn!r} is a pickled object, which it unpickles")
+    except (ValueError, AttributeError, TypeError, UnicodeDecodeError) as exc:
+        fake = f"a record is not the JSON torch.export writes ({exc})"[:200]
+    if fake is not None:
+        return d.fail(said("pt2-fake", detail=fake), said("pt2-redo"))
+    if code:
+        return d.fail(said("pt2-code", what="; ".join(code)[:300]), said("runs-code-ask"))
+    d.note("pt2", models=[n[len(prefix) + len("models/"):] for n in models], weights=weights, constants=constants)
+    return d.ok(said("pt2-ok"), said("pt2-fix"))
+
+
+def torchscript(d: Diagnosis, path: Path, config: dict[str, Any] | None = None) -> Diagnosis:
+    """A TorchScript zip: every member's CRC-32, then ``torch.jit.load`` in this child (its methods never run)."""
+    import zipfile
+
+    try:  # torch.jit.save deflates its code files: zipfile checks every member's CRC-32 (check_zip refuses them)
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as exc:
+        return d.fail(said("torchscript-fake", detail=f"{type(exc).__name__}: {exc}"[:160]), EARLIER)
+    if bad is not None:
+        return d.fail(said("torchscript-fake", detail=f"member {bad!r} fails its CRC-32 check"), EARLIER)
+    d.note("crc-ok")
+    try:
+        module = torch.jit.load(str(path), map_location="cpu")
+        methods = sorted(module._c._method_names())
+    except MemoryError:
+        raise
+    except Exception as exc:  # torch.jit.load raises RuntimeError and others on what it cannot read
+        return d.fail(said("torchscript-fake", detail=(str(exc).strip().splitlines() or [""])[0][:160]), EARLIER)
+    d.note("torchscript", methods=f"methods {methods}")
+    return d.ok(said("torchscript-ok"), KINDS["torchscript"].fix)
+
+
+def onnx_data(d: Diagnosis, path: Path, config: dict[str, Any] | None = None) -> Diagnosis:
+    """An ONNX external-data file: healthy beside its model, which is the file to open."""
+    return d.ok(KINDS["onnx-data"].what, said("onnx-data-fix", model=path.name[:-5]))
+
+
+def other(d: Diagnosis, path: Path, config: dict[str, Any] | None = None) -> Diagnosis:
+    """A kind without a step of its own: a healthy file of another format, or the cause and fix
+    ``load_checkpoint`` gives for it."""
+    if KINDS[d.kind].other_format:
+        return d.ok(KINDS[d.kind].what, KINDS[d.kind].fix)
+    return d.fail(KINDS[d.kind].sentence, kind_error(path, d.kind).fix)
+
+
+def numpy_array(d: Diagnosis, path: Path, config: dict[str, Any] | None = None) -> Diagnosis:
+    """A .npy file through NumPy's own reader, without unpickling: an object array's data is a pickle."""
+    import numpy as np
+
+    fmt = np.lib.format
+    try:
+        with open(path, "rb") as f:
+            version = fmt.read_magic(f)
+            read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            _, _, dtype = read(f)
+        if dtype.hasobject:
+            return d.fail(said("npy-object"), said("runs-code-ask"))
+        np.load(path, allow_pickle=False, mmap_mode="r")  # the data fits the header: mapped, not read
+    except ValueError as exc:
+        return d.fail(said("npy-damaged", detail=(str(exc).splitlines() or [""])[0][:160]), EARLIER)
+    return d.ok(KINDS["numpy"].what, KINDS["numpy"].fix)
