@@ -67,6 +67,7 @@ import warnings
 import weakref
 import zipfile
 import zlib
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
@@ -553,12 +554,13 @@ def verify_zip(path: PathLike) -> str | None:
     """``None`` if ``path`` passes every check ``load_checkpoint`` makes before unpickling, else the cause."""
     try:
         with open(path, "rb") as f:
-            _prescan(Path(path), f)
-            archive = _validated(Path(path), f, check_data_crc=True)
+            allowed, infos = torch_allowed_globals(), _zip_infos(f)
+            _prescan(Path(path), f, infos, allowed)
+            archive = _validated(Path(path), f, infos, check_data_crc=True)
             problem = _digest_problem(archive, f.fileno())
             if problem is not None:
                 return f"is corrupted: {problem}"
-            _refuse_unsafe(Path(path), archive)
+            _refuse_unsafe(Path(path), archive, allowed)
     except CheckpointError as exc:
         return exc.cause
     except OSError as exc:
@@ -566,13 +568,22 @@ def verify_zip(path: PathLike) -> str | None:
     return None
 
 
-def _allowed_globals() -> set[str]:
-    return set(torch_allowed_globals())
+def _zip_infos(f: Any) -> list[zipfile.ZipInfo] | None:
+    """The zip directory of the open file ``f``, read once per load; ``None`` if ``zipfile`` cannot read it."""
+    try:
+        with zipfile.ZipFile(f) as z:
+            return z.infolist()
+    except Exception:  # a damaged directory (zipfile raises many kinds): open_torch_zip names it
+        return None
 
 
-def _refuse_unsafe(path: Path, archive: Any) -> None:
-    """``CheckpointError`` if the scanned pickle names globals weights_only refuses, or holds meta tensors."""
-    needed = sorted(archive.scan.globals - _allowed_globals())  # from the opcodes: nothing was unpickled
+def _refuse_unsafe(path: Path, archive: Any, allowed: frozenset[str] | None = None) -> None:
+    """``CheckpointError`` if the scanned pickle names globals weights_only refuses, or holds meta tensors.
+
+    ``allowed``: the allowlist the pre-scan used (the same snapshot for both checks); ``None``: torch's now."""
+    if allowed is None:
+        allowed = torch_allowed_globals()
+    needed = sorted(archive.scan.globals - allowed)  # from the opcodes: nothing was unpickled
     if needed:
         raise _err(
             path, f"refused by weights_only=True: it pickles {', '.join(needed)}, not plain data (nothing in it "
@@ -588,7 +599,7 @@ def _tensor_member(name: str) -> bool:
     return name.partition("/")[2].startswith("data/")
 
 
-def _private_copy(path: Path, f: Any) -> Path:
+def _private_copy(f: Any, infos: list[zipfile.ZipInfo] | None) -> Path:
     """A private sparse copy of ``f`` for ``open_torch_zip`` to map: every byte but the tensors' data.
 
     ``open_torch_zip`` reads the archive through a shared ``mmap``; another process truncating the file
@@ -601,12 +612,7 @@ def _private_copy(path: Path, f: Any) -> Path:
     fd = f.fileno()
     size = os.fstat(fd).st_size
     holes: list[tuple[int, int]] = []
-    try:
-        with zipfile.ZipFile(f) as z:
-            infos = z.infolist()
-    except Exception:  # a damaged directory: copy everything, open_torch_zip names the problem
-        infos = []
-    for info in infos:
+    for info in infos or []:  # no directory (damaged): copy everything, open_torch_zip names the problem
         if _tensor_member(info.filename) and info.file_size > 4096:
             header = os.pread(fd, 30, info.header_offset)
             if len(header) == 30 and header[:4] == b"PK\x03\x04":
@@ -649,12 +655,14 @@ def _scratch_file() -> tuple[int, str]:
     raise AssertionError("unreachable")
 
 
-def _validated(path: Path, f: Any, *, check_data_crc: bool = False) -> Any:
-    """``open_torch_zip`` on a private copy of the open file ``f`` (no shared mapping), errors naming ``path``."""
+def _validated(path: Path, f: Any, infos: list[zipfile.ZipInfo] | None = None, *, check_data_crc: bool = False) -> Any:
+    """``open_torch_zip`` on a private copy of the open file ``f`` (no shared mapping), errors naming ``path``.
+
+    ``infos``: ``f``'s zip directory if the caller has read it already (``_zip_infos``)."""
     if fcntl is None:  # Windows: a mapped file cannot be truncated, so no SIGBUS; and no sparse copies
         return open_torch_zip(path, check_data_crc=check_data_crc)
     try:
-        copy = _private_copy(path, f)
+        copy = _private_copy(f, _zip_infos(f) if infos is None else infos)
     except OSError:  # no room for the copy (a full /tmp): validate the file itself, as before
         return open_torch_zip(path, check_data_crc=check_data_crc)
     try:
@@ -694,7 +702,7 @@ def _fd_path(f: Any, path: Path) -> Path:
     return candidate if candidate.exists() else path
 
 
-def _prescan(path: Path, f: Any) -> None:
+def _prescan(path: Path, f: Any, infos: list[zipfile.ZipInfo] | None, allowed: frozenset[str]) -> None:
     """``helper.pickle_guard``'s budget and rules on data.pkl, before anything else parses it.
 
     Runs first, so that no other reader (``open_torch_zip``'s own scan, torch's unpickler) walks a pickle
@@ -704,10 +712,11 @@ def _prescan(path: Path, f: Any) -> None:
     ``_refuse_unsafe`` gives (the names it pickles), whatever else the pickle holds.
     """
     fd = f.fileno()
+    if infos is None:
+        return  # a damaged directory: open_torch_zip names it
     try:
         size = os.fstat(fd).st_size
-        with zipfile.ZipFile(f) as z:
-            pickles = [i for i in z.infolist() if i.filename.endswith("/data.pkl") and i.filename.count("/") == 1]
+        pickles = [i for i in infos if i.filename.endswith("/data.pkl") and i.filename.count("/") == 1]
         if len(pickles) != 1 or pickles[0].compress_type != zipfile.ZIP_STORED or pickles[0].file_size > size:
             return
         info = pickles[0]
@@ -723,13 +732,13 @@ def _prescan(path: Path, f: Any) -> None:
         return
     budget = dataclasses.replace(PickleBudget.for_size(len(data)), max_alloc=(1 << 20) + size)  # what the file holds
     try:
-        scan_pickle(data, budget=budget, name="data.pkl")
+        scan_pickle(data, allowed=allowed, budget=budget, name="data.pkl")
     except CheckpointError as exc:
         kind = getattr(exc, "kind", None)
         if getattr(exc, "limit", None) == "max_alloc":  # said as lesson 07 says it: the whole request, the file size
             unlimited = dataclasses.replace(budget, max_alloc=1 << 62, max_memory=1 << 62)
             try:
-                asked = scan_pickle(data, budget=unlimited, name="data.pkl").alloc
+                asked = scan_pickle(data, allowed=allowed, budget=unlimited, name="data.pkl").alloc
             except CheckpointError:
                 asked = None
             if asked is not None:
@@ -763,25 +772,31 @@ class _CrcTap:
         self.map_location = map_location
         self.seen: collections.Counter[tuple[int, int]] = collections.Counter()
         self.queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self.worker: threading.Thread | None = None
+        self.pool: ThreadPoolExecutor | None = None
+        self.worker: Future[collections.Counter[tuple[int, int]]] | None = None
 
-    def _crc(self, storage: Any) -> None:
+    @staticmethod
+    def _crc(storage: Any) -> tuple[int, int]:
         n = storage.nbytes()
-        self.seen[(_crc32((ctypes.c_char * n).from_address(storage.data_ptr())), n)] += 1
+        return _crc32((ctypes.c_char * n).from_address(storage.data_ptr())), n
 
-    def _work(self) -> None:
+    def _work(self) -> collections.Counter[tuple[int, int]]:
+        """The thread's part: the CRC-32 and size of each storage queued, until ``None``; its Future's result."""
+        threading.current_thread().name = "checkpoint-crc"
+        seen: collections.Counter[tuple[int, int]] = collections.Counter()
         while (storage := self.queue.get()) is not None:
-            self._crc(storage)
+            seen[self._crc(storage)] += 1
+        return seen
 
     def __call__(self, storage: Any, location: str) -> Any:
         n = storage.nbytes()
         if n and storage.device.type == "cpu":
             if n < self.THREAD_FROM:
-                self._crc(storage)
+                self.seen[self._crc(storage)] += 1
             else:
                 if self.worker is None:
-                    self.worker = threading.Thread(target=self._work, name="checkpoint-crc", daemon=True)
-                    self.worker.start()
+                    self.pool = ThreadPoolExecutor(1, thread_name_prefix="checkpoint-crc")
+                    self.worker = self.pool.submit(self._work)
                 self.queue.put(storage)  # kept alive by the queue until its CRC-32 is taken
         where = self.map_location
         if where is None:
@@ -798,8 +813,13 @@ class _CrcTap:
         """Wait for the thread's last CRC-32 (always called, so no thread outlives the load)."""
         if self.worker is not None:
             self.queue.put(None)
-            self.worker.join()
-            self.worker = None
+            try:
+                self.seen += self.worker.result()
+            except Exception:  # the thread failed: what it saw is missing, so agrees() is False and the file is read
+                pass
+            finally:
+                self.pool.shutdown()
+                self.pool = self.worker = None
 
     def agrees(self, members: list[Any]) -> bool:
         """Did torch.load read exactly the bytes (CRC-32 and size) of the zip's tensor members?"""
@@ -856,17 +876,17 @@ def load_checkpoint(path: PathLike, *, map_location: Any = "cpu", verify: bool =
 
 
 def _load(path: Path, f: Any, map_location: Any, verify: bool) -> Checkpoint:
-    _prescan(path, f)
-    archive = _validated(path, f)
+    allowed, infos = torch_allowed_globals(), _zip_infos(f)  # one allowlist and one directory read per load
+    _prescan(path, f, infos, allowed)
+    archive = _validated(path, f, infos)
     problem = _digest_problem(archive, f.fileno())
     if problem is not None:
         raise _err(path, f"is corrupted: {problem}", EARLIER + "; copy checkpoints with a checksum "
                               "(sha256sum)", kind="swapped" if "swapped" in problem else "corrupted")
-    _refuse_unsafe(path, archive)
+    _refuse_unsafe(path, archive, allowed)
     members = archive.tensor_members()
     tap = _CrcTap(map_location) if verify and not _meta(map_location) else None
-    crc: list[str | None] = [None]
-    checkpoint, error = None, None
+    checkpoint, error, problem = None, None, None
     try:
         f.seek(0)
         checkpoint = torch.load(f, map_location=map_location if tap is None else tap, weights_only=True)
@@ -876,9 +896,9 @@ def _load(path: Path, f: Any, map_location: Any, verify: bool) -> Checkpoint:
         if tap is not None:
             tap.finish()
     if verify and (tap is None or error is not None or not tap.agrees(members)):
-        crc[0] = crc_problem(_fd_path(f, path), members)  # which member, read from the file (the rare path)
-    if crc[0] is not None:
-        raise _err(path, f"is corrupted: {crc[0]} (its bytes changed after torch.save wrote them)",
+        problem = crc_problem(_fd_path(f, path), members)  # which member, read from the file (the rare path)
+    if problem is not None:
+        raise _err(path, f"is corrupted: {problem} (its bytes changed after torch.save wrote them)",
                               EARLIER + "; copy checkpoints with a checksum (sha256sum)", kind="corrupted") from None
     if isinstance(error, pickle.UnpicklingError):
         raise _err(path, f"refused by weights_only=True ({str(error).splitlines()[-1][:200]}), nothing "
