@@ -5,6 +5,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import warnings
 import zipfile
 from pathlib import Path
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from helper import checked_load
 from helper import checkpoint as ckpt
 from helper.checkpoint import (CheckpointError, CheckpointFallback, CheckpointFolder, StateDictMismatchError,
                                capture_rng_state, find_unsafe_values, load_checkpoint, make_checkpoint,
@@ -290,9 +292,9 @@ def test_tensors_whose_crc_fails_are_never_returned(tmp_path, monkeypatch, where
     caller's), so a good file is never read a second time; a mismatch (or a meta load, which reads no
     bytes) reads the file to name the member. All refuse."""
     read_back = []
-    real_problem = ckpt.crc_problem
-    monkeypatch.setattr(ckpt, "crc_problem", lambda *a, **k: read_back.append(1) or real_problem(*a, **k))
-    monkeypatch.setattr(ckpt._CrcTap, "THREAD_FROM", 1 << 12)  # the thread takes the larger storages here too
+    real_problem = checked_load.crc_problem
+    monkeypatch.setattr(checked_load, "crc_problem", lambda *a, **k: read_back.append(1) or real_problem(*a, **k))
+    monkeypatch.setattr(checked_load._CrcTap, "THREAD_FROM", 1 << 12)  # the thread takes the larger storages here too
     good = good_file(tmp_path)
     bad = make_bad("flipped-tensor", tmp_path, good)
     location = {"cpu": "cpu", "callable": lambda storage, location: storage, "meta": "meta"}[where]
@@ -302,7 +304,7 @@ def test_tensors_whose_crc_fails_are_never_returned(tmp_path, monkeypatch, where
     with pytest.raises(CheckpointError, match="fails its CRC-32 check") as caught:
         load_checkpoint(bad, map_location=location)
     assert caught.value.kind == "corrupted"
-    assert not [t for t in ckpt.threading.enumerate() if t.name == "checkpoint-crc"]  # no thread outlives a load
+    assert not [t for t in threading.enumerate() if t.name == "checkpoint-crc"]  # no thread outlives a load
 
 
 def test_the_crc_tap_sees_every_storage_and_places_them_as_asked(tmp_path):
@@ -313,13 +315,13 @@ def test_the_crc_tap_sees_every_storage_and_places_them_as_asked(tmp_path):
                                                                    "set": {torch.ones(2)}, "key": {torch.zeros(3): 1}})
     path = ckpt.save_checkpoint(checkpoint, tmp_path / "views.pt")
     with open(path, "rb") as f:
-        members = ckpt._validated(path, f).tensor_members()
+        members = checked_load._validated(path, f).tensor_members()
     for location in ("cpu", torch.device("cpu"), {"cpu": "cpu"}, None, lambda storage, where: None):
-        tap = ckpt._CrcTap(location)
+        tap = checked_load._CrcTap(location)
         loaded = torch.load(path, map_location=tap, weights_only=True)
         tap.finish()
         assert tap.agrees(members) and loaded["extra"]["view"].data_ptr() == loaded["extra"]["again"][3:].data_ptr()
-    assert not ckpt._CrcTap("cpu").agrees(members)
+    assert not checked_load._CrcTap("cpu").agrees(members)
 
 
 def test_the_crc_in_use_is_zlibs():
@@ -668,6 +670,6 @@ def test_no_room_for_the_private_copy_falls_back_to_the_file(tmp_path, monkeypat
     def full():
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(ckpt, "_scratch_file", full)
+    monkeypatch.setattr(checked_load, "_scratch_file", full)
     assert load_checkpoint(path)["epoch"] == 3
     assert "fails its CRC-32 check" in verify_zip(make_bad("flipped-tensor", tmp_path, path))

@@ -266,7 +266,7 @@ def test_a_folder_where_the_file_should_go_is_named(tmp_path):
 def test_resume_finds_the_newest_file_when_the_pointer_write_failed(tmp_path, monkeypatch):
     import errno
 
-    from helper import checkpoint as ckpt
+    from helper import checkpoint_folder as ckpt  # the folder's own name for the atomic write
     from helper.checkpoint import make_checkpoint
     from helper.models import build_model
 
