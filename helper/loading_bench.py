@@ -21,7 +21,7 @@ everywhere).
 >>> sorted(config) == ["layers", "width"]
 True
 
-``tools/bench_loading.py`` prints the table for any size; the notebook
+``python -m tools.bench_loading`` prints the table for any size; the notebook
 ``10_big_models_fast_loading.ipynb`` writes each call out by hand first.
 """
 

@@ -45,16 +45,12 @@ import os
 import platform
 import shutil
 import sys
-from pathlib import Path
 
-if __package__ in (None, ""):  # `python tools/bench_loading.py`, as lesson 10 says: the tools package of this tree
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
 
-import torch  # noqa: E402
-
-from helper import loading_bench as lb  # noqa: E402
-from helper.paths import ARTIFACTS_DIR, display_path  # noqa: E402
-from tools.bench_noise import cpu_model  # noqa: E402
+from helper import loading_bench as lb
+from helper.paths import ARTIFACTS_DIR, display_path
+from tools.bench_noise import cpu_model
 
 
 def machine() -> str:
