@@ -116,11 +116,34 @@ class CheckpointFolder:
         return [p for _, p in sorted(found)]
 
     def _read_pointer(self) -> dict[str, Any]:
+        """The pointer file, keeping only entries that name this folder's own checkpoint files.
+
+        A copied or downloaded folder's pointer is untrusted: a name such as
+        ``../../notes.txt`` or an absolute path would let ``cleanup()`` delete, or
+        ``latest`` point at, a file outside the folder, so such entries are dropped.
+        """
         try:
             index = json.loads((self.folder / self.POINTER).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return {}
-        return index if isinstance(index, dict) else {}
+        if not isinstance(index, dict):
+            return {}
+        own = self._own_name
+        files, runs = index.get("files"), index.get("runs")
+        index["files"] = {n: r for n, r in files.items() if own(n)} if isinstance(files, dict) else {}
+        index["runs"] = {r: e for r, e in runs.items() if isinstance(e, dict)} if isinstance(runs, dict) else {}
+        for entry in index["runs"].values():
+            if not own(entry.get("latest")):
+                entry.pop("latest", None)
+            if not (isinstance(entry.get("best"), dict) and own(entry["best"].get("file"))):
+                entry.pop("best", None)
+        if not own(index.get("latest")):
+            index.pop("latest", None)
+        return index
+
+    def _own_name(self, name: object) -> bool:
+        """Whether ``name`` is a plain file name of this folder's checkpoints (``prefix-NNNN.pt``)."""
+        return isinstance(name, str) and self._pattern.fullmatch(name) is not None
 
     def _mine(self) -> dict[str, Any]:
         """This run's entry, or (before its first save) that of the run that saved last."""

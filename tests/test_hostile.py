@@ -49,18 +49,17 @@ from helper.checkpoint import CheckpointError, CheckpointFolder, load_checkpoint
 from helper.models import build_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tools"))
-from hostile_corpus import Case, TreeMemory, load_manifest  # noqa: E402
+from tools.harness import kernel_env  # noqa: E402
+from tools.hostile_corpus import Case, TreeMemory, load_manifest  # noqa: E402
 
 ALLOC_GIB = 1.0  # what a case may allocate beyond the forked process's address space
 RSS_GIB = 2.0  # the stated bound on peak resident memory per case (torch and pytest included)
 SECONDS = 20  # per case and tool
-ENV = dict(os.environ, PYTHONPATH=os.environ.get("PYTHONPATH") or str(REPO), OMP_NUM_THREADS="1",
-           OPENBLAS_NUM_THREADS="1")
+ENV = kernel_env(threads_only=True, PYTHONPATH=os.environ.get("PYTHONPATH") or str(REPO))
 
 ROOT = Path(tempfile.mkdtemp(prefix="hostile-corpus-"))
 atexit.register(shutil.rmtree, ROOT, True)
-_build = subprocess.run([sys.executable, str(REPO / "tools" / "hostile_corpus.py"), str(ROOT / "c")], env=ENV,
+_build = subprocess.run([sys.executable, "-m", "tools.hostile_corpus", str(ROOT / "c")], env=ENV,
                         capture_output=True, text=True)
 assert _build.returncode == 0, _build.stdout + _build.stderr
 CORPUS = ROOT / "c"
@@ -200,7 +199,7 @@ def check_advice(case: Case, report: str) -> None:
 
 def test_payloads_are_live() -> None:
     """The corpus is hostile for real: each payload case writes its marker through the loader a victim uses."""
-    run = subprocess.run([sys.executable, str(REPO / "tools" / "hostile_corpus.py"), str(CORPUS), "--run-payloads"],
+    run = subprocess.run([sys.executable, "-m", "tools.hostile_corpus", str(CORPUS), "--run-payloads"],
                          env=ENV, capture_output=True, text=True, timeout=300)
     live = json.loads(run.stdout.strip().splitlines()[-1])
     expected = {c.name for c in CASES if c.payload}
@@ -313,3 +312,23 @@ def test_17_read_only_folder(tmp_path: Path) -> None:
     r = subprocess.run(prefix + [sys.executable, "-c", snippet], env=ENV, capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 1 and "CheckpointError:" in r.stdout, (r.returncode, r.stdout[-500:], r.stderr[-800:])
+
+
+def test_pointer_cannot_reach_outside_the_folder(tmp_path: Path) -> None:
+    """A copied run folder's latest.json naming files outside it: cleanup() deletes none, latest/best ignore them."""
+    outside, absolute = tmp_path / "victim.txt", tmp_path / "victim2.txt"
+    outside.write_text("not a checkpoint")
+    absolute.write_text("not a checkpoint either")
+    run = tmp_path / "runs" / "exp1"
+    run.mkdir(parents=True)
+    sneaky = "../../victim.txt"
+    kept = "epoch-0003.pt"
+    (run / kept).write_bytes(b"a dead run's checkpoint")
+    pointer = {"latest": sneaky, "runs": {"deadbeef": {"latest": sneaky, "best": {"file": str(absolute), "metric": 1}}},
+               "files": {sneaky: "deadbeef", str(absolute): "deadbeef", f"{kept}\n": "deadbeef", kept: "deadbeef"}}
+    (run / CheckpointFolder.POINTER).write_text(json.dumps(pointer))
+    folder = CheckpointFolder(run)
+    assert folder.latest is None and folder.best is None
+    removed = folder.cleanup()
+    assert outside.exists() and absolute.exists()
+    assert removed == [run / kept]  # the dead run's own file is still cleaned up

@@ -1,6 +1,6 @@
 """Build a corpus of hostile and benign model files, for tests/test_hostile.py and tools/scan_compare.py.
 
-    python tools/hostile_corpus.py OUT [--only NAME,...] [--list]
+    python -m tools.hostile_corpus OUT [--only NAME,...] [--list]
 
 writes ``OUT/hostile/...`` (files made to attack a loader or the doctor: the 17
 numbered cases of issue 24 "Safe against a hostile file", every pickle protocol
@@ -41,11 +41,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from tools.harness import kernel_env  # noqa: E402  (helper and tools from this tree, run as a script too)
+from tools.harness import kernel_env
 
 PROTOCOLS = range(6)
 

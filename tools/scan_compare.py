@@ -305,9 +305,8 @@ def main(argv: list[str] | None = None) -> int:
         root = args.corpus
         if root is None:
             root = Path(tmp) / "corpus"
-            build = subprocess.run([args.python, str(REPO / "tools" / "hostile_corpus.py"), str(root)],
-                                   env=kernel_env(threads_only=True, PYTHONPATH=str(Path(args.helper).absolute())),
-                                   capture_output=True, text=True)
+            build = subprocess.run([args.python, "-m", "tools.hostile_corpus", str(root)], cwd=REPO,
+                                   env=kernel_env(threads_only=True), capture_output=True, text=True)
             if build.returncode:
                 print(build.stdout, build.stderr, file=sys.stderr)
                 return 2
