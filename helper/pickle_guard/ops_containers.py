@@ -19,42 +19,46 @@ def empty_tuple(s: Scan) -> None:
     """``EMPTY_TUPLE`` (CPython shares one: no container counted)."""
     obj = Obj("tuple", 1)
     obj.items = []
-    s.push(obj)
+    s.stack.append(obj)
     s.cost(b.C_SLOT)
 
 
 @_op(b"]")
 def empty_list(s: Scan) -> None:
     """``EMPTY_LIST``."""
-    s.push(s.container("list", b.C_LIST + b.C_SLOT))
+    s.stack.append(s.container("list", b.C_LIST + b.C_SLOT))
 
 
 @_op(b"}")
 def empty_dict(s: Scan) -> None:
     """``EMPTY_DICT``."""
-    s.push(s.container("dict", b.C_DICT + b.C_SLOT))
+    s.stack.append(s.container("dict", b.C_DICT + b.C_SLOT))
 
 
 @_op(b"\x8f")
 def empty_set(s: Scan) -> None:
     """``EMPTY_SET``."""
-    s.push(s.container("set", b.C_SET + b.C_SLOT))
+    s.stack.append(s.container("set", b.C_SET + b.C_SLOT))
 
 
-@_op(b"t", b"\x85", b"\x86", b"\x87")
-def tuple_(s: Scan) -> None:
-    """``TUPLE`` (the items above a MARK), ``TUPLE1``-``TUPLE3`` (the top items)."""
-    code = s.data[s.here]
-    if code == 0x74:
-        items = s.pop_mark()
+@_op(b"t")
+def tuple_mark(s: Scan) -> None:
+    """``TUPLE``: the items above a MARK."""
+    items = s.pop_mark()
+    s.stack.append(s.build("tuple", items, b.C_TUPLE + 8 * len(items)))
+
+
+@_op(b"\x85", b"\x86", b"\x87")
+def tuple_n(s: Scan) -> None:
+    """``TUPLE1``-``TUPLE3``: the top one to three items."""
+    n = s.data[s.here] - 0x84
+    stack = s.stack
+    if len(stack) < n:
+        items = s.short_stack(n)
     else:
-        n = code - 0x84
-        if len(s.stack) < n:
-            items = s.short_stack(n)
-        else:
-            items = s.stack[-n:]
-            del s.stack[-n:]
-    s.push(s.build("tuple", items, b.C_TUPLE + 8 * len(items)))
+        items = stack[-n:]
+        del stack[-n:]
+    s.stack.append(s.build("tuple", items, b.C_TUPLE + 8 * n))
 
 
 @_op(b"l", b"d", b"\x91")
@@ -65,7 +69,7 @@ def from_mark(s: Scan) -> None:
     if code == 0x64 and len(items) % 2:
         s.odd_items("DICT")
     kind, base, each = _FROM_MARK[code]
-    s.push(s.build(kind, items, base + each * len(items)))
+    s.stack.append(s.build(kind, items, base + each * len(items)))
 
 
 @_op(b"a")

@@ -6,7 +6,7 @@ from functools import partial
 
 from helper.pickle_guard import budget as b
 from helper.pickle_guard.state import Handler, Scan, register
-from helper.pickle_guard.values import U8, U32, U64
+from helper.pickle_guard.values import U32, U64
 
 HANDLERS: dict[int, Handler] = {}
 _op = partial(register, HANDLERS)
@@ -15,7 +15,7 @@ _op = partial(register, HANDLERS)
 @_op(b"\x80")
 def proto(s: Scan) -> None:
     """``PROTO``."""
-    s.protocol(s.fixed(1, U8))
+    s.protocol(s.byte())
 
 
 @_op(b"\x95")
@@ -52,33 +52,31 @@ def pop_mark(s: Scan) -> None:
 @_op(b"2")
 def dup(s: Scan) -> None:
     """``DUP``."""
-    s.push(s.top())
+    top = s.top()  # first: a survey may close a MARK here
+    s.stack.append(top)
     s.cost(b.C_SLOT)
 
 
-@_op(b"h", b"j", b"g")
+@_op(b"h")
+def binget(s: Scan) -> None:
+    """``BINGET``: a memo entry the pickle stored (one-byte index)."""
+    s.recall(s.byte())
+
+
+@_op(b"j", b"g")
 def get(s: Scan) -> None:
-    """``BINGET``, ``LONG_BINGET``, ``GET``: a memo entry the pickle stored."""
-    code = s.data[s.here]
-    i = s.fixed(1, U8) if code == 0x68 else s.fixed(4, U32) if code == 0x6A else s.text_int()
-    obj = s.memo.get(i)
-    if obj is None:
-        raise s.malformed(f"GET at byte {s.here} of memo entry {i}, never stored")
-    s.push(obj)
-    s.cost(b.C_SLOT)
+    """``LONG_BINGET``, ``GET``."""
+    s.recall(s.fixed(4, U32) if s.data[s.here] == 0x6A else s.text_int())
 
 
-@_op(b"q", b"r", b"p", b"\x94")
+@_op(b"q")
+def binput(s: Scan) -> None:
+    """``BINPUT``: the top item stored in the memo (one-byte index)."""
+    s.remember(s.byte())
+
+
+@_op(b"r", b"p", b"\x94")
 def put(s: Scan) -> None:
-    """``BINPUT``, ``LONG_BINPUT``, ``PUT``, ``MEMOIZE``: a new entry counted against ``max_memo``."""
+    """``LONG_BINPUT``, ``PUT``, ``MEMOIZE``."""
     code = s.data[s.here]
-    i = (s.fixed(1, U8) if code == 0x71 else s.fixed(4, U32) if code == 0x72
-         else s.text_int() if code == 0x70 else len(s.memo))
-    if i < 0:
-        s.negative_memo()
-    top = s.top()
-    if i not in s.memo:
-        if len(s.memo) >= s.budget.max_memo:
-            raise s.over("this many memo entries", len(s.memo) + 1, s.budget.max_memo)
-        s.cost(b.C_MEMO)
-    s.memo[i] = top
+    s.remember(s.fixed(4, U32) if code == 0x72 else s.text_int() if code == 0x70 else len(s.memo))

@@ -9,7 +9,7 @@ from functools import partial
 
 from helper.pickle_guard import budget as b
 from helper.pickle_guard.state import Handler, Scan, register
-from helper.pickle_guard.values import I32, U8, U16
+from helper.pickle_guard.values import I32, U16
 
 HANDLERS: dict[int, Handler] = {}
 _op = partial(register, HANDLERS)
@@ -27,7 +27,7 @@ def global_(s: Scan) -> None:
     """``GLOBAL``: module and name as two lines."""
     module = s.text_line()
     qual = s.text_line()
-    s.push(s.global_(module, qual))
+    s.stack.append(s.global_(module, qual))
 
 
 @_op(b"\x93")
@@ -35,7 +35,7 @@ def stack_global(s: Scan) -> None:
     """``STACK_GLOBAL``: module and name from the stack."""
     qual = s.pop()
     module = s.pop()
-    s.push(s.stack_global(module, qual))
+    s.stack.append(s.stack_global(module, qual))
 
 
 @_op(b"R")
@@ -43,7 +43,7 @@ def reduce(s: Scan) -> None:
     """``REDUCE``: a callable and its argument tuple."""
     args = s.pop()
     func = s.pop()
-    s.push(s.call(func, args, "REDUCE"))
+    s.stack.append(s.call(func, args, "REDUCE"))
 
 
 @_op(b"\x81")
@@ -51,7 +51,7 @@ def newobj(s: Scan) -> None:
     """``NEWOBJ``: a class and its argument tuple."""
     args = s.pop()
     cls = s.pop()
-    s.push(s.call(cls, args, "NEWOBJ"))
+    s.stack.append(s.call(cls, args, "NEWOBJ"))
 
 
 @_op(b"\x92")
@@ -63,13 +63,14 @@ def newobj_ex(s: Scan) -> None:
     s.keyword_arguments(kwargs)
     result = s.call(cls, args, "NEWOBJ_EX")
     s.place(result, kwargs)
-    s.push(result)
+    s.stack.append(result)
 
 
 @_op(b"Q")
 def binpersid(s: Scan) -> None:
     """``BINPERSID``: torch's reference to a storage."""
-    s.push(s.persistent(s.pop()))
+    storage = s.persistent(s.pop())
+    s.stack.append(storage)
 
 
 @_op(b"i")
@@ -79,7 +80,7 @@ def inst(s: Scan) -> None:
     module = s.text_line()
     qual = s.text_line()
     s.pop_mark()
-    s.push(s.global_(module, qual))
+    s.stack.append(s.global_(module, qual))
 
 
 @_op(b"o")
@@ -87,7 +88,7 @@ def obj(s: Scan) -> None:
     """``OBJ``: protocol 1's instance creation (class and arguments above a MARK)."""
     s.never_written(f"OBJ at byte {s.here}: protocol 0/1 instance creation")
     s.pop_mark()
-    s.push(s.container("call", b.C_CALL))
+    s.stack.append(s.container("call", b.C_CALL))
 
 
 @_op(b"\x82", b"\x83", b"\x84")
@@ -95,9 +96,9 @@ def ext(s: Scan) -> None:
     """``EXT1``, ``EXT2``, ``EXT4``: a global by its code in copyreg's registry."""
     s.never_written(f"EXT at byte {s.here}: a global from copyreg's extension registry")
     code = s.data[s.here]
-    n = s.fixed(1, U8) if code == 0x82 else s.fixed(2, U16) if code == 0x83 else s.fixed(4, I32)
+    n = s.byte() if code == 0x82 else s.fixed(2, U16) if code == 0x83 else s.fixed(4, I32)
     s.globals.add(f"<extension code {n}>")
-    s.push(s.container("call", b.C_CALL))
+    s.stack.append(s.container("call", b.C_CALL))
 
 
 @_op(b"P")
@@ -105,11 +106,12 @@ def persid(s: Scan) -> None:
     """``PERSID``: a persistent id as a line of text."""
     s.never_written(f"PERSID at byte {s.here}: a text persistent id")
     s.text_line()
-    s.push(s.container("storage", 200))
+    s.stack.append(s.container("storage", 200))
 
 
 @_op(b"\x97", b"\x98")
 def buffer(s: Scan) -> None:
     """``NEXT_BUFFER``, ``READONLY_BUFFER``: protocol 5's out-of-band buffers."""
     s.never_written(f"an out-of-band buffer opcode at byte {s.here}")
-    s.push(s.pop() if s.data[s.here] == 0x98 else s.container("call", b.C_CALL))
+    value = s.pop() if s.data[s.here] == 0x98 else s.container("call", b.C_CALL)
+    s.stack.append(value)

@@ -123,6 +123,26 @@ class Scan:
             raise self.malformed(f"an opcode at byte {self.here} needs an object on an empty stack")
         return self.stack[-1]
 
+    # -- the memo
+    def recall(self, i: int) -> None:
+        """``GET``: push memo entry ``i``, which the pickle must have stored."""
+        obj = self.memo.get(i)
+        if obj is None:
+            raise self.malformed(f"GET at byte {self.here} of memo entry {i}, never stored")
+        self.stack.append(obj)
+        self.cost(b.C_SLOT)
+
+    def remember(self, i: int) -> None:
+        """``PUT``: the top item stored as memo entry ``i``, a new entry counted against ``max_memo``."""
+        if i < 0:
+            raise self.malformed(f"PUT at byte {self.here} with a negative index")
+        top = self.top()
+        if i not in self.memo:
+            if len(self.memo) >= self.budget.max_memo:
+                raise self.over("this many memo entries", len(self.memo) + 1, self.budget.max_memo)
+            self.cost(b.C_MEMO)
+        self.memo[i] = top
+
     # -- reading arguments
     def fixed(self, n: int, unpack: Callable[[bytes, int], tuple[Any, ...]]) -> Any:
         """A fixed-size argument of ``n`` bytes, decoded by ``unpack``."""
@@ -131,6 +151,14 @@ class Scan:
         value = unpack(self.data, self.pos)[0]
         self.pos += n
         return value
+
+    def byte(self) -> int:
+        """A one-byte argument (the commonest: ``BININT1``, ``BINPUT``, ``BINGET``, short lengths)."""
+        pos = self.pos
+        if pos >= self.size:
+            raise self.truncated()
+        self.pos = pos + 1
+        return self.data[pos]
 
     def take(self, n: int) -> bytes:
         """The next ``n`` bytes."""
@@ -299,10 +327,6 @@ class Scan:
         self.proto = proto
         if proto > 5:
             raise self.malformed(f"unsupported pickle protocol {proto}")
-
-    def negative_memo(self) -> None:
-        """A ``PUT`` to a negative memo index."""
-        raise self.malformed(f"PUT at byte {self.here} with a negative index")
 
     def stop(self) -> None:
         """``STOP``: the pickle's value is on the stack."""

@@ -19,10 +19,12 @@ from helper.pickle_guard import budget as b
 from helper.pickle_guard.allowlist import storage_itemsizes
 from helper.pickle_guard.budget import PickleBudget
 from helper.pickle_guard.state import Scan
-from helper.pickle_guard.values import Obj
+from helper.pickle_guard.values import KEEP, Obj
 from helper.pickle_guard.walk import as_bytes, walk
 
 _META = "torch._utils._rebuild_meta_tensor_no_storage"
+_SHARED: dict[str, Obj] = {}
+_SMALL = [Obj("lit", 0, i) for i in range(256)]  # the survey's one list, one dict, one call result...
 
 
 @dataclass
@@ -54,6 +56,46 @@ class Survey(Scan):
         super().__init__(data, start, frozenset(), PickleBudget.unlimited(), "pickle", frozenset())
         self.found = PickleScan(globals=self.globals)  # EXT adds its placeholder name to self.globals
 
+    def container(self, kind: str, nbytes: int, depth: int = 1) -> Obj:
+        """A tuple (its items matter: call arguments, storage ids); any other container is one shared value, so
+        30M memoized empty lists cost the survey a memo entry each, no object (it keeps nothing of them)."""
+        if kind == "tuple":
+            return Obj(kind, depth)
+        shared = _SHARED.get(kind)
+        return shared if shared is not None else _SHARED.setdefault(kind, Obj(kind, 1))
+
+    # No budget: what the guard counts, the survey skips (it runs as fast as the walker it replaced).
+    def cost(self, nbytes: int) -> None:
+        """Nothing counted."""
+
+    def lit(self, value: Any, nbytes: int = 0) -> Obj:
+        """A number (one shared value per small int: the survey never changes a literal)."""
+        if type(value) is int and 0 <= value < 256:
+            return _SMALL[value]
+        return Obj("lit", 0, value)
+
+    def build(self, kind: str, items: list[Obj], nbytes: int) -> Obj:
+        """A tuple keeps its first items; any other container is the shared one."""
+        if kind != "tuple":
+            return self.container(kind, nbytes)
+        obj = Obj("tuple", 1)
+        obj.items, obj.n = items[:KEEP], len(items)
+        return obj
+
+    def add(self, target: Obj, items: list[Obj], op: str, each: int) -> None:
+        """Items added to anything."""
+
+    def recall(self, i: int) -> None:
+        """``GET``: memo entry ``i``, which the pickle must have stored."""
+        obj = self.memo.get(i)
+        if obj is None:
+            raise self.malformed(f"GET at byte {self.here} of memo entry {i}, never stored")
+        self.stack.append(obj)
+
+    def remember(self, i: int) -> None:
+        """``PUT``: the top item as memo entry ``i`` (any index; a MARK stays open, as ``pickletools`` has it)."""
+        self.memo[i] = self.stack[-1] if self.stack or not self.metastack else Obj("mark")
+
     def malformed(self, cause: str) -> Exception:
         """Not a pickle: ``ValueError`` (the survey's only failure)."""
         return ValueError(f"a malformed pickle ({cause})")
@@ -80,8 +122,10 @@ class Survey(Scan):
 
     def pop(self) -> Obj:
         """The top item; on an empty frame, its MARK itself (``pickletools`` keeps MARKs on the one stack)."""
-        if self.stack or not self.metastack:
-            return super().pop()
+        if self.stack:
+            return self.stack.pop()
+        if not self.metastack:
+            raise self.malformed(f"an opcode at byte {self.here} pops an empty stack")
         self.stack = self.metastack.pop()
         return Obj("mark")
 
@@ -118,9 +162,6 @@ class Survey(Scan):
     def protocol(self, proto: int) -> None:
         """Any protocol number."""
         self.proto = proto
-
-    def negative_memo(self) -> None:
-        """Any memo index."""
 
     def stop(self) -> None:
         """``STOP`` needs nothing on the stack."""
