@@ -26,12 +26,8 @@ def frame(s: Scan) -> None:
 
 @_op(b"(")
 def mark(s: Scan) -> None:
-    """``MARK``: a new stack frame, counted against ``max_marks``."""
-    s.metastack.append(s.stack)
-    s.stack = []
-    if len(s.metastack) > s.budget.max_marks:
-        raise s.over("this many MARKs open at once", len(s.metastack), s.budget.max_marks)
-    s.cost(b.C_MARK)
+    """``MARK``: a new stack frame."""
+    s.open_mark()
 
 
 @_op(b"0")

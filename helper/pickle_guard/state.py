@@ -106,6 +106,14 @@ class Scan:
             raise self.malformed(f"an opcode at byte {self.here} pops an empty stack")
         return self.stack.pop()
 
+    def open_mark(self) -> None:
+        """A new stack frame above a MARK, counted against ``max_marks``."""
+        self.metastack.append(self.stack)
+        self.stack = []
+        if len(self.metastack) > self.budget.max_marks:
+            raise self.over("this many MARKs open at once", len(self.metastack), self.budget.max_marks)
+        self.cost(b.C_MARK)
+
     def pop_mark(self) -> list[Obj]:
         """The items above the newest MARK, which is closed."""
         if not self.metastack:

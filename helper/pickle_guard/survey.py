@@ -24,7 +24,8 @@ from helper.pickle_guard.walk import as_bytes, walk
 
 _META = "torch._utils._rebuild_meta_tensor_no_storage"
 _SHARED: dict[str, Obj] = {}
-_SMALL = [Obj("lit", 0, i) for i in range(256)]  # the survey's one list, one dict, one call result...
+_SMALL = [Obj("lit", 0, i) for i in range(256)]
+_EMPTY_FRAME: list[Obj] = []  # stands for an empty frame below a MARK; never the current frame, never changed  # the survey's one list, one dict, one call result...
 
 
 @dataclass
@@ -120,20 +121,39 @@ class Survey(Scan):
         self.found.strings.append(value)
         return Obj("lit", 0, value)
 
+    # MARKs: no limit, so an empty frame below a MARK is one shared marker (20M MARKs: 160 MB, not 1.4 GB)
+    def open_mark(self) -> None:
+        """A new stack frame (the one below, if empty, kept as the shared marker)."""
+        self.metastack.append(self.stack if self.stack else _EMPTY_FRAME)
+        self.stack = []
+
+    def close_mark(self) -> None:
+        """Back to the frame below the newest MARK."""
+        frame = self.metastack.pop()
+        self.stack = [] if frame is _EMPTY_FRAME else frame
+
+    def pop_mark(self) -> list[Obj]:
+        """The items above the newest MARK, which is closed."""
+        if not self.metastack:
+            raise self.malformed(f"an opcode at byte {self.here} needs a MARK that is not there")
+        items = self.stack
+        self.close_mark()
+        return items
+
     def pop(self) -> Obj:
         """The top item; on an empty frame, its MARK itself (``pickletools`` keeps MARKs on the one stack)."""
         if self.stack:
             return self.stack.pop()
         if not self.metastack:
             raise self.malformed(f"an opcode at byte {self.here} pops an empty stack")
-        self.stack = self.metastack.pop()
+        self.close_mark()
         return Obj("mark")
 
     def top(self) -> Obj:
         """The top item; on an empty frame, its MARK, replaced by the item the opcode leaves there."""
         if self.stack or not self.metastack:
             return super().top()
-        self.stack = self.metastack.pop()
+        self.close_mark()
         self.stack.append(Obj("mark"))
         return self.stack[-1]
 
