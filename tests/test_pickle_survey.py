@@ -115,7 +115,7 @@ def test_survey_lists_what_the_guard_refuses():
 
 def test_formats_reexports_the_one_walker():
     """helper.formats has no opcode walker of its own: its names are the package's."""
-    import helper.formats as formats
+    from helper import formats
 
     assert formats.scan_pickle is survey_pickle and formats.storage_bytes is storage_bytes
     assert formats.PickleScan is PickleScan

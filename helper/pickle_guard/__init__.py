@@ -101,7 +101,6 @@ opcode handlers by family), ``calls`` (the rule for each allowed callable),
 ``allowlist``, ``budget``, ``values``, ``survey``.
 """
 
-
 from __future__ import annotations
 
 from helper.pickle_guard.allowlist import torch_allowed_globals
@@ -110,5 +109,5 @@ from helper.pickle_guard.budget import (KIND_BUDGET, KIND_HOSTILE, KIND_MALFORME
 from helper.pickle_guard.survey import PickleScan, storage_bytes, survey_pickle
 from helper.pickle_guard.walk import scan_pickle
 
-__all__ = ["PickleBudget", "PickleReport", "scan_pickle", "torch_allowed_globals", "KIND_HOSTILE", "KIND_BUDGET",
-           "KIND_TRUNCATED", "KIND_MALFORMED", "PickleScan", "survey_pickle", "storage_bytes"]
+__all__ = ["KIND_BUDGET", "KIND_HOSTILE", "KIND_MALFORMED", "KIND_TRUNCATED", "PickleBudget", "PickleReport",
+           "PickleScan", "scan_pickle", "storage_bytes", "survey_pickle", "torch_allowed_globals"]

@@ -33,14 +33,14 @@ class PickleBudget:
     max_alloc: int = 1 << 20
 
     @classmethod
-    def for_size(cls, nbytes: int) -> "PickleBudget":
+    def for_size(cls, nbytes: int) -> PickleBudget:
         """The budget for a pickle of ``nbytes`` bytes (the package docstring says how each figure was chosen)."""
         n = max(0, int(nbytes))
         return cls(max_containers=min((1 << 16) + n // 4, 1 << 20), max_memo=min((1 << 16) + n // 4, 1 << 20),
                    max_memory=min((32 << 20) + 64 * n, 1 << 30), max_alloc=(1 << 20) + n)
 
     @classmethod
-    def unlimited(cls) -> "PickleBudget":
+    def unlimited(cls) -> PickleBudget:
         """No limit at all: for a survey of a pickle the guard has already passed (or that is only listed)."""
         big = 1 << 62
         return cls(max_depth=big, max_marks=big, max_containers=big, max_memo=big, max_memory=big, max_alloc=big)

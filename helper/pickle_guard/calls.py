@@ -7,7 +7,8 @@ allowed on purpose: ``add_safe_globals``, DCP's classes) may be called with any 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from helper.pickle_guard import budget as b
 from helper.pickle_guard.allowlist import CONTAINER_CALLS, REBUILD, torch_constructors
@@ -38,11 +39,16 @@ class _Call:
         """Argument ``i``'s literal value of one of ``kinds``, or None."""
         return literal(self.items, i, kinds)
 
+    def value(self, i: int) -> Any:
+        """Argument ``i``'s value (the caller has checked it with ``lit``)."""
+        assert self.items is not None
+        return self.items[i].value
+
     def text_and_encoding(self) -> bool:
         """The arguments are a literal string and a literal latin-1/utf-8/ascii encoding (and errors)."""
         n = self.args.n
         return n in (2, 3) and self.lit(0, (str,)) is not None and all(self.lit(i, (str,)) for i in range(1, n)) \
-            and self.items[1].value.lower() in ENCODINGS
+            and self.value(1).lower() in ENCODINGS
 
 
 def _bytearray(c: _Call) -> None:
@@ -50,11 +56,11 @@ def _bytearray(c: _Call) -> None:
     if c.args.n == 0:
         return
     if c.args.n == 1 and c.lit(0, (bytes, Sized)) is not None:
-        return c.s.allocate(len(c.items[0].value), "bytearray")
-    if c.args.n == 1 and c.lit(0, (int,)) is not None and 0 <= c.items[0].value:
-        return c.s.allocate(c.items[0].value, "bytearray(N)")
+        return c.s.allocate(len(c.value(0)), "bytearray")
+    if c.args.n == 1 and c.lit(0, (int,)) is not None and 0 <= c.value(0):
+        return c.s.allocate(c.value(0), "bytearray(N)")
     if c.text_and_encoding():
-        return c.s.allocate(4 * len(c.items[0].value), "bytearray")
+        return c.s.allocate(4 * len(c.value(0)), "bytearray")
     raise c.refuse("of something other than bytes, a literal string or a literal size (a tensor or a computed value "
                    "could ask for any amount of memory)")
 
@@ -64,7 +70,7 @@ def _encode(c: _Call) -> None:
     if not c.text_and_encoding():
         raise c.refuse("on something other than a literal string and a latin-1/utf-8/ascii encoding (chained "
                        "encodes grow without bound)")
-    text, encoding = c.items[0].value, c.items[1].value.lower()
+    text, encoding = c.value(0), c.value(1).lower()
     size = 4 * len(text) if encoding.startswith("utf") else len(text)
     c.s.allocate(size, "_codecs.encode")
     c.result.kind, c.result.value, c.result.depth = "lit", Sized(size), 0  # bytes: only the length is kept
@@ -74,10 +80,11 @@ def _container(c: _Call) -> None:
     """``set``, ``OrderedDict``, ``torch.Size``...: of nothing, or of a container the pickle built."""
     if c.args.n == 0:
         return c.s.cost(b.C_SET)
-    if c.args.n == 1 and c.items is not None and c.items[0].kind in ("list", "tuple", "dict", "set", "frozenset") \
-            and (c.name != "torch.Size" or c.items[0].kind in ("list", "tuple")):
-        c.s.cost(b.C_SET + b.C_ITEM_SET * c.items[0].n)
-        c.result.n = c.items[0].n
+    items = c.items
+    if c.args.n == 1 and items is not None and items[0].kind in ("list", "tuple", "dict", "set", "frozenset") \
+            and (c.name != "torch.Size" or items[0].kind in ("list", "tuple")):
+        c.s.cost(b.C_SET + b.C_ITEM_SET * items[0].n)
+        c.result.n = items[0].n
         return None
     raise c.refuse("of something other than a list, tuple, dict or set the pickle built (a string or a tensor "
                    "would be expanded item by item)")

@@ -7,7 +7,8 @@ lives in a method, so ``survey.Survey`` can relax the rules without a second wal
 from __future__ import annotations
 
 import _compat_pickle
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from helper.pickle_guard import budget as b
 from helper.pickle_guard.budget import PickleBudget, pickle_error
@@ -44,7 +45,7 @@ class Scan:
         err = pickle_error(self.name, b.KIND_BUDGET, f"refused before unpickling: it would build {what} ({value:,}, "
                            f"the budget for a pickle of {self.nbytes:,} bytes is {limit:,}){bomb}; nothing was built",
                            b.FIX_BUDGET)
-        err.limit = which
+        err.limit = which  # type: ignore[attr-defined]
         return err
 
     def refused_globals(self) -> Exception:
@@ -52,7 +53,7 @@ class Scan:
         names = sorted(self.refused)
         err = self.hostile(f"it names {', '.join(names)}, which {'is' if len(names) == 1 else 'are'} not on the "
                            "allowlist of weights_only=True (exact module.name)")
-        err.refused_globals = tuple(names)
+        err.refused_globals = tuple(names)  # type: ignore[attr-defined]
         return err
 
     def malformed(self, cause: str) -> Exception:

@@ -17,7 +17,7 @@ U8, U16, I32, U32, U64, F64 = (struct.Struct(f).unpack_from for f in ("<B", "<H"
 class Obj:
     """Something the unpickler would build: its kind, nesting depth, whether it is sealed (placed elsewhere)."""
 
-    __slots__ = ("kind", "depth", "sealed", "value", "items", "n", "name", "numel")
+    __slots__ = ("depth", "items", "kind", "n", "name", "numel", "sealed", "value")
 
     def __init__(self, kind: str, depth: int = 0, value: Any = None) -> None:
         self.kind = kind        # "lit" (str/bytes/int/float/bool/None), "list", "dict", "set", "tuple",
