@@ -4,8 +4,9 @@ The doctor and ``helper.formats`` need the facts of a pickle the guard may refus
 names (to say which), where it ends (a legacy file is five pickles in a row), the storages it declares
 and their sizes, the strings it holds, what ``bytearray(N)`` asks for, whether a tensor has no data.
 ``Survey`` is ``Scan`` with no budget and no allowlist: it reads every opcode as an unpickler would and
-fails (``ValueError``) only on bytes that are not a pickle. Run the guard first on a stranger's pickle
-(``scan_pickle``): the survey has no budget, so 30M empty lists take it as long as they take the guard.
+fails (``ValueError``) only on bytes that are not a pickle. It has no budget: run the guard first on a
+stranger's pickle (``scan_pickle`` refuses 30M empty lists at the 1,048,577th, in 0.4 s; the survey walks
+all of them, 4.4 s and +229 MB here).
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ from helper.pickle_guard.values import KEEP, Obj
 from helper.pickle_guard.walk import as_bytes, walk
 
 _META = "torch._utils._rebuild_meta_tensor_no_storage"
-_SHARED: dict[str, Obj] = {}
-_SMALL = [Obj("lit", 0, i) for i in range(256)]
-_EMPTY_FRAME: list[Obj] = []  # stands for an empty frame below a MARK; never the current frame, never changed  # the survey's one list, one dict, one call result...
+_SHARED: dict[str, Obj] = {}  # the survey's one list, one dict, one call result...: it never changes them
+_SMALL = [Obj("lit", 0, i) for i in range(256)]  # one value per small int: it never changes a literal either
+_EMPTY_FRAME: list[Obj] = []  # stands for an empty frame below a MARK; never the current frame, never changed
 
 
 @dataclass
