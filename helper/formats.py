@@ -5,24 +5,21 @@ here, with ``CheckpointError`` and ``shown_path``). For ``torch.save`` files,
 ``open_torch_zip`` validates the archive more strictly than ``torch.load``
 (no compressed or directory members, local headers that agree with the
 central directory, sizes that agree with the pickle, a ``version`` record,
-every CRC-32) and ``scan_pickle`` walks ``data.pkl``'s opcodes with
-``pickletools.genops`` without executing them: the globals it names (every
+every CRC-32) and ``scan_pickle`` (``helper.pickle_guard.survey_pickle``) walks
+``data.pkl``'s opcodes without executing them: the globals it names (every
 protocol), the storages it declares and the memory it would ask for
 (``bytearray(N)``), so a tiny file cannot allocate gigabytes.
 """
 
 from __future__ import annotations
 
-import _compat_pickle
-import gc
 import json
 import mmap
-import pickletools
 import struct
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from helper.kinds import EARLIER, KINDS, RECORDS, Kind, PathLike, Probe, kind_error, sniff  # noqa: F401 (re-exported)
 from helper.paths import REPO_ROOT
@@ -55,208 +52,10 @@ class CheckpointError(Exception):
 
 
 # --------------------------------------------------------------------------------------------------
-# A pickle's opcodes, walked without executing anything
+# A pickle's opcodes: listed by helper.pickle_guard's walker (the one opcode walker), re-exported here
 
-_STORAGE_BYTES: dict[str, int] = {}  # storage type name -> bytes per element, filled on first use (imports torch)
-
-
-def _storage_bytes_table() -> dict[str, int]:
-    if not _STORAGE_BYTES:
-        import torch
-
-        _STORAGE_BYTES.update({name: dtype.itemsize for dtype, name in
-                               torch.storage._dtype_to_storage_type_map().items()})
-        _STORAGE_BYTES["UntypedStorage"] = 1
-    return _STORAGE_BYTES
-_MARK, _ANY = object(), object()
-_CONSTANTS = {"INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4", "STRING", "BINSTRING",
-              "SHORT_BINSTRING", "BINBYTES", "SHORT_BINBYTES", "BINBYTES8", "UNICODE", "SHORT_BINUNICODE",
-              "BINUNICODE", "BINUNICODE8", "FLOAT", "BINFLOAT"}
-
-
-@dataclass
-class PickleScan:
-    """What a pickle names and asks for: ``globals`` (``module.name``), ``storages`` (key -> (type, numel)),
-    ``allocates`` (bytes requested by ``bytearray(N)``), ``meta`` (tensors without data), ``end`` (after STOP)."""
-
-    globals: set[str] = field(default_factory=set)
-    storages: dict[str, tuple[str, int]] = field(default_factory=dict)
-    allocates: int = 0
-    meta: bool = False
-    end: int = 0
-    strings: list[str] = field(default_factory=list)
-    dotted: set[str] = field(default_factory=set)  # globals whose name (after the module) holds a dot: never allowed
-
-
-def _global(module: Any, name: Any) -> str:
-    if not (isinstance(module, str) and isinstance(name, str)):
-        return "<a global computed at load time>"
-    module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
-    return f"{_compat_pickle.IMPORT_MAPPING.get(module, module)}.{name}"
-
-
-def _pop_to_mark(stack: list[Any]) -> list[Any]:
-    for i in range(len(stack) - 1, -1, -1):
-        if stack[i] is _MARK:
-            items = stack[i + 1:]
-            del stack[i:]
-            return items
-    raise ValueError("MARK missing")
-
-
-def scan_pickle(data: bytes | memoryview, start: int = 0) -> PickleScan:
-    """Walk the pickle at ``data[start:]`` opcode by opcode (nothing is imported or called).
-
-    Raises ``ValueError`` for a malformed pickle. Tracks a small abstract stack
-    so ``STACK_GLOBAL`` (protocol 4+), ``bytearray(N)`` and torch's storage
-    references are seen whatever the protocol. The cyclic garbage collector is
-    paused meanwhile: the abstract stack holds no cycles, and a crafted pickle of
-    a million nested tuples otherwise spends most of its scan in collections.
-    """
-    paused = gc.isenabled()
-    gc.disable()
-    try:
-        return _scan(data, start)
-    except (ValueError, TypeError, AttributeError, IndexError, KeyError, struct.error, OverflowError) as exc:
-        raise ValueError(f"a malformed pickle ({type(exc).__name__}: {exc})") from None
-    finally:
-        if paused:
-            gc.enable()
-
-
-_OPS = {op.code.encode("latin-1")[0]: op for op in pickletools.opcodes}
-_FIXED = {"uint1": (1, None), "uint2": (2, struct.Struct("<H")), "int4": (4, struct.Struct("<i")),
-          "uint4": (4, struct.Struct("<I")), "float8": (8, struct.Struct(">d")), "uint8": (8, struct.Struct("<Q"))}
-_UINT4 = struct.Struct("<I")
-
-
-def _genops(data: bytes, pos: int) -> Iterator[tuple[pickletools.OpcodeInfo, Any, int]]:
-    """``pickletools.genops`` over ``data[pos:]``, same opcodes, arguments, positions and errors, about 3x faster.
-
-    The arguments torch's pickles are made of (small ints, memo indexes, short strings) are decoded
-    here with ``struct``; every other argument, and any argument cut short, goes to pickletools'
-    own reader, which raises its own ``ValueError``.
-    """
-    import io
-
-    stream, size = io.BytesIO(data), len(data)
-    while True:
-        if pos >= size:
-            raise ValueError("pickle exhausted before seeing STOP")
-        code = data[pos]
-        op = _OPS.get(code)
-        if op is None:
-            raise ValueError(f"at position {pos}, opcode {bytes([code])!r} unknown")
-        here, pos = pos, pos + 1
-        arg = None
-        if op.arg is not None:
-            kind = op.arg.name
-            fixed = _FIXED.get(kind)
-            if fixed is not None and pos + fixed[0] <= size:
-                arg = data[pos] if fixed[1] is None else fixed[1].unpack_from(data, pos)[0]
-                pos += fixed[0]
-            elif kind == "unicodestring1" and pos < size and pos + 1 + data[pos] <= size:
-                n = data[pos]
-                arg, pos = str(data[pos + 1:pos + 1 + n], "utf-8", "surrogatepass"), pos + 1 + n
-            elif kind == "long1" and pos < size and pos + 1 + data[pos] <= size:
-                n = data[pos]
-                arg, pos = int.from_bytes(data[pos + 1:pos + 1 + n], "little", signed=True), pos + 1 + n
-            elif kind == "unicodestring4" and pos + 4 <= size and pos + 4 + _UINT4.unpack_from(data, pos)[0] <= size:
-                n = _UINT4.unpack_from(data, pos)[0]
-                arg, pos = str(data[pos + 4:pos + 4 + n], "utf-8", "surrogatepass"), pos + 4 + n
-            else:
-                stream.seek(pos)
-                arg = op.arg.reader(stream)
-                pos = stream.tell()
-        yield op, arg, here
-        if code == 0x2E:  # STOP
-            return
-
-
-def _stack_effect(op: pickletools.OpcodeInfo) -> tuple[bool, int, int]:
-    """(pops to a MARK, items popped below it or in all, items pushed) of an opcode, from pickletools' table."""
-    if pickletools.markobject in op.stack_before:
-        return True, op.stack_before.index(pickletools.markobject), len(op.stack_after)
-    return False, len(op.stack_before), len(op.stack_after)
-
-
-_EFFECT = {op.name: _stack_effect(op) for op in pickletools.opcodes}
-_TUPLE_SIZE = {"TUPLE1": 1, "TUPLE2": 2, "TUPLE3": 3, "EMPTY_TUPLE": 0, "TUPLE": None}
-_PUTS, _GETS = {"PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"}, {"GET", "BINGET", "LONG_BINGET"}
-
-
-def _scan(data: bytes | memoryview, start: int) -> PickleScan:
-    scan, stack, memo = PickleScan(), [], {}
-    for op, arg, pos in _genops(data if isinstance(data, bytes) else bytes(data), start):
-        name = op.name
-        if name in _PUTS:
-            memo[len(memo) if name == "MEMOIZE" else arg] = stack[-1]
-        elif name in _GETS:
-            stack.append(memo[arg])
-        elif name in _CONSTANTS:
-            stack.append(arg)
-            if isinstance(arg, str):
-                scan.strings.append(arg)
-        elif name == "MARK":
-            stack.append(_MARK)
-        elif name in _TUPLE_SIZE:
-            n = _TUPLE_SIZE[name]
-            items = _pop_to_mark(stack) if n is None else [stack.pop() for _ in range(n)][::-1]
-            stack.append(tuple(items))
-        elif name == "REDUCE":
-            args, func = stack.pop(), stack.pop()
-            if func == ("global", "builtins.bytearray") and isinstance(args, tuple) and args \
-                    and isinstance(args[0], int):
-                scan.allocates += args[0]
-            if func == ("global", "torch._utils._rebuild_meta_tensor_no_storage"):
-                scan.meta = True
-            stack.append(_ANY)
-        elif name == "BINPERSID":
-            pid = stack.pop()
-            if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage" and isinstance(pid[1], tuple)
-                    and pid[1][:1] == ("global",) and isinstance(pid[2], str) and isinstance(pid[4], int)):
-                raise ValueError("a persistent id that is not a torch storage reference")
-            scan.storages[pid[2]] = (pid[1][1].rpartition(".")[2], pid[4])
-            stack.append(_ANY)
-        elif name == "STOP":
-            scan.end = pos + 1
-            return scan
-        elif name in ("GLOBAL", "INST"):
-            module, _, attr = arg.partition(" ")
-            scan.globals.add(_global(module, attr))
-            if "." in attr:
-                scan.dotted.add(_global(module, attr))
-            if name == "INST":
-                _pop_to_mark(stack)
-            stack.append(("global", _global(module, attr)))
-        elif name == "STACK_GLOBAL":
-            attr, module = stack.pop(), stack.pop()
-            scan.globals.add(_global(module, attr))
-            if isinstance(attr, str) and "." in attr:
-                scan.dotted.add(_global(module, attr))
-            stack.append(("global", _global(module, attr)))
-        elif name.startswith("EXT"):
-            scan.globals.add(f"<extension code {arg}>")
-            stack.append(_ANY)
-        else:
-            mark, n, after = _EFFECT[name]
-            if mark:
-                _pop_to_mark(stack)
-            if n > len(stack):
-                raise ValueError(f"{name} on a stack too short")
-            del stack[len(stack) - n:]
-            stack.extend([_ANY] * after)
-    raise ValueError("no STOP opcode")
-
-
-def storage_bytes(scan: PickleScan) -> dict[str, int]:
-    """Bytes each storage the pickle declares takes (``ValueError`` for an unknown storage type)."""
-    sizes, table = {}, _storage_bytes_table()
-    for key, (kind, numel) in scan.storages.items():
-        if kind not in table or numel < 0:
-            raise ValueError(f"storage {key!r} has an unknown type {kind!r}")
-        sizes[key] = numel * table[kind]
-    return sizes
+from helper.pickle_guard import PickleScan, storage_bytes  # noqa: E402
+from helper.pickle_guard import survey_pickle as scan_pickle  # noqa: E402
 
 
 # --------------------------------------------------------------------------------------------------
