@@ -54,13 +54,30 @@ def pytest_report_header(config):
 # files fill the end of both workers. A file not listed here goes after these; the order of the
 # cells inside a notebook, and of the tests inside a module, never changes.
 SECONDS = {
-    "11_distributed_checkpoints": 20.5, "test_slides": 16.9, "12_troubleshooting": 16.4,
-    "08_formats_safetensors_export": 14.2, "test_crash_safety": 12.5, "10_big_models_fast_loading": 12.3,
-    "03_training_checkpoints": 11.6, "05_evaluate_after_reload": 9.6, "13_other_libraries": 9.5,
-    "test_tools": 8.0, "test_doctor_libraries": 7.2, "test_bombs": 6.6, "07_crash_safe_checkpoints": 5.9,
-    "06_safe_loading": 5.2, "test_loading_bench": 5.1, "test_environment": 5.1, "01_whole_model": 5.1,
-    "09_partial_and_transfer": 4.9, "02_state_dict": 4.5, "test_concurrency": 4.0, "test_mutations": 3.9,
-    "04_devices_map_location": 3.3, "test_doctor": 2.5, "test_site": 30.0,
+    "11_distributed_checkpoints": 20.5,
+    "test_slides": 16.9,
+    "12_troubleshooting": 16.4,
+    "08_formats_safetensors_export": 14.2,
+    "test_crash_safety": 12.5,
+    "10_big_models_fast_loading": 12.3,
+    "03_training_checkpoints": 11.6,
+    "05_evaluate_after_reload": 9.6,
+    "13_other_libraries": 9.5,
+    "test_tools": 8.0,
+    "test_doctor_libraries": 7.2,
+    "test_bombs": 6.6,
+    "07_crash_safe_checkpoints": 5.9,
+    "06_safe_loading": 5.2,
+    "test_loading_bench": 5.1,
+    "test_environment": 5.1,
+    "01_whole_model": 5.1,
+    "09_partial_and_transfer": 4.9,
+    "02_state_dict": 4.5,
+    "test_concurrency": 4.0,
+    "test_mutations": 3.9,
+    "04_devices_map_location": 3.3,
+    "test_doctor": 2.5,
+    "test_site": 30.0,
 }
 
 

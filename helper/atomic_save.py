@@ -21,8 +21,9 @@ import pickle
 import re
 import secrets
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -51,8 +52,20 @@ def _err(path: PathLike | None, cause: str, fix: str, *, kind: str | None) -> Ch
 # --------------------------------------------------------------------------------------------------
 # What may go into a checkpoint (checked at save time, with the key path of the offending value)
 
-_SAFE_LEAVES = (str, bytes, bytearray, int, float, bool, complex, type(None),
-                torch.Size, torch.dtype, torch.device, torch.layout)
+_SAFE_LEAVES = (
+    str,
+    bytes,
+    bytearray,
+    int,
+    float,
+    bool,
+    complex,
+    type(None),
+    torch.Size,
+    torch.dtype,
+    torch.device,
+    torch.layout,
+)
 _CONTAINERS = (dict, list, tuple, set)
 _ADVICE = {
     "argparse.Namespace": "store vars(args), a plain dict",
@@ -288,8 +301,12 @@ def _atomic_write(path: Path, write: Callable[[Any], None], check: Callable[[Pat
             raise
         name = errno.errorcode.get(err.errno, str(err.errno))
         fix = _FAULT_FIX.get(err.errno, "check the disk and the folder {folder}, then save again")
-        raise _err(path, f"not saved: {err.strerror} ({name}); the previous file is intact",
-                   fix.format(folder=path.parent, target=path), kind="not-saved") from exc
+        raise _err(
+            path,
+            f"not saved: {err.strerror} ({name}); the previous file is intact",
+            fix.format(folder=path.parent, target=path),
+            kind="not-saved",
+        ) from exc
 
 
 def _check_loads_safely(checkpoint: Any, target: Path) -> Callable[[Path], None]:
@@ -302,8 +319,13 @@ def _check_loads_safely(checkpoint: Any, target: Path) -> Callable[[Path], None]
             kind = _type_name(value)
             more = f" (and {len(offenders) - 1} more)" if len(offenders) > 1 else ""
             cause = f"not saved: {where} is of type {kind}{more}, which torch.load(weights_only=True) refuses"
-            raise _err(target, cause + "; the previous file is untouched",
-                       _advice(kind, isinstance(value, nn.Module)), kind="not-saved") from None
+            raise _err(
+                target,
+                cause + "; the previous file is untouched",
+                _advice(kind, isinstance(value, nn.Module)),
+                kind="not-saved",
+            ) from None
+
     return check
 
 
@@ -331,4 +353,3 @@ def save_checkpoint(checkpoint: Checkpoint, path: PathLike, *, check: bool = Tru
         append_digests(f)
 
     return _atomic_write(path, write, _check_loads_safely(checkpoint, path) if check else None)
-

@@ -27,17 +27,24 @@ import tempfile
 import threading
 import zipfile
 import zlib
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from helper.atomic_save import _err
 from helper.digest_record import digest_problem
 from helper.formats import EARLIER, CheckpointError, crc_problem, kind_error, open_torch_zip, sniff
-from helper.pickle_guard import KIND_HOSTILE, KIND_MALFORMED, KIND_TRUNCATED, PickleBudget, scan_pickle, \
-    torch_allowed_globals
+from helper.pickle_guard import (
+    KIND_HOSTILE,
+    KIND_MALFORMED,
+    KIND_TRUNCATED,
+    PickleBudget,
+    scan_pickle,
+    torch_allowed_globals,
+)
 
 try:  # ISA-L's CRC-32 (same polynomial as zlib's, faster), as helper.formats uses
     from isal.isal_zlib import crc32 as _crc32
@@ -90,13 +97,19 @@ def _refuse_unsafe(path: Path, archive: Any, allowed: frozenset[str] | None = No
     needed = sorted(archive.scan.globals - allowed)  # from the opcodes: nothing was unpickled
     if needed:
         raise _err(
-            path, f"refused by weights_only=True: it pickles {', '.join(needed)}, not plain data (nothing in it "
-            "was run)", "store only tensors and plain data (dict, list, str, int, float); save_checkpoint refuses "
-            "such objects at save time", kind="hostile-pickle")
+            path,
+            f"refused by weights_only=True: it pickles {', '.join(needed)}, not plain data (nothing in it was run)",
+            "store only tensors and plain data (dict, list, str, int, float); save_checkpoint refuses "
+            "such objects at save time",
+            kind="hostile-pickle",
+        )
     if archive.scan.meta:
-        raise _err(path, "holds tensors on the meta device: shapes without data",
-                   "save the real weights (model.to('cpu').state_dict()), or " + EARLIER,
-                   kind="not-a-checkpoint")
+        raise _err(
+            path,
+            "holds tensors on the meta device: shapes without data",
+            "save the real weights (model.to('cpu').state_dict()), or " + EARLIER,
+            kind="not-a-checkpoint",
+        )
 
 
 def _tensor_member(name: str) -> bool:
@@ -120,8 +133,12 @@ def _private_copy(f: Any, infos: list[zipfile.ZipInfo] | None) -> Path:
         if _tensor_member(info.filename) and info.file_size > 4096:
             header = os.pread(fd, 30, info.header_offset)
             if len(header) == 30 and header[:4] == b"PK\x03\x04":
-                start = info.header_offset + 30 + int.from_bytes(header[26:28], "little") \
+                start = (
+                    info.header_offset
+                    + 30
+                    + int.from_bytes(header[26:28], "little")
                     + int.from_bytes(header[28:30], "little")
+                )
                 holes.append((start, min(start + info.file_size, size)))
     out_fd, name = _scratch_file()
     try:
@@ -174,9 +191,12 @@ def _validated(path: Path, f: Any, infos: list[zipfile.ZipInfo] | None = None, *
         if check_data_crc:
             problem = crc_problem(_fd_path(f, path), archive.tensor_members())
             if problem is not None:
-                raise _err(copy, f"is corrupted: {problem} (its bytes changed after torch.save wrote "
-                                      "them)", EARLIER + "; copy checkpoints with a checksum (sha256sum)",
-                                      kind="corrupted")
+                raise _err(
+                    copy,
+                    f"is corrupted: {problem} (its bytes changed after torch.save wrote them)",
+                    EARLIER + "; copy checkpoints with a checksum (sha256sum)",
+                    kind="corrupted",
+                )
     except CheckpointError as exc:
         raise _renamed(exc, path) from None
     finally:
@@ -226,8 +246,9 @@ def _prescan(path: Path, f: Any, infos: list[zipfile.ZipInfo] | None, allowed: f
         header = os.pread(fd, 30, info.header_offset)
         if len(header) != 30 or header[:4] != b"PK\x03\x04":
             return
-        start = info.header_offset + 30 + int.from_bytes(header[26:28], "little") + int.from_bytes(header[28:30],
-                                                                                                    "little")
+        start = (
+            info.header_offset + 30 + int.from_bytes(header[26:28], "little") + int.from_bytes(header[28:30], "little")
+        )
         data = os.pread(fd, info.file_size, start)
     except Exception:  # a damaged directory (zipfile raises many kinds): open_torch_zip names it
         return
@@ -245,16 +266,24 @@ def _prescan(path: Path, f: Any, infos: list[zipfile.ZipInfo] | None, allowed: f
             except CheckpointError:
                 asked = None
             if asked is not None:
-                raise _err(path, f"refused: its pickle asks for {asked:,} bytes (bytearray) from a file of {size:,} "
-                           "bytes, a memory bomb (nothing was allocated)", "do not load this file; ask for the "
-                           "weights as a state_dict or safetensors file", kind=kind) from None
+                raise _err(
+                    path,
+                    f"refused: its pickle asks for {asked:,} bytes (bytearray) from a file of {size:,} "
+                    "bytes, a memory bomb (nothing was allocated)",
+                    "do not load this file; ask for the weights as a state_dict or safetensors file",
+                    kind=kind,
+                ) from None
         if kind in (KIND_MALFORMED, KIND_TRUNCATED):
             return
         names = getattr(exc, "refused_globals", ())
         if names:
-            raise _err(path, f"refused by weights_only=True: it pickles {', '.join(names)}, not plain data "
-                       "(nothing in it was run)", "store only tensors and plain data (dict, list, str, int, float); "
-                       "save_checkpoint refuses such objects at save time", kind=KIND_HOSTILE) from None
+            raise _err(
+                path,
+                f"refused by weights_only=True: it pickles {', '.join(names)}, not plain data (nothing in it was run)",
+                "store only tensors and plain data (dict, list, str, int, float); "
+                "save_checkpoint refuses such objects at save time",
+                kind=KIND_HOSTILE,
+            ) from None
         raise _err(path, exc.cause, exc.fix, kind=kind) from None
 
 
@@ -307,8 +336,9 @@ class _CrcTap:
         if isinstance(where, dict):
             return torch.serialization.default_restore_location(storage, where.get(location, location))
         if isinstance(where, (str, bytes, torch.device)):
-            return torch.serialization.default_restore_location(storage, str(where) if isinstance(
-                where, torch.device) else where)
+            return torch.serialization.default_restore_location(
+                storage, str(where) if isinstance(where, torch.device) else where
+            )
         result = where(storage, location)
         return torch.serialization.default_restore_location(storage, location) if result is None else result
 
@@ -330,15 +360,20 @@ class _CrcTap:
 
 
 def _meta(map_location: Any) -> bool:
-    return (isinstance(map_location, (str, torch.device)) and torch.device(map_location).type == "meta")
+    return isinstance(map_location, (str, torch.device)) and torch.device(map_location).type == "meta"
 
 
-_SNIFFED_KIND = {"missing": "missing", "empty": "truncated", "damaged-zip": "truncated",
-                 "incomplete-torch-zip": "truncated"}
+_SNIFFED_KIND = {
+    "missing": "missing",
+    "empty": "truncated",
+    "damaged-zip": "truncated",
+    "incomplete-torch-zip": "truncated",
+}
 
 
-def load_verified(path: PathLike, *, map_location: Any = "cpu", verify: bool = True,
-                  accept: Callable[[Path, Any], None] | None = None) -> Any:
+def load_verified(
+    path: PathLike, *, map_location: Any = "cpu", verify: bool = True, accept: Callable[[Path, Any], None] | None = None
+) -> Any:
     """What ``torch.load(weights_only=True)`` returns for ``path``, once every check has passed.
 
     The checks, the ``kind`` codes and the messages are ``helper.checkpoint.load_checkpoint``'s (its
@@ -358,8 +393,9 @@ def load_verified(path: PathLike, *, map_location: Any = "cpu", verify: bool = T
         raise
     except (Exception, RecursionError, MemoryError) as exc:  # anything torch or Python raises on a crafted file
         first = (str(exc).splitlines() or [type(exc).__name__])[0]
-        raise _err(path, f"could not be loaded ({type(exc).__name__}: {first[:200]})", EARLIER,
-                   kind="load-failed") from None
+        raise _err(
+            path, f"could not be loaded ({type(exc).__name__}: {first[:200]})", EARLIER, kind="load-failed"
+        ) from None
 
 
 def _load(path: Path, f: Any, map_location: Any, verify: bool, accept: Callable[[Path, Any], None] | None) -> Any:
@@ -368,8 +404,12 @@ def _load(path: Path, f: Any, map_location: Any, verify: bool, accept: Callable[
     archive = _validated(path, f, infos)
     problem = digest_problem(archive, f.fileno())
     if problem is not None:
-        raise _err(path, f"is corrupted: {problem}", EARLIER + "; copy checkpoints with a checksum "
-                   "(sha256sum)", kind="swapped" if "swapped" in problem else "corrupted")
+        raise _err(
+            path,
+            f"is corrupted: {problem}",
+            EARLIER + "; copy checkpoints with a checksum (sha256sum)",
+            kind="swapped" if "swapped" in problem else "corrupted",
+        )
     _refuse_unsafe(path, archive, allowed)
     members = archive.tensor_members()
     tap = _CrcTap(map_location) if verify and not _meta(map_location) else None
@@ -385,16 +425,24 @@ def _load(path: Path, f: Any, map_location: Any, verify: bool, accept: Callable[
     if verify and (tap is None or error is not None or not tap.agrees(members)):
         problem = crc_problem(_fd_path(f, path), members)  # which member, read from the file (the rare path)
     if problem is not None:
-        raise _err(path, f"is corrupted: {problem} (its bytes changed after torch.save wrote them)",
-                   EARLIER + "; copy checkpoints with a checksum (sha256sum)", kind="corrupted") from None
+        raise _err(
+            path,
+            f"is corrupted: {problem} (its bytes changed after torch.save wrote them)",
+            EARLIER + "; copy checkpoints with a checksum (sha256sum)",
+            kind="corrupted",
+        ) from None
     if isinstance(error, pickle.UnpicklingError):
-        raise _err(path, f"refused by weights_only=True ({str(error).splitlines()[-1][:200]}), nothing "
-                   "in it was run", "store only tensors and plain data (dict, list, str, int, float)",
-                   kind="hostile-pickle") from None
+        raise _err(
+            path,
+            f"refused by weights_only=True ({str(error).splitlines()[-1][:200]}), nothing in it was run",
+            "store only tensors and plain data (dict, list, str, int, float)",
+            kind="hostile-pickle",
+        ) from None
     if error is not None:
         first = (str(error).splitlines() or [type(error).__name__])[0]
-        raise _err(path, f"torch.load failed ({type(error).__name__}: {first[:200]})", EARLIER,
-                   kind="load-failed") from None
+        raise _err(
+            path, f"torch.load failed ({type(error).__name__}: {first[:200]})", EARLIER, kind="load-failed"
+        ) from None
     if accept is not None:
         accept(path, checkpoint)
     return checkpoint

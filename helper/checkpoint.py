@@ -44,15 +44,34 @@ from helper.digest_record import DIGEST_RECORD
 from helper.digest_record import digest_problem as _digest_problem  # noqa: F401 - helper.inspector imports it
 from helper.formats import KINDS, CheckpointError, sniff
 from helper.models import build_model
-from helper.state_dict_fit import (Mismatch, StateDictMismatchError, find_mismatch, load_model_state,
-                                   state_dict_mismatch)
+from helper.state_dict_fit import Mismatch, StateDictMismatchError, find_mismatch, load_model_state, state_dict_mismatch
 
 __all__ = [
-    "FORMAT_VERSION", "REQUIRED_KEYS", "CheckpointError", "StateDictMismatchError", "CheckpointFallback",
-    "capture_rng_state", "restore_rng_state", "make_checkpoint", "save_checkpoint", "load_checkpoint",
-    "restore_training_state", "model_from_checkpoint", "sniff", "KINDS", "verify_zip", "find_unsafe_values",
-    "remove_stale_temp_files", "fsync_folder", "Mismatch", "find_mismatch", "state_dict_mismatch",
-    "load_model_state", "CheckpointFolder", "Resumed", "DIGEST_RECORD",
+    "FORMAT_VERSION",
+    "REQUIRED_KEYS",
+    "CheckpointError",
+    "StateDictMismatchError",
+    "CheckpointFallback",
+    "capture_rng_state",
+    "restore_rng_state",
+    "make_checkpoint",
+    "save_checkpoint",
+    "load_checkpoint",
+    "restore_training_state",
+    "model_from_checkpoint",
+    "sniff",
+    "KINDS",
+    "verify_zip",
+    "find_unsafe_values",
+    "remove_stale_temp_files",
+    "fsync_folder",
+    "Mismatch",
+    "find_mismatch",
+    "state_dict_mismatch",
+    "load_model_state",
+    "CheckpointFolder",
+    "Resumed",
+    "DIGEST_RECORD",
 ]
 
 FORMAT_VERSION = 1
@@ -75,8 +94,12 @@ def capture_rng_state(generator: torch.Generator | None = None) -> dict[str, Any
     _, key, pos, has_gauss, cached = np.random.get_state(legacy=True)
     return {
         "python": [version, list(mt_state), gauss],
-        "numpy": {"key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "numpy": {
+            "key": torch.from_numpy(key.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "generator": None if generator is None else generator.get_state(),
@@ -88,8 +111,15 @@ def restore_rng_state(state: dict[str, Any], generator: torch.Generator | None =
     version, mt_state, gauss = state["python"]
     random.setstate((version, tuple(mt_state), gauss))
     np_state = state["numpy"]
-    np.random.set_state(("MT19937", np_state["key"].numpy().astype(np.uint32), np_state["pos"],
-                         np_state["has_gauss"], np_state["cached_gaussian"]))
+    np.random.set_state(
+        (
+            "MT19937",
+            np_state["key"].numpy().astype(np.uint32),
+            np_state["pos"],
+            np_state["has_gauss"],
+            np_state["cached_gaussian"],
+        )
+    )
     torch.set_rng_state(state["torch"].cpu())
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
@@ -162,19 +192,29 @@ def load_checkpoint(path: PathLike, *, map_location: Any = "cpu", verify: bool =
 def _a_checkpoint(path: Path, checkpoint: Any) -> None:
     """``CheckpointError`` (``not-a-checkpoint``) unless ``checkpoint`` is a checkpoint dict this version reads."""
     if not isinstance(checkpoint, dict):
-        raise _err(path, f"holds a {type(checkpoint).__name__}, not a checkpoint dict",
-                   "save with helper.checkpoint.save_checkpoint(make_checkpoint(...), path)",
-                   kind="not-a-checkpoint")
+        raise _err(
+            path,
+            f"holds a {type(checkpoint).__name__}, not a checkpoint dict",
+            "save with helper.checkpoint.save_checkpoint(make_checkpoint(...), path)",
+            kind="not-a-checkpoint",
+        )
     missing = [k for k in REQUIRED_KEYS if k not in checkpoint]
     if missing:
-        raise _err(path, f"missing keys {missing} (found {sorted(checkpoint, key=str)})",
-                   "load it with torch.load, or save with helper.checkpoint.make_checkpoint",
-                   kind="not-a-checkpoint")
+        raise _err(
+            path,
+            f"missing keys {missing} (found {sorted(checkpoint, key=str)})",
+            "load it with torch.load, or save with helper.checkpoint.make_checkpoint",
+            kind="not-a-checkpoint",
+        )
     version = checkpoint["format_version"]
     if type(version) is not int or version > FORMAT_VERSION:
         shown = repr(version) if type(version) in (int, str, float, type(None)) else f"a {type(version).__name__}"
-        raise _err(path, f"format version {shown[:80]} is newer than {FORMAT_VERSION}",
-                   "update the course's helper package", kind="not-a-checkpoint")
+        raise _err(
+            path,
+            f"format version {shown[:80]} is newer than {FORMAT_VERSION}",
+            "update the course's helper package",
+            kind="not-a-checkpoint",
+        )
 
 
 def restore_training_state(
@@ -207,4 +247,3 @@ def model_from_checkpoint(checkpoint: Checkpoint, device: torch.device | str = "
     model = build_model(checkpoint["config"]).to(device)
     load_model_state(model, checkpoint["model"])
     return model.eval()
-

@@ -55,8 +55,12 @@ def _folder_error(path: Path, exc: OSError, doing: str) -> CheckpointError:
     """A ``CheckpointError`` for an ``OSError`` from the folder (read-only, full, no permission...)."""
     name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
     fix = _FAULT_FIX.get(exc.errno, "check the disk and the folder {folder}, then try again")
-    return _err(path, f"{doing}: {exc.strerror or exc} ({name})", fix.format(folder=path, target=path / "last.pt"),
-                kind="folder")
+    return _err(
+        path,
+        f"{doing}: {exc.strerror or exc} ({name})",
+        fix.format(folder=path, target=path / "last.pt"),
+        kind="folder",
+    )
 
 
 @dataclass
@@ -186,8 +190,11 @@ class CheckpointFolder:
         owners = index.setdefault("files", {})
         mine = runs.setdefault(self.run, {})
         mine["process"] = _PROCESS
-        for run in [r for r in runs if r != self.run and (r in self._continues or runs[r].get("process") == _PROCESS)
-                    and not self._alive(r)]:
+        for run in [
+            r
+            for r in runs
+            if r != self.run and (r in self._continues or runs[r].get("process") == _PROCESS) and not self._alive(r)
+        ]:
             dead = runs.pop(run)
             best = dead.get("best")
             if best and (self.folder / best["file"]).exists() and self._better(mine.get("best"), best["metric"]):
@@ -223,11 +230,19 @@ class CheckpointFolder:
             owner = index["files"].get(target.name, self.run)
             if owner != self.run and target.exists():
                 if self._alive(owner):
-                    raise _err(target, f"not saved: another run (id {owner}) is writing into this folder and owns "
-                               "this file", "give each run its own folder or prefix", kind="folder")
-                raise _err(target, f"not saved: this file belongs to run {owner}, which ended (killed or crashed) "
-                           "and which this run did not resume", "resume() from its checkpoints to continue that run, "
-                           "or remove its files with cleanup()", kind="folder")
+                    raise _err(
+                        target,
+                        f"not saved: another run (id {owner}) is writing into this folder and owns this file",
+                        "give each run its own folder or prefix",
+                        kind="folder",
+                    )
+                raise _err(
+                    target,
+                    f"not saved: this file belongs to run {owner}, which ended (killed or crashed) "
+                    "and which this run did not resume",
+                    "resume() from its checkpoints to continue that run, or remove its files with cleanup()",
+                    kind="folder",
+                )
             path = save_checkpoint(checkpoint, target)  # durable before anything points at it
             mine, owners = index["runs"][self.run], index["files"]
             owners[path.name] = self.run
@@ -238,7 +253,7 @@ class CheckpointFolder:
             if metric is not None and self._better(mine.get("best"), float(metric)):
                 mine["best"] = {"file": path.name, "metric": float(metric)}
             mine["latest"] = index["latest"] = path.name
-            kept = sorted((p for p in ours if p not in abandoned), key=self._number)[-self.keep_last:]
+            kept = sorted((p for p in ours if p not in abandoned), key=self._number)[-self.keep_last :]
             keep = {p.name for p in kept} | {path.name, (mine.get("best") or {}).get("file")}
             for old in ours:
                 if old.name not in keep:
@@ -290,6 +305,7 @@ class CheckpointFolder:
         Each skipped file is reported with a ``CheckpointFallback`` warning;
         if every file fails, raises ``CheckpointError`` listing them all.
         """
+
         def age(p: Path) -> tuple[int, int]:
             try:
                 return p.stat().st_mtime_ns, self._number(p)
@@ -309,11 +325,18 @@ class CheckpointFolder:
                 skipped.append((path, exc.cause))
                 continue
             for bad, why in skipped:
-                warnings.warn(f"skipped {shown_path(bad)} ({why}); resuming from {shown_path(path)}",
-                              CheckpointFallback, stacklevel=2)
+                warnings.warn(
+                    f"skipped {shown_path(bad)} ({why}); resuming from {shown_path(path)}",
+                    CheckpointFallback,
+                    stacklevel=2,
+                )
             owner = self._read_pointer().get("files", {}).get(path.name)
             self._continues.add(path.name if owner is None else owner)  # its next save takes that run's files over
             return Resumed(checkpoint, path, skipped)
         listing = "; ".join(f"{p.name}: {why}" for p, why in skipped)
-        raise _err(self.folder, f"no checkpoint in this folder loads ({listing})",
-                   "start the run again, or restore the folder from a backup", kind="folder")
+        raise _err(
+            self.folder,
+            f"no checkpoint in this folder loads ({listing})",
+            "start the run again, or restore the folder from a backup",
+            kind="folder",
+        )

@@ -82,14 +82,11 @@ def compute_split(*, test_size: float = 0.2, val_size: float = 0.15, seed: int =
     from sklearn.model_selection import train_test_split
 
     x, y = load_digits(return_X_y=True)
-    x_rest, x_test, y_rest, y_test = train_test_split(
-        x, y, test_size=test_size, random_state=seed, stratify=y
-    )
+    x_rest, x_test, y_rest, y_test = train_test_split(x, y, test_size=test_size, random_state=seed, stratify=y)
     x_train, x_val, y_train, y_val = train_test_split(
         x_rest, y_rest, test_size=val_size, random_state=seed, stratify=y_rest
     )
-    return {"x_train": x_train, "x_val": x_val, "x_test": x_test,
-            "y_train": y_train, "y_val": y_val, "y_test": y_test}
+    return {"x_train": x_train, "x_val": x_val, "x_test": x_test, "y_train": y_train, "y_val": y_val, "y_test": y_test}
 
 
 def split_cache_path(*, test_size: float = 0.2, val_size: float = 0.15, seed: int = 0) -> Path:
@@ -103,8 +100,10 @@ def _cached_split(**kwargs) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {name: f[name] for name in _PARTS}
-        if all(arrays[f"x_{p}"].shape[1:] == (64,) and len(arrays[f"x_{p}"]) == len(arrays[f"y_{p}"])
-               for p in ("train", "val", "test")):
+        if all(
+            arrays[f"x_{p}"].shape[1:] == (64,) and len(arrays[f"x_{p}"]) == len(arrays[f"y_{p}"])
+            for p in ("train", "val", "test")
+        ):
             return arrays
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         pass  # absent, or not a whole file: compute it again
@@ -136,9 +135,12 @@ def split_digits(*, test_size: float = 0.2, val_size: float = 0.15, seed: int = 
         return torch.tensor(y, dtype=torch.long)
 
     return DigitsSplit(
-        images(a["x_train"]), labels(a["y_train"]),
-        images(a["x_val"]), labels(a["y_val"]),
-        images(a["x_test"]), labels(a["y_test"]),
+        images(a["x_train"]),
+        labels(a["y_train"]),
+        images(a["x_val"]),
+        labels(a["y_val"]),
+        images(a["x_test"]),
+        labels(a["y_test"]),
     )
 
 
@@ -151,7 +153,9 @@ def make_loaders(split: DigitsSplit, *, batch_size: int = 64, seed: int = 0) -> 
     generator = torch.Generator().manual_seed(seed)
     train = DataLoader(
         TensorDataset(split.x_train, split.y_train),
-        batch_size=batch_size, shuffle=True, generator=generator,
+        batch_size=batch_size,
+        shuffle=True,
+        generator=generator,
     )
     val = DataLoader(TensorDataset(split.x_val, split.y_val), batch_size=256)
     test = DataLoader(TensorDataset(split.x_test, split.y_test), batch_size=256)

@@ -30,11 +30,15 @@ def append_digests(f: Any) -> None:
         pickles = [i for i in infos if i.filename.endswith("/data.pkl") and i.filename.count("/") == 1]
         if len(pickles) != 1:
             return  # not a torch.save zip: load_checkpoint will say what it is
-        prefix = pickles[0].filename[:-len("data.pkl")]
-        storages = {i.filename[len(prefix) + 5:]: [i.CRC, i.file_size] for i in infos
-                    if i.filename.startswith(prefix + "data/")}
-        record = json.dumps({"version": 1, "pickle": pickles[0].CRC, "storages": storages},
-                            sort_keys=True, separators=(",", ":")).encode()
+        prefix = pickles[0].filename[: -len("data.pkl")]
+        storages = {
+            i.filename[len(prefix) + 5 :]: [i.CRC, i.file_size]
+            for i in infos
+            if i.filename.startswith(prefix + "data/")
+        }
+        record = json.dumps(
+            {"version": 1, "pickle": pickles[0].CRC, "storages": storages}, sort_keys=True, separators=(",", ":")
+        ).encode()
         info = zipfile.ZipInfo(prefix + DIGEST_RECORD, date_time=(1980, 1, 1, 0, 0, 0))
         z.writestr(info, record)
         z.filelist[-1].external_attr = 0  # as torch.save writes (writestr may set permissions)
@@ -65,7 +69,7 @@ def digest_problem(archive: Any, fd: int | None = None) -> str | None:
     pkl = archive.members[archive.prefix + "data.pkl"]
     if pkl.crc != pickle_crc:
         return "data.pkl is not the pickle save_checkpoint wrote (its CRC-32 differs from the digest record's)"
-    found = {m.name[len(archive.prefix) + 5:]: (m.crc, m.size) for m in archive.tensor_members()}
+    found = {m.name[len(archive.prefix) + 5 :]: (m.crc, m.size) for m in archive.tensor_members()}
     by_digest = {v: k for k, v in saved.items()}
     for key in sorted(set(saved) | set(found), key=lambda k: (len(k), k)):
         if found.get(key) != saved.get(key):
@@ -74,8 +78,10 @@ def digest_problem(archive: Any, fd: int | None = None) -> str | None:
             if key not in saved:
                 return f"member 'data/{key}' was not written by save_checkpoint"
             other = by_digest.get(found[key])
-            return (f"member 'data/{key}' holds the bytes save_checkpoint wrote as 'data/{other}': members were "
-                    "renamed or swapped" if other is not None else
-                    f"member 'data/{key}' is not the one save_checkpoint wrote (its CRC-32 or size differs)")
+            return (
+                f"member 'data/{key}' holds the bytes save_checkpoint wrote as 'data/{other}': members were "
+                "renamed or swapped"
+                if other is not None
+                else f"member 'data/{key}' is not the one save_checkpoint wrote (its CRC-32 or size differs)"
+            )
     return None
-

@@ -33,28 +33,58 @@ import select
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
-from helper.memory import (MB, current_mb, evict_from_page_cache, grown, mapped_file, peak_mb, private_mb,
-                           read_seconds, resident_fraction)
+from helper.memory import (
+    MB,
+    current_mb,
+    evict_from_page_cache,
+    grown,
+    mapped_file,
+    peak_mb,
+    private_mb,
+    read_seconds,
+    resident_fraction,
+)
 
-__all__ = ["METHODS", "REFERENCES", "Measurement", "ForkServer", "stack_config", "build_stack", "save_both",
-           "load_by", "measure", "read_seconds", "evict_from_page_cache", "resident_fraction",
-           "mapped_file", "MAPPED", "LABELS", "run_benchmark", "format_table"]
+__all__ = [
+    "METHODS",
+    "REFERENCES",
+    "Measurement",
+    "ForkServer",
+    "stack_config",
+    "build_stack",
+    "save_both",
+    "load_by",
+    "measure",
+    "read_seconds",
+    "evict_from_page_cache",
+    "resident_fraction",
+    "mapped_file",
+    "MAPPED",
+    "LABELS",
+    "run_benchmark",
+    "format_table",
+]
 
 #: the memcpy reference row is measured this many times (each in a fresh child) and the fastest run kept.
 MEMCPY_REPEATS = 3
 #: method name -> what it builds, in the order the lesson teaches them.
 METHODS: dict[str, str] = {
-    "torch.load + load_state_dict": "model built (memory allocated, random init), file read into RAM, copied into the model",
+    "torch.load + load_state_dict": (
+        "model built (memory allocated, random init), file read into RAM, copied into the model"
+    ),
     "torch.load mmap=True + load_state_dict": "model built, file mapped, copied into the model",
     "meta + mmap=True + assign=True": "model on meta (no memory), parameters ARE the mapped tensors",
-    "safetensors load_file + assign=True": "model on meta, file mapped (safetensors >= 0.8), parameters ARE those tensors",
+    "safetensors load_file + assign=True": (
+        "model on meta, file mapped (safetensors >= 0.8), parameters ARE those tensors"
+    ),
     "safetensors safe_open, per tensor": "model built, each tensor read and copied in, one at a time",
 }
 #: reference rows: plain reads and one copy of the same bytes, for comparison. They are not bounds: a
@@ -63,7 +93,7 @@ REFERENCES: dict[str, str] = {
     "read the file, cold (cat > /dev/null)": "its bytes from the disk, after evicting them from the page cache",
     "read the file, warm (cat > /dev/null)": "its bytes from the page cache",
     "memcpy into touched memory": "y.copy_(x) where y was allocated and written once before the clock"
-                                  " starts (no page faults); fastest of 3 runs",
+    " starts (no page faults); fastest of 3 runs",
 }
 #: methods whose load maps the file and reads nothing: a GB/s figure for them would measure no reading.
 MAPPED = frozenset({"meta + mmap=True + assign=True", "safetensors load_file + assign=True"})
@@ -109,8 +139,9 @@ def save_both(state: dict[str, torch.Tensor], folder: str | os.PathLike[str], st
 ON_META = frozenset({"meta + mmap=True + assign=True", "safetensors load_file + assign=True"})
 
 
-def load_by(method: str, pt: Path, st: Path, config: dict[str, int], device: str = "cpu",
-            times: dict[str, float] | None = None) -> nn.Module:
+def load_by(
+    method: str, pt: Path, st: Path, config: dict[str, int], device: str = "cpu", times: dict[str, float] | None = None
+) -> nn.Module:
     """Load the checkpoint into a new ``build_stack(config)`` model the way ``method`` (a key of METHODS) says.
 
     ``times``, if given, receives ``times["build"]``: the seconds spent building the model, part of the
@@ -172,12 +203,12 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
     ``job``: ``{"method": ..., "pt": ..., "st": ..., "config": ..., "device": ...}`` for a method of
     METHODS (checked with ``torch.equal`` against the *other* file: .pt methods against the
     .safetensors file and the other way round), or ``{"method": "memcpy into touched memory",
-    "nbytes": ...}``. Figures: ``seconds`` (the load), ``build_seconds`` (the part of the load spent
-    building the model: allocating its memory and filling it with random numbers), ``used_seconds`` (the load plus a first touch of
-    every page of every weight: one value per 4 KiB page), ``peak_mb`` (RSS high-water growth during
-    the load), ``held_mb`` (growth of the current RSS, VmRSS, after the touch: what the process
-    still holds), ``private_mb`` (growth of private memory after the touch). The memory figures
-    are None where the system does not report them (see the module's doc).
+    "nbytes": ...}``. Figures: ``seconds`` (the load), ``build_seconds`` (the part of the load spent building
+    the model: allocating its memory and filling it with random numbers), ``used_seconds`` (the load plus a
+    first touch of every page of every weight: one value per 4 KiB page), ``peak_mb`` (RSS high-water growth
+    during the load), ``held_mb`` (growth of the current RSS, VmRSS, after the touch: what the process still
+    holds), ``private_mb`` (growth of private memory after the touch). The memory figures are None where the
+    system does not report them (see the module's doc).
     """
     device = job.get("device", "cpu")
     if device.startswith("cuda"):
@@ -193,8 +224,13 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
         _sync(device)
         seconds = time.perf_counter() - start
         assert copy[-1].item() == 1
-        return {"seconds": seconds, "used_seconds": seconds, "peak_mb": grown(peak_mb(), base),
-                "held_mb": grown(current_mb(), current), "private_mb": grown(private_mb(), private)}
+        return {
+            "seconds": seconds,
+            "used_seconds": seconds,
+            "peak_mb": grown(peak_mb(), base),
+            "held_mb": grown(current_mb(), current),
+            "private_mb": grown(private_mb(), private),
+        }
     pt, st = Path(job["pt"]), Path(job["st"])
     base, current, private = peak_mb(), current_mb(), private_mb()
     times: dict[str, float] = {}
@@ -205,9 +241,14 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
     peak = grown(peak_mb(), base)
     _touch(list(model.state_dict().values()))
     _sync(device)
-    result = {"seconds": seconds, "build_seconds": times["build"], "used_seconds": time.perf_counter() - start,
-              "peak_mb": peak, "held_mb": grown(current_mb(), current),
-              "private_mb": grown(private_mb(), private)}
+    result = {
+        "seconds": seconds,
+        "build_seconds": times["build"],
+        "used_seconds": time.perf_counter() - start,
+        "peak_mb": peak,
+        "held_mb": grown(current_mb(), current),
+        "private_mb": grown(private_mb(), private),
+    }
     if device.startswith("cuda"):
         result["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / MB
     if job.get("check", True):
@@ -215,6 +256,7 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
             reference = torch.load(pt, mmap=True, map_location="cpu", weights_only=True)
         else:
             from safetensors.torch import load_file
+
             reference = load_file(st)
         result["same"] = _same_tensors(model, reference)
     return result
@@ -261,8 +303,12 @@ class ForkServer:
 
     def __init__(self, timeout_s: float = 120.0):
         self.timeout_s = timeout_s
-        self.process = subprocess.Popen([sys.executable, "-m", "helper.loading_bench", "--serve"],
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "helper.loading_bench", "--serve"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            bufsize=0,
+        )
 
     def run(self, job: dict[str, Any]) -> dict[str, Any]:
         """Send ``job`` to a fresh child, wait at most ``timeout_s`` seconds, return its result dict."""
@@ -305,17 +351,25 @@ class Measurement:
     seconds: float
     build_seconds: float | None = None  # the part of the load spent building the model (allocate + random fill)
     used_seconds: float | None = None  # load + first touch of every page (one value per 4 KiB page)
-    peak_mb: float | None = None       # RSS high-water mark growth while loading
-    held_mb: float | None = None       # current RSS (VmRSS) growth after that first touch of every page
-    private_mb: float | None = None    # growth of private (anonymous) memory after that touch
-    gpu_peak_mb: float | None = None   # torch.cuda.max_memory_allocated, when loading to a GPU
-    same: bool | None = None           # every tensor torch.equal to the saved state
-    cached: float | None = None        # fraction of the file in the page cache when the method started
+    peak_mb: float | None = None  # RSS high-water mark growth while loading
+    held_mb: float | None = None  # current RSS (VmRSS) growth after that first touch of every page
+    private_mb: float | None = None  # growth of private (anonymous) memory after that touch
+    gpu_peak_mb: float | None = None  # torch.cuda.max_memory_allocated, when loading to a GPU
+    same: bool | None = None  # every tensor torch.equal to the saved state
+    cached: float | None = None  # fraction of the file in the page cache when the method started
 
 
-def run_benchmark(pt: Path, st: Path, config: dict[str, int], *, device: str = "cpu", cold: bool = False,
-                  methods: list[str] | None = None, server: ForkServer | None = None,
-                  progress: Callable[[str], None] | None = None) -> list[Measurement]:
+def run_benchmark(
+    pt: Path,
+    st: Path,
+    config: dict[str, int],
+    *,
+    device: str = "cpu",
+    cold: bool = False,
+    methods: list[str] | None = None,
+    server: ForkServer | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> list[Measurement]:
     """Measure every method of METHODS (each in a fresh forked child), then the REFERENCES rows on ``pt``.
 
     ``cold=True`` evicts both files from the page cache before each method; otherwise both are
@@ -346,8 +400,10 @@ def run_benchmark(pt: Path, st: Path, config: dict[str, int], *, device: str = "
         seconds = read_seconds(pt)
         rows.append(Measurement(warm_read, seconds, used_seconds=seconds, cached=cached))
         memcpy_name = list(REFERENCES)[2]
-        copies = [server.run({"method": memcpy_name, "nbytes": pt.stat().st_size, "device": device})
-                  for _ in range(MEMCPY_REPEATS)]
+        copies = [
+            server.run({"method": memcpy_name, "nbytes": pt.stat().st_size, "device": device})
+            for _ in range(MEMCPY_REPEATS)
+        ]
         for memcpy in copies:
             if "error" in memcpy:
                 raise RuntimeError(f"memcpy: {memcpy['error']}")
@@ -372,16 +428,20 @@ def format_table(rows: list[Measurement], size_mb: float) -> str:
     def num(value: float | None, digits: int = 0) -> str:
         return "" if value is None else f"{value:.{digits}f}"
 
-    head = (f"{'method':<20} {'load s':>6} {'build':>5} {'+touch':>6} {'GB/s':>5} {'peak':>5} {'held':>5}"
-            f" {'priv.':>5}" + (f" {'GPU':>5}" if gpu else ""))
+    head = (
+        f"{'method':<20} {'load s':>6} {'build':>5} {'+touch':>6} {'GB/s':>5} {'peak':>5} {'held':>5}"
+        f" {'priv.':>5}" + (f" {'GPU':>5}" if gpu else "")
+    )
     caption = "seconds; GB/s: file size / (+touch - build); memory: MB grown"
     lines = [caption, head + "  same", "-" * (len(head) + 6)]
     for r in rows:
         spent = (r.used_seconds or r.seconds) - (r.build_seconds or 0.0)
         rate = None if r.name in MAPPED else size_mb / 1024 / max(spent, 1e-9)
-        line = (f"{LABELS.get(r.name, r.name):<20} {r.seconds:6.3f} {num(r.build_seconds, 3):>5}"
-                f" {num(r.used_seconds, 3):>6} {num(rate, 1):>5} {num(r.peak_mb):>5} {num(r.held_mb):>5}"
-                f" {num(r.private_mb):>5}" + (f" {num(r.gpu_peak_mb):>5}" if gpu else ""))
+        line = (
+            f"{LABELS.get(r.name, r.name):<20} {r.seconds:6.3f} {num(r.build_seconds, 3):>5}"
+            f" {num(r.used_seconds, 3):>6} {num(rate, 1):>5} {num(r.peak_mb):>5} {num(r.held_mb):>5}"
+            f" {num(r.private_mb):>5}" + (f" {num(r.gpu_peak_mb):>5}" if gpu else "")
+        )
         lines.append(line + f"  {'' if r.same is None else r.same}")
     return "\n".join(lines)
 

@@ -32,8 +32,18 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["MB", "peak_mb", "status_mb", "private_mb", "current_mb", "grown", "mapped_file",
-           "resident_fraction", "evict_from_page_cache", "read_seconds"]
+__all__ = [
+    "MB",
+    "peak_mb",
+    "status_mb",
+    "private_mb",
+    "current_mb",
+    "grown",
+    "mapped_file",
+    "resident_fraction",
+    "evict_from_page_cache",
+    "read_seconds",
+]
 
 MB = 2**20
 
@@ -78,7 +88,7 @@ def grown(now: float | None, before: float | None) -> float | None:
     return None if now is None or before is None else now - before
 
 
-def mapped_file(tensor: "torch.Tensor") -> str | None:
+def mapped_file(tensor: torch.Tensor) -> str | None:
     """The file whose memory mapping holds ``tensor``'s data (from ``/proc/self/maps``); None for private memory."""
     address = tensor.data_ptr()
     try:

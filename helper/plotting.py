@@ -23,8 +23,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-__all__ = ["SLIDE_DPI", "SLIDE_RC", "new_figure", "plot_history", "plot_curves", "show_images",
-           "plot_confusion_matrix"]
+__all__ = ["SLIDE_DPI", "SLIDE_RC", "new_figure", "plot_history", "plot_curves", "show_images", "plot_confusion_matrix"]
 
 SLIDE_DPI = 150  # a figure's resolution: its pixel size is what nbval sees, this is how fine it draws
 SLIDE_RC = {
@@ -44,8 +43,7 @@ plt.rcParams.update(SLIDE_RC)
 
 def new_figure(width_px: int, height_px: int, nrows: int = 1, ncols: int = 1, **kwargs: Any) -> tuple[Figure, Any]:
     """``plt.subplots`` for a figure ``width_px`` x ``height_px`` pixels drawn at ``SLIDE_DPI``."""
-    return plt.subplots(nrows, ncols, figsize=(width_px / SLIDE_DPI, height_px / SLIDE_DPI), dpi=SLIDE_DPI,
-                        **kwargs)
+    return plt.subplots(nrows, ncols, figsize=(width_px / SLIDE_DPI, height_px / SLIDE_DPI), dpi=SLIDE_DPI, **kwargs)
 
 
 def plot_curves(
@@ -131,8 +129,9 @@ def plot_confusion_matrix(
 
     if ax is None:
         _, ax = new_figure(600, 540)
-    ConfusionMatrixDisplay.from_predictions(y_true, y_pred, ax=ax, colorbar=False, cmap="Blues",
-                                            text_kw={"fontsize": MATRIX_COUNT_PT})
+    ConfusionMatrixDisplay.from_predictions(
+        y_true, y_pred, ax=ax, colorbar=False, cmap="Blues", text_kw={"fontsize": MATRIX_COUNT_PT}
+    )
     if title:
         ax.set_title(title)
     ax.figure.tight_layout()

@@ -24,8 +24,10 @@ class StateDictMismatchError(CheckpointError, RuntimeError):
     """The saved weights do not fit the model (a ``RuntimeError`` too, like ``load_state_dict``'s own)."""
 
 
-_PREFIX_CAUSE = {"module.": "a nn.DataParallel / DistributedDataParallel wrapper",
-                 "_orig_mod.": "a torch.compile wrapper"}
+_PREFIX_CAUSE = {
+    "module.": "a nn.DataParallel / DistributedDataParallel wrapper",
+    "_orig_mod.": "a torch.compile wrapper",
+}
 
 
 def _shape(value: Any) -> str:
@@ -57,24 +59,38 @@ class Mismatch:
 
     @property
     def fix(self) -> str:
-        return self.hint[1] if self.hint else (
-            "rebuild the model from the checkpoint's own config (model_from_checkpoint), or load the matching "
-            "keys on purpose with load_state_dict(..., strict=False) and check what it returns")
+        return (
+            self.hint[1]
+            if self.hint
+            else (
+                "rebuild the model from the checkpoint's own config (model_from_checkpoint), or load the matching "
+                "keys on purpose with load_state_dict(..., strict=False) and check what it returns"
+            )
+        )
 
 
 def _prefix_hint(expected: set[str], found: set[str]) -> tuple[str, str] | None:
     heads = {k.split(".", 1)[0] + "." for k in found if "." in k}
     for prefix in ["module.", "_orig_mod.", *sorted(heads)] if len(heads) == 1 else ["module.", "_orig_mod."]:
-        origin = _PREFIX_CAUSE.get(prefix, f"a wrapper that holds the model as its attribute {prefix[:-1]!r}, "
-                                           "as a LightningModule does")
-        if found and all(k.startswith(prefix) for k in found) and {k[len(prefix):] for k in found} == expected:
-            return (f"every saved key starts with {prefix!r} (saved from {origin})",
-                    f"strip it: torch.nn.modules.utils.consume_prefix_in_state_dict_if_present(state_dict, {prefix!r})")
-        if prefix in _PREFIX_CAUSE and expected and all(k.startswith(prefix) for k in expected) \
-                and {k[len(prefix):] for k in expected} == found:
+        origin = _PREFIX_CAUSE.get(
+            prefix, f"a wrapper that holds the model as its attribute {prefix[:-1]!r}, as a LightningModule does"
+        )
+        if found and all(k.startswith(prefix) for k in found) and {k[len(prefix) :] for k in found} == expected:
+            return (
+                f"every saved key starts with {prefix!r} (saved from {origin})",
+                f"strip it: torch.nn.modules.utils.consume_prefix_in_state_dict_if_present(state_dict, {prefix!r})",
+            )
+        if (
+            prefix in _PREFIX_CAUSE
+            and expected
+            and all(k.startswith(prefix) for k in expected)
+            and {k[len(prefix) :] for k in expected} == found
+        ):
             inner = "module" if prefix == "module." else "_orig_mod"
-            return (f"the model's keys start with {prefix!r} (it is wrapped by {origin}) and the file's do not",
-                    f"load into the inner model: model.{inner}.load_state_dict(state_dict)")
+            return (
+                f"the model's keys start with {prefix!r} (it is wrapped by {origin}) and the file's do not",
+                f"load into the inner model: model.{inner}.load_state_dict(state_dict)",
+            )
     return None
 
 
@@ -84,9 +100,14 @@ def find_mismatch(model: nn.Module, state_dict: dict[str, Any]) -> Mismatch | No
     expected, found = set(own), set(state_dict)
     rows = [("missing", k, "-", _shape(own[k])) for k in own if k not in found]
     rows += [("unexpected", k, _shape(state_dict[k]), "-") for k in state_dict if k not in expected]
-    rows += [("wrong shape", k, _shape(state_dict[k]), _shape(own[k])) for k in own
-             if k in found and isinstance(own[k], torch.Tensor) and isinstance(state_dict[k], torch.Tensor)
-             and own[k].shape != state_dict[k].shape]
+    rows += [
+        ("wrong shape", k, _shape(state_dict[k]), _shape(own[k]))
+        for k in own
+        if k in found
+        and isinstance(own[k], torch.Tensor)
+        and isinstance(state_dict[k], torch.Tensor)
+        and own[k].shape != state_dict[k].shape
+    ]
     return Mismatch(rows, _prefix_hint(expected, found)) if rows else None
 
 
@@ -104,6 +125,7 @@ def load_model_state(model: nn.Module, state_dict: dict[str, Any], *, path: Path
     found = find_mismatch(model, state_dict)
     if found is not None:
         fix = f"{found.hint[0]}; {found.hint[1]}" if found.hint else found.fix
-        raise StateDictMismatchError(path, f"the weights do not fit the model ({found.summary})",
-                                     "\n".join([fix, *found.table()]))
+        raise StateDictMismatchError(
+            path, f"the weights do not fit the model ({found.summary})", "\n".join([fix, *found.table()])
+        )
     model.load_state_dict(state_dict)

@@ -15,8 +15,16 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 __all__ = [
-    "History", "seed_everything", "pick_device", "train_one_epoch", "evaluate",
-    "predict", "fit", "new_history", "build_optimizer", "build_scheduler",
+    "History",
+    "seed_everything",
+    "pick_device",
+    "train_one_epoch",
+    "evaluate",
+    "predict",
+    "fit",
+    "new_history",
+    "build_optimizer",
+    "build_scheduler",
 ]
 
 #: Per-epoch record: lists of plain floats/ints under these keys, safe to store

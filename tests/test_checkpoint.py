@@ -1,7 +1,6 @@
 import argparse
 import os
 import random
-import socket
 import struct
 import subprocess
 import sys
@@ -16,10 +15,24 @@ import torch
 
 from helper import checked_load
 from helper import checkpoint as ckpt
-from helper.checkpoint import (CheckpointError, CheckpointFallback, CheckpointFolder, StateDictMismatchError,
-                               capture_rng_state, find_unsafe_values, load_checkpoint, make_checkpoint,
-                               model_from_checkpoint, remove_stale_temp_files, restore_rng_state,
-                               restore_training_state, save_checkpoint, sniff, state_dict_mismatch, verify_zip)
+from helper.checkpoint import (
+    CheckpointError,
+    CheckpointFallback,
+    CheckpointFolder,
+    StateDictMismatchError,
+    capture_rng_state,
+    find_unsafe_values,
+    load_checkpoint,
+    make_checkpoint,
+    model_from_checkpoint,
+    remove_stale_temp_files,
+    restore_rng_state,
+    restore_training_state,
+    save_checkpoint,
+    sniff,
+    state_dict_mismatch,
+    verify_zip,
+)
 from helper.data import make_loaders
 from helper.models import build_model
 from helper.training import fit, predict, seed_everything
@@ -49,8 +62,10 @@ def test_round_trip_gives_equal_model_and_optimizer_state(split, tmp_path):
     seed_everything(0)
     model, optimizer, scheduler, loaders = new_run(split)
     history = fit(model, optimizer, loaders.train, loaders.val, epochs=2, scheduler=scheduler, progress=False)
-    path = save_checkpoint(make_checkpoint(model, optimizer, scheduler, epoch=2, step=40, history=history,
-                                           generator=loaders.generator), tmp_path / "run.pt")
+    path = save_checkpoint(
+        make_checkpoint(model, optimizer, scheduler, epoch=2, step=40, history=history, generator=loaders.generator),
+        tmp_path / "run.pt",
+    )
     loaded = load_checkpoint(path)
     assert tensors_equal(loaded["model"], model.state_dict())
     assert tensors_equal(loaded["optimizer"], optimizer.state_dict())
@@ -65,8 +80,7 @@ def test_round_trip_gives_equal_model_and_optimizer_state(split, tmp_path):
 
 def test_checkpoint_loads_with_plain_weights_only_torch_load(split, tmp_path):
     model, optimizer, scheduler, loaders = new_run(split)
-    path = save_checkpoint(make_checkpoint(model, optimizer, scheduler, generator=loaders.generator),
-                           tmp_path / "c.pt")
+    path = save_checkpoint(make_checkpoint(model, optimizer, scheduler, generator=loaders.generator), tmp_path / "c.pt")
     raw = torch.load(path, weights_only=True)  # no allowlist anywhere in this process
     assert set(ckpt.REQUIRED_KEYS) <= set(raw)
 
@@ -97,8 +111,17 @@ def test_resume_equals_uninterrupted_run(split, tmp_path):
     m2, o2, s2, l2 = new_run(split, seed=5)
     loaded = load_checkpoint(tmp_path / "last.pt")
     restore_training_state(loaded, m2, o2, s2, generator=l2.generator)
-    resumed = fit(m2, o2, l2.train, l2.val, epochs=4, start_epoch=loaded["epoch"], scheduler=s2,
-                  history=loaded["history"], progress=False)
+    resumed = fit(
+        m2,
+        o2,
+        l2.train,
+        l2.val,
+        epochs=4,
+        start_epoch=loaded["epoch"],
+        scheduler=s2,
+        history=loaded["history"],
+        progress=False,
+    )
     assert tensors_equal(m2.state_dict(), model.state_dict())
     assert tensors_equal(o2.state_dict(), optimizer.state_dict())
     assert resumed == full
@@ -170,7 +193,7 @@ def data_offset(path: Path, member_part: str = "/data/") -> tuple[int, int]:
     with zipfile.ZipFile(path) as z:
         info = next(i for i in z.infolist() if member_part in i.filename)
     raw = path.read_bytes()
-    name_len, extra_len = struct.unpack("<HH", raw[info.header_offset + 26:info.header_offset + 30])
+    name_len, extra_len = struct.unpack("<HH", raw[info.header_offset + 26 : info.header_offset + 30])
     return info.header_offset + 30 + name_len + extra_len, info.file_size
 
 
@@ -189,6 +212,7 @@ def make_bad(kind: str, folder: Path, good: Path) -> Path:
         return folder / "run"
     if kind == "dcp":
         import torch.distributed.checkpoint as dcp
+
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="torch.distributed is disabled")  # single process on purpose
             dcp.save({"w": torch.ones(3)}, checkpoint_id=folder / "dcp")
@@ -196,8 +220,9 @@ def make_bad(kind: str, folder: Path, good: Path) -> Path:
     if kind == "empty":
         bad.write_bytes(b"")
     elif kind.startswith("truncated"):
-        keep = {"truncated-3": 3, "truncated-100": 100, "truncated-half": len(raw) // 2,
-                "truncated-end": len(raw) - 1}[kind]
+        keep = {"truncated-3": 3, "truncated-100": 100, "truncated-half": len(raw) // 2, "truncated-end": len(raw) - 1}[
+            kind
+        ]
         bad.write_bytes(raw[:keep])
     elif kind.startswith("flipped"):
         start, _ = data_offset(good, "/data/" if kind == "flipped-tensor" else "data.pkl")
@@ -208,6 +233,7 @@ def make_bad(kind: str, folder: Path, good: Path) -> Path:
         bad.write_text("epoch: 3\nloss: 0.1\n")
     elif kind == "safetensors":
         from safetensors.torch import save_file
+
         save_file({"w": torch.ones(3)}, bad)
     elif kind == "legacy":
         torch.save({"w": torch.ones(3)}, bad, _use_new_zipfile_serialization=False)
@@ -254,19 +280,40 @@ def test_bad_input_is_named_for_what_it_is(kind, tmp_path):
     assert load_checkpoint(good)["epoch"] == 3
 
 
-KIND_OF = {"missing": "missing", "directory": "not-a-checkpoint", "dcp": "not-a-checkpoint", "empty": "truncated",
-           "truncated-3": "truncated", "truncated-100": "truncated", "truncated-half": "truncated",
-           "truncated-end": "truncated", "flipped-tensor": "corrupted", "flipped-pickle": "corrupted",
-           "text": "not-a-checkpoint", "safetensors": "not-a-checkpoint", "legacy": "not-a-checkpoint",
-           "whole-module": "hostile-pickle", "reduce-payload": "hostile-pickle", "numpy-rng": "hostile-pickle",
-           "namespace": "hostile-pickle"}
+KIND_OF = {
+    "missing": "missing",
+    "directory": "not-a-checkpoint",
+    "dcp": "not-a-checkpoint",
+    "empty": "truncated",
+    "truncated-3": "truncated",
+    "truncated-100": "truncated",
+    "truncated-half": "truncated",
+    "truncated-end": "truncated",
+    "flipped-tensor": "corrupted",
+    "flipped-pickle": "corrupted",
+    "text": "not-a-checkpoint",
+    "safetensors": "not-a-checkpoint",
+    "legacy": "not-a-checkpoint",
+    "whole-module": "hostile-pickle",
+    "reduce-payload": "hostile-pickle",
+    "numpy-rng": "hostile-pickle",
+    "namespace": "hostile-pickle",
+}
 
 
 def test_sniff_names_each_kind(tmp_path):
     good = good_file(tmp_path)
-    expected = {"missing": "missing", "directory": "directory", "dcp": "dcp", "empty": "empty",
-                "truncated-half": "damaged-zip", "text": "text", "safetensors": "safetensors", "legacy": "legacy",
-                "namespace": "torch-zip"}
+    expected = {
+        "missing": "missing",
+        "directory": "directory",
+        "dcp": "dcp",
+        "empty": "empty",
+        "truncated-half": "damaged-zip",
+        "text": "text",
+        "safetensors": "safetensors",
+        "legacy": "legacy",
+        "namespace": "torch-zip",
+    }
     for case, kind in expected.items():
         assert sniff(make_bad(case, tmp_path, good)) == kind, case
     assert sniff(good) == "torch-zip"
@@ -311,8 +358,10 @@ def test_the_crc_tap_sees_every_storage_and_places_them_as_asked(tmp_path):
     """Views share a storage, a tensor can be a dict key or sit in a set: torch.load reads each record once,
     and the tap sees it; map_location strings, devices, dicts and callables place them as torch.load would."""
     base = torch.arange(12.0)
-    checkpoint = ckpt.make_checkpoint(torch.nn.Linear(2, 2), extra={"view": base[3:], "again": base,
-                                                                   "set": {torch.ones(2)}, "key": {torch.zeros(3): 1}})
+    checkpoint = ckpt.make_checkpoint(
+        torch.nn.Linear(2, 2),
+        extra={"view": base[3:], "again": base, "set": {torch.ones(2)}, "key": {torch.zeros(3): 1}},
+    )
     path = ckpt.save_checkpoint(checkpoint, tmp_path / "views.pt")
     with open(path, "rb") as f:
         members = checked_load._validated(path, f).tensor_members()
@@ -331,7 +380,8 @@ def test_the_crc_in_use_is_zlibs():
 
     data = os.urandom(1 << 16)
     assert formats._crc32(data) == zlib.crc32(data) and formats._crc32(memoryview(data)[7:999]) == zlib.crc32(
-        data[7:999])
+        data[7:999]
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -342,8 +392,11 @@ def test_unsafe_value_is_refused_at_save_time_with_its_key_path(tmp_path):
     path = good_file(tmp_path)
     before = path.read_bytes()
     checkpoint = make_checkpoint(build_model({"arch": "mlp"}), extra={"args": argparse.Namespace(lr=0.1)})
-    with pytest.raises(CheckpointError, match=r"good\.pt: not saved: checkpoint\['extra'\]\['args'\] is of type "
-                                              r"argparse\.Namespace.*previous file is untouched\. Fix: store vars"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"good\.pt: not saved: checkpoint\['extra'\]\['args'\] is of type "
+        r"argparse\.Namespace.*previous file is untouched\. Fix: store vars",
+    ):
         save_checkpoint(checkpoint, path)
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["good.pt"]
@@ -353,9 +406,12 @@ def test_unsafe_value_is_refused_at_save_time_with_its_key_path(tmp_path):
 
 def test_find_unsafe_values_walks_every_container():
     from collections import OrderedDict, defaultdict, namedtuple
+
     Point = namedtuple("Point", "x y")
-    value = {"ok": [1, 2.0, "s", None, torch.ones(1), torch.Size([2]), OrderedDict(a=(1, {2}))],
-             "bad": [np.float64(1.0), Point(1, 2), defaultdict(int)]}
+    value = {
+        "ok": [1, 2.0, "s", None, torch.ones(1), torch.Size([2]), OrderedDict(a=(1, {2}))],
+        "bad": [np.float64(1.0), Point(1, 2), defaultdict(int)],
+    }
     found = find_unsafe_values(value)
     assert [where for where, _ in found] == ["checkpoint['bad'][0]", "checkpoint['bad'][1]", "checkpoint['bad'][2]"]
     assert found[0][1] == "numpy.float64" and found[2][1] == "collections.defaultdict"
@@ -540,9 +596,11 @@ def test_every_os_error_of_the_folder_is_a_checkpoint_error(tmp_path, monkeypatc
         return real_open(path, flags, *args)
 
     monkeypatch.setattr(ckpt.os, "open", read_only)
-    for attempt in (lambda: run.save(make_checkpoint(model, epoch=2)),
-                    lambda: CheckpointFolder(tmp_path / "run").save(make_checkpoint(model, epoch=2)),
-                    lambda: run.cleanup()):
+    for attempt in (
+        lambda: run.save(make_checkpoint(model, epoch=2)),
+        lambda: CheckpointFolder(tmp_path / "run").save(make_checkpoint(model, epoch=2)),
+        lambda: run.cleanup(),
+    ):
         with pytest.raises(CheckpointError, match="EROFS") as caught:
             attempt()
         assert caught.value.kind == "folder" and "read-only" in caught.value.fix
@@ -576,15 +634,15 @@ def swap_member_names(path: Path, first: str, second: str) -> None:
     assert len(first) == len(second) and a.file_size == b.file_size and a.CRC != b.CRC
     for info, new in ((a, second), (b, first)):
         offset = info.header_offset + 30
-        assert raw[offset:offset + len(new)] == info.filename.encode()
-        raw[offset:offset + len(new)] = new.encode()
+        assert raw[offset : offset + len(new)] == info.filename.encode()
+        raw[offset : offset + len(new)] = new.encode()
     pos = start
     swapped = 0
-    while raw[pos:pos + 4] == b"PK\x01\x02":
-        n, m, k = struct.unpack("<HHH", raw[pos + 28:pos + 34])
-        name = bytes(raw[pos + 46:pos + 46 + n]).decode()
+    while raw[pos : pos + 4] == b"PK\x01\x02":
+        n, m, k = struct.unpack("<HHH", raw[pos + 28 : pos + 34])
+        name = bytes(raw[pos + 46 : pos + 46 + n]).decode()
         if name in (first, second):
-            raw[pos + 46:pos + 46 + n] = (second if name == first else first).encode()
+            raw[pos + 46 : pos + 46 + n] = (second if name == first else first).encode()
             swapped += 1
         pos += 46 + n + m + k
     assert swapped == 2
@@ -601,8 +659,12 @@ def test_members_swapped_by_name_are_refused(tmp_path):
     path = save_checkpoint(make_checkpoint(model, optimizer), tmp_path / "swapped.pt")
     with zipfile.ZipFile(path) as z:  # two storages of equal size and different bytes, one-digit keys
         infos = [i for i in z.infolist() if "/data/" in i.filename and len(i.filename.rsplit("/", 1)[1]) == 1]
-    first, second = next((a.filename, b.filename) for a in infos for b in infos
-                         if a.filename < b.filename and a.file_size == b.file_size and a.CRC != b.CRC)
+    first, second = next(
+        (a.filename, b.filename)
+        for a in infos
+        for b in infos
+        if a.filename < b.filename and a.file_size == b.file_size and a.CRC != b.CRC
+    )
     before = torch.load(path, weights_only=True)
     swap_member_names(path, first, second)
     assert zipfile.ZipFile(path).testzip() is None  # every CRC-32 still matches its (renamed) member
@@ -637,8 +699,14 @@ try:
 except CheckpointError as exc:
     print("refused:", exc.kind, exc.cause)
 """
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                          cwd=Path(__file__).resolve().parents[1], env={**os.environ, "OMP_NUM_THREADS": "1"})
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).resolve().parents[1],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert done.returncode == 0, (done.returncode, done.stderr[-2000:])  # -7 was SIGBUS
     assert done.stdout.startswith("refused:"), done.stdout + done.stderr[-2000:]
     assert path.stat().st_size == 0

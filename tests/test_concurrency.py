@@ -20,8 +20,14 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import torch
 
-from helper.checkpoint import (CheckpointError, CheckpointFolder, load_checkpoint, make_checkpoint, save_checkpoint,
-                               verify_zip)
+from helper.checkpoint import (
+    CheckpointError,
+    CheckpointFolder,
+    load_checkpoint,
+    make_checkpoint,
+    save_checkpoint,
+    verify_zip,
+)
 from helper.models import build_model
 from helper.paths import REPO_ROOT
 
@@ -190,8 +196,7 @@ def test_a_dead_runs_files_are_removed_only_by_its_own_next_save_or_cleanup(tmp_
     model = build_model({"arch": "mlp"})
     for epoch in (10, 11, 12):
         b.save(make_checkpoint(model, epoch=epoch))
-    assert [p.name for p in b.checkpoints()] == ["epoch-0011.pt", "epoch-0012.pt", "epoch-0051.pt",
-                                                 "epoch-0052.pt"]
+    assert [p.name for p in b.checkpoints()] == ["epoch-0011.pt", "epoch-0012.pt", "epoch-0051.pt", "epoch-0052.pt"]
     removed = b.cleanup()  # on purpose: the ended run's files go, the live run's stay
     assert [p.name for p in removed] == ["epoch-0051.pt", "epoch-0052.pt"]
     assert [p.name for p in b.checkpoints()] == ["epoch-0011.pt", "epoch-0012.pt"]
@@ -230,8 +235,11 @@ def unshare_works() -> str | None:
     """None if this machine lets us start a process in a new PID namespace, else why not."""
     if shutil.which("unshare") is None:
         return "no unshare command"
-    probe = subprocess.run(["unshare", "--user", "--map-root-user", "--pid", "--fork", "sh", "-c", "echo $$"],
-                           capture_output=True, text=True)
+    probe = subprocess.run(
+        ["unshare", "--user", "--map-root-user", "--pid", "--fork", "sh", "-c", "echo $$"],
+        capture_output=True,
+        text=True,
+    )
     if probe.returncode != 0:
         probe = subprocess.run(["unshare", "--pid", "--fork", "sh", "-c", "echo $$"], capture_output=True, text=True)
         if probe.returncode != 0:
@@ -244,11 +252,19 @@ def test_a_writer_in_another_pid_namespace_keeps_its_temp_file(tmp_path):
     why = unshare_works()
     if why is not None:
         pytest.skip(why)
-    user = ["--user", "--map-root-user"] if subprocess.run(
-        ["unshare", "--user", "--map-root-user", "true"], capture_output=True).returncode == 0 else []
-    writer = subprocess.Popen(["unshare", *user, "--pid", "--fork", sys.executable, "-c", PAUSED_WRITER,
-                               str(tmp_path)], cwd=REPO_ROOT, text=True, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    user = (
+        ["--user", "--map-root-user"]
+        if subprocess.run(["unshare", "--user", "--map-root-user", "true"], capture_output=True).returncode == 0
+        else []
+    )
+    writer = subprocess.Popen(
+        ["unshare", *user, "--pid", "--fork", sys.executable, "-c", PAUSED_WRITER, str(tmp_path)],
+        cwd=REPO_ROOT,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"},
+    )
     try:
         line = writer.stdout.readline().split()
         assert line[:1] == ["writing"], writer.stderr.read()[-2000:]

@@ -21,18 +21,25 @@ from pathlib import Path
 import pytest
 import torch
 
-from helper.checkpoint import (CheckpointError, CheckpointFolder, load_checkpoint, remove_stale_temp_files,
-                               save_checkpoint, verify_zip)
+from helper.checkpoint import (
+    CheckpointError,
+    CheckpointFolder,
+    load_checkpoint,
+    remove_stale_temp_files,
+    save_checkpoint,
+    verify_zip,
+)
 from helper.data import split_digits
 
-pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL") or not hasattr(os, "fork"),
-                                reason="needs SIGKILL and fork (Linux, macOS)")
+pytestmark = pytest.mark.skipif(
+    not hasattr(signal, "SIGKILL") or not hasattr(os, "fork"), reason="needs SIGKILL and fork (Linux, macOS)"
+)
 
 MB_PER_TENSOR, TENSORS = 4, 4  # a 16 MB state dict: a kill at a random moment lands mid-write (and
 # over 16 MiB, so the save takes the path that drops and later frees the replaced file)
 HELPER_TRIALS, PLAIN_TRIALS = 20, 16  # plain loses its file in ~30% of trials: 16 make a miss 0.3%
 
-ZYGOTE = textwrap.dedent('''
+ZYGOTE = textwrap.dedent("""
     import os, sys
     import torch
     torch.set_num_threads(1)  # the same kernels in every child, and no thread pool to break in fork()
@@ -47,7 +54,8 @@ ZYGOTE = textwrap.dedent('''
     def save_loop(mode, target, numel, count):
         version = 0
         while True:
-            state = {"version": version, "weights": {f"w{i}": torch.full((numel,), float(version)) for i in range(count)}}
+            weights = {f"w{i}": torch.full((numel,), float(version)) for i in range(count)}
+            state = {"version": version, "weights": weights}
             if mode == "helper":
                 save_checkpoint(state, target)
             else:
@@ -96,7 +104,7 @@ ZYGOTE = textwrap.dedent('''
             finally:
                 os._exit(0)
         say(f"pid {pid}")
-''')
+""")
 
 
 class Zygote:
@@ -104,8 +112,9 @@ class Zygote:
         script = folder / "zygote.py"
         script.write_text(ZYGOTE)
         env = dict(os.environ, OMP_NUM_THREADS="1", TQDM_DISABLE="1")
-        self.proc = subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     text=True, bufsize=1, env=env)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1, env=env
+        )
         # helper's modules import scikit-learn only to compute a digits split (helper.data)
         assert self.read() == "zygote ready, sklearn imported: False"
 
@@ -197,8 +206,10 @@ def test_sigkill_mid_save_never_loses_the_checkpoint_but_plain_torch_save_does(z
     lost = sum(r["found"] is None for r in plain)
     assert lost >= 1, "plain torch.save never lost its file: the harness did not kill mid-write"
     with capsys.disabled():
-        print(f"\nSIGKILL mid-save: save_checkpoint lost 0/{HELPER_TRIALS} (killed mid-write {mid_write} times), "
-              f"plain torch.save lost {lost}/{PLAIN_TRIALS}")
+        print(
+            f"\nSIGKILL mid-save: save_checkpoint lost 0/{HELPER_TRIALS} (killed mid-write {mid_write} times), "
+            f"plain torch.save lost {lost}/{PLAIN_TRIALS}"
+        )
 
 
 def test_sigkill_during_training_then_resume_is_bit_for_bit_the_uninterrupted_run(zygote, tmp_path):
@@ -264,7 +275,6 @@ def test_a_folder_where_the_file_should_go_is_named(tmp_path):
 
 
 def test_resume_finds_the_newest_file_when_the_pointer_write_failed(tmp_path, monkeypatch):
-    import errno
 
     from helper import checkpoint_folder as ckpt  # the folder's own name for the atomic write
     from helper.checkpoint import make_checkpoint
@@ -321,9 +331,13 @@ def test_real_full_and_read_only_file_systems(tmp_path):
         pytest.skip("no unshare command")
     user = [] if os.geteuid() == 0 else ["--user", "--map-root-user"]
     script = 'mount -t tmpfs -o size=256k tmpfs "$1" && exec "$2" -c "$3" "$1"'
-    done = subprocess.run(["unshare", *user, "--mount", "sh", "-c", script, "sh", str(tmp_path), sys.executable,
-                           REAL_FS], capture_output=True, text=True, timeout=300,
-                          env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    done = subprocess.run(
+        ["unshare", *user, "--mount", "sh", "-c", script, "sh", str(tmp_path), sys.executable, REAL_FS],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
     if done.returncode != 0 and ("Operation not permitted" in done.stderr or "mount" in done.stderr[:300]):
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()[:160]}")
     assert done.returncode == 0, done.stderr[-2000:]

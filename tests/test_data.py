@@ -88,8 +88,10 @@ def test_the_cached_split_is_scikit_learns_split_bit_for_bit(tmp_path, monkeypat
     second = split_digits()  # reads it
     for part in ("train", "val", "test"):
         for split in (first, second):
-            assert torch.equal(getattr(split, f"x_{part}").reshape(-1, 64),
-                               torch.tensor(fresh[f"x_{part}"] / 16.0, dtype=torch.float32))
+            assert torch.equal(
+                getattr(split, f"x_{part}").reshape(-1, 64),
+                torch.tensor(fresh[f"x_{part}"] / 16.0, dtype=torch.float32),
+            )
             assert torch.equal(getattr(split, f"y_{part}"), torch.tensor(fresh[f"y_{part}"]))
     whole = path.read_bytes()
     path.write_bytes(whole[: len(whole) // 2])  # a torn file
@@ -102,5 +104,14 @@ def test_the_cached_split_is_scikit_learns_split_bit_for_bit(tmp_path, monkeypat
 
 def split_cache_path_differs(data) -> bool:
     """Other arguments, another file: a cached split is never served for a different request."""
-    return len({data.split_cache_path(), data.split_cache_path(seed=1), data.split_cache_path(test_size=0.3),
-                data.split_cache_path(val_size=0.1)}) == 4
+    return (
+        len(
+            {
+                data.split_cache_path(),
+                data.split_cache_path(seed=1),
+                data.split_cache_path(test_size=0.3),
+                data.split_cache_path(val_size=0.1),
+            }
+        )
+        == 4
+    )

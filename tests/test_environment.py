@@ -88,8 +88,9 @@ def thread_counts(omp: str) -> dict[str, int]:
         return json.loads(done.getvalue().splitlines()[-1])
     env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
     env["OMP_NUM_THREADS"] = omp
-    done = subprocess.run([sys.executable, "-c", POOLS], env=env, capture_output=True, text=True,
-                          cwd=REPO_ROOT, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", POOLS], env=env, capture_output=True, text=True, cwd=REPO_ROOT, check=True
+    )
     return json.loads(done.stdout.splitlines()[-1])
 
 
@@ -121,7 +122,8 @@ def test_the_longest_first_table_names_only_files_that_exist():
     lose its place (and the suite its balance), so every name must still be a notebook or test module."""
     seconds = root_conftest().SECONDS
     stems = {p.stem for p in (REPO_ROOT / "notebooks").glob("*.ipynb")} | {
-        p.stem for p in (REPO_ROOT / "tests").glob("test_*.py")}
+        p.stem for p in (REPO_ROOT / "tests").glob("test_*.py")
+    }
     assert set(seconds) <= stems, set(seconds) - stems
     assert len(seconds) >= 20
 
@@ -130,22 +132,53 @@ def test_files_go_to_the_workers_longest_first_each_in_its_own_order():
     """The sort is by file, longest first, stable inside a file; and xdist keeps that order
     (without --no-loadscope-reorder it would hand out files by their number of tests)."""
     conftest = root_conftest()
-    names = ["test_data.py", "11_distributed_checkpoints.ipynb", "test_slides.py", "11_distributed_checkpoints.ipynb",
-             "test_data.py", "not_in_the_table.py", "04_devices_map_location.ipynb"]
+    names = [
+        "test_data.py",
+        "11_distributed_checkpoints.ipynb",
+        "test_slides.py",
+        "11_distributed_checkpoints.ipynb",
+        "test_data.py",
+        "not_in_the_table.py",
+        "04_devices_map_location.ipynb",
+    ]
     items = [SimpleNamespace(path=REPO_ROOT / name, index=i) for i, name in enumerate(names)]
     conftest.pytest_collection_modifyitems(None, None, items)
     assert [(item.path.name, item.index) for item in items] == [
-        ("11_distributed_checkpoints.ipynb", 1), ("11_distributed_checkpoints.ipynb", 3), ("test_slides.py", 2),
-        ("04_devices_map_location.ipynb", 6), ("test_data.py", 0), ("test_data.py", 4), ("not_in_the_table.py", 5)]
+        ("11_distributed_checkpoints.ipynb", 1),
+        ("11_distributed_checkpoints.ipynb", 3),
+        ("test_slides.py", 2),
+        ("04_devices_map_location.ipynb", 6),
+        ("test_data.py", 0),
+        ("test_data.py", 4),
+        ("not_in_the_table.py", 5),
+    ]
     addopts = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["pytest"][
-        "ini_options"]["addopts"]
+        "ini_options"
+    ]["addopts"]
     assert "--dist loadscope --no-loadscope-reorder" in " ".join(addopts.split())
 
 
 def collected(*args: str) -> set[str]:
     """The test ids ``pytest --collect-only`` selects with ``args`` (nbval and addopts off)."""
-    done = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:nbval", "-p",
-                           "no:cacheprovider", "-o", "addopts=", *args], cwd=REPO_ROOT, capture_output=True, text=True)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "--collect-only",
+            "-q",
+            "-p",
+            "no:nbval",
+            "-p",
+            "no:cacheprovider",
+            "-o",
+            "addopts=",
+            *args,
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode in (0, 5), done.stdout[-2000:] + done.stderr[-2000:]  # 5: nothing selected
     return {line.split("[")[0] for line in done.stdout.splitlines() if "::" in line}
 
@@ -156,12 +189,16 @@ def test_the_slow_marker_leaves_out_the_browser_and_bomb_tests_and_only_those():
     slow = root_conftest().SLOW
     assert set(slow) <= {p.stem for p in (REPO_ROOT / "tests").glob("test_*.py")}, set(slow)
     markers = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["pytest"][
-        "ini_options"]["markers"]
+        "ini_options"
+    ]["markers"]
     assert any(m.startswith("slow:") for m in markers)
     files = ["tests/test_slides.py", "tests/test_bombs.py"]
     every, quick = collected(*files), collected("-m", "not slow", *files)
-    browser = {t for t in every if "test_slides.py" in t and ("browser" in t or "apply_with_measured" in t
-                                                             or "every_slide_of_every_deck" in t)}
+    browser = {
+        t
+        for t in every
+        if "test_slides.py" in t and ("browser" in t or "apply_with_measured" in t or "every_slide_of_every_deck" in t)
+    }
     assert len(browser) == 3 and not browser & quick
     assert not {t for t in quick if "test_bombs.py" in t} and any("test_bombs.py" in t for t in every)
     assert "tests/test_slides.py::test_rules_and_the_pixel_budget" in quick  # the fast ones stay
@@ -172,8 +209,10 @@ def test_nbval_takes_the_harness_cell_timeout_unless_the_caller_chose_one():
     from tools.harness import CELL_TIMEOUT
 
     conftest = root_conftest()
-    default, chosen = SimpleNamespace(option=SimpleNamespace(nbval_cell_timeout=2000.0)), SimpleNamespace(
-        option=SimpleNamespace(nbval_cell_timeout=50.0))
+    default, chosen = (
+        SimpleNamespace(option=SimpleNamespace(nbval_cell_timeout=2000.0)),
+        SimpleNamespace(option=SimpleNamespace(nbval_cell_timeout=50.0)),
+    )
     conftest.pytest_configure(default)
     conftest.pytest_configure(chosen)
     assert (default.option.nbval_cell_timeout, chosen.option.nbval_cell_timeout) == (CELL_TIMEOUT, 50.0)

@@ -199,11 +199,17 @@ def test_a_notebook_with_an_error_lesson_12_lacks_fails(tmp_path):
 def test_the_same_messages_from_another_run_are_covered(tmp_path):
     present = [  # lesson 12's messages with other paths, names, numbers and keys
         ("IsADirectoryError", "[Errno 21] Is a directory: '../artifacts/13_other/step_100'"),
-        ("RuntimeError", 'Error(s) in loading state_dict for ResNet:\n\tMissing key(s) in state_dict: '
-         '"fc.weight", "fc.bias". \n\tUnexpected key(s) in state_dict: "head.weight". '),
-        ("RuntimeError", "Error(s) in loading state_dict for ResNet:\n\tsize mismatch for fc.weight: copying "
-         "a param with shape torch.Size([10, 512]) from checkpoint, the shape in current model is "
-         "torch.Size([100, 512])."),
+        (
+            "RuntimeError",
+            "Error(s) in loading state_dict for ResNet:\n\tMissing key(s) in state_dict: "
+            '"fc.weight", "fc.bias". \n\tUnexpected key(s) in state_dict: "head.weight". ',
+        ),
+        (
+            "RuntimeError",
+            "Error(s) in loading state_dict for ResNet:\n\tsize mismatch for fc.weight: copying "
+            "a param with shape torch.Size([10, 512]) from checkpoint, the shape in current model is "
+            "torch.Size([100, 512]).",
+        ),
         ("AttributeError", "Can't get attribute 'TinyNet' on <module '__main__'>"),
     ]
     fake = fake_notebook(tmp_path / "99_fake.ipynb", present)
@@ -211,31 +217,56 @@ def test_the_same_messages_from_another_run_are_covered(tmp_path):
 
 
 def test_same_name_and_first_line_but_another_kind_of_line_is_not_covered():
-    missing_keys = Shown("a", 0, "RuntimeError", 'Error(s) in loading state_dict for MLP:\n\tMissing key(s) '
-                         'in state_dict: "1.weight". \n\tUnexpected key(s) in state_dict: "2.weight". ')
-    size = Shown("b", 0, "RuntimeError", "Error(s) in loading state_dict for SmallCNN:\n\tsize mismatch for "
-                 "x.weight: copying a param with shape torch.Size([2]) from checkpoint, the shape in "
-                 "current model is torch.Size([3]).")
-    refused = Shown("c", 0, "UnpicklingError", "Weights only load failed. This file can still be loaded\n"
-                    "\tWeightsUnpickler error: Unsupported global: GLOBAL print was not an allowed global")
-    operand = Shown("d", 0, "UnpicklingError", "Weights only load failed. This file can still be loaded\n"
-                    "\tWeightsUnpickler error: Unsupported operand 118")
+    missing_keys = Shown(
+        "a",
+        0,
+        "RuntimeError",
+        "Error(s) in loading state_dict for MLP:\n\tMissing key(s) "
+        'in state_dict: "1.weight". \n\tUnexpected key(s) in state_dict: "2.weight". ',
+    )
+    size = Shown(
+        "b",
+        0,
+        "RuntimeError",
+        "Error(s) in loading state_dict for SmallCNN:\n\tsize mismatch for "
+        "x.weight: copying a param with shape torch.Size([2]) from checkpoint, the shape in "
+        "current model is torch.Size([3]).",
+    )
+    refused = Shown(
+        "c",
+        0,
+        "UnpicklingError",
+        "Weights only load failed. This file can still be loaded\n"
+        "\tWeightsUnpickler error: Unsupported global: GLOBAL print was not an allowed global",
+    )
+    operand = Shown(
+        "d",
+        0,
+        "UnpicklingError",
+        "Weights only load failed. This file can still be loaded\n\tWeightsUnpickler error: Unsupported operand 118",
+    )
     assert not size.covered_by(missing_keys) and not missing_keys.covered_by(size)
     assert not operand.covered_by(refused) and not refused.covered_by(operand)
     assert not Shown("e", 0, "OSError", "[Errno 2] No such file").covered_by(
-        Shown("f", 0, "OSError", "[Errno 22] No such file"))
+        Shown("f", 0, "OSError", "[Errno 22] No such file")
+    )
     assert not Shown("g", 0, "ValueError", "loaded state dict").covered_by(
-        Shown("h", 0, "RuntimeError", "loaded state dict"))
+        Shown("h", 0, "RuntimeError", "loaded state dict")
+    )
 
 
 def test_only_a_message_the_course_writes_is_its_own(tmp_path):
     own = "raise RuntimeError(f'{path} needs {n}; if you trust it, allowlist data classes only')"
-    fake = fake_notebook(tmp_path / "98_own.ipynb", [("RuntimeError", "a.pt needs 3; if you trust it, "
-                                                      "allowlist data classes only")], code=own)
+    fake = fake_notebook(
+        tmp_path / "98_own.ipynb",
+        [("RuntimeError", "a.pt needs 3; if you trust it, allowlist data classes only")],
+        code=own,
+    )
     assert uncovered([fake], INDEX) == []
     checks_torch = "assert 'Expected all tensors on one device' in str(err), 'the cell must fail'"
-    fake = fake_notebook(tmp_path / "97_check.ipynb", [("RuntimeError", "Expected all tensors on one device")],
-                         code=checks_torch)
+    fake = fake_notebook(
+        tmp_path / "97_check.ipynb", [("RuntimeError", "Expected all tensors on one device")], code=checks_torch
+    )
     assert len(uncovered([fake], INDEX)) == 1
 
 
@@ -265,6 +296,11 @@ def test_every_entry_heading_carries_its_anchor_and_the_contents_link_every_one(
 def test_every_link_into_lesson_12_resolves():
     anchors = {a for source in index_markdown() for a in ANCHOR.findall(source)}
     files = [*sorted(NOTEBOOK_DIR.glob("*.ipynb")), ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-    broken = [f"{p.name}#{a}" for p in files if p.exists() for a in LINK.findall(p.read_text(encoding="utf-8"))
-              if a not in anchors]
+    broken = [
+        f"{p.name}#{a}"
+        for p in files
+        if p.exists()
+        for a in LINK.findall(p.read_text(encoding="utf-8"))
+        if a not in anchors
+    ]
     assert not broken, broken

@@ -34,9 +34,13 @@ FLIPS = (0x01, 0x10, 0xFF)
 def same(a, b) -> bool:
     """Bit-identical: same types, keys in order, tensors with equal dtype, shape, stride and bytes."""
     if isinstance(a, torch.Tensor):
-        return (isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape
-                and a.stride() == b.stride() and torch.equal(a.view(torch.uint8) if a.numel() else a,
-                                                             b.view(torch.uint8) if b.numel() else b))
+        return (
+            isinstance(b, torch.Tensor)
+            and a.dtype == b.dtype
+            and a.shape == b.shape
+            and a.stride() == b.stride()
+            and torch.equal(a.view(torch.uint8) if a.numel() else a, b.view(torch.uint8) if b.numel() else b)
+        )
     if isinstance(a, dict):
         return type(a) is type(b) and list(a) == list(b) and all(same(a[k], b[k]) for k in a)
     if isinstance(a, (list, tuple)):
@@ -123,21 +127,28 @@ def sweep(original: bytes, chosen: list[tuple[str, int, int]], processes: int) -
         else:
             _init(original, folder)
             results = [run_case(c) for c in chosen]
-    figures = {"changes": len(chosen), "loads": collections.Counter(r[0] for r in results),
-               "refusals": collections.Counter(r[1] for r in results if r[0] == "refused"),
-               "findings": [r[1] for r in results if r[0] in ("GARBAGE", "RAISED")],
-               "doctor": collections.Counter(r[2].split(":")[0] for r in results),
-               "doctor_ok_on_refused": sum(r[0] == "refused" and r[2] == "OK" for r in results),
-               "doctor_tracebacks": [r[2] for r in results if r[2].startswith(("TRACEBACK", "BAD-REPORT"))]}
+    figures = {
+        "changes": len(chosen),
+        "loads": collections.Counter(r[0] for r in results),
+        "refusals": collections.Counter(r[1] for r in results if r[0] == "refused"),
+        "findings": [r[1] for r in results if r[0] in ("GARBAGE", "RAISED")],
+        "doctor": collections.Counter(r[2].split(":")[0] for r in results),
+        "doctor_ok_on_refused": sum(r[0] == "refused" and r[2] == "OK" for r in results),
+        "doctor_tracebacks": [r[2] for r in results if r[2].startswith(("TRACEBACK", "BAD-REPORT"))],
+    }
     return figures
 
 
 def report(figures: dict) -> str:
-    lines = [f"changes tried: {figures['changes']}", f"loads: {dict(figures['loads'])}",
-             f"silent garbage loads: {figures['loads'].get('GARBAGE', 0)}, other exceptions: "
-             f"{figures['loads'].get('RAISED', 0)}", f"doctor: {dict(figures['doctor'])}, OK on a refused copy: "
-             f"{figures['doctor_ok_on_refused']}, tracebacks: {len(figures['doctor_tracebacks'])}",
-             "refusals by cause:"]
+    lines = [
+        f"changes tried: {figures['changes']}",
+        f"loads: {dict(figures['loads'])}",
+        f"silent garbage loads: {figures['loads'].get('GARBAGE', 0)}, other exceptions: "
+        f"{figures['loads'].get('RAISED', 0)}",
+        f"doctor: {dict(figures['doctor'])}, OK on a refused copy: "
+        f"{figures['doctor_ok_on_refused']}, tracebacks: {len(figures['doctor_tracebacks'])}",
+        "refusals by cause:",
+    ]
     lines += [f"  {n:6d}  {cause}" for cause, n in figures["refusals"].most_common()]
     return "\n".join(lines)
 
@@ -149,8 +160,10 @@ def test_every_change_loads_identically_or_is_refused(tmp_path, capsys):
     chosen = everything if full else random.Random(int(os.environ.get("FUZZ_SEED", "14"))).sample(everything, SAMPLE)
     figures = sweep(original, chosen, processes=os.cpu_count() or 1 if full else 1)
     with capsys.disabled():
-        print(f"\nfuzz ({'full sweep' if full else f'sample of {SAMPLE}'}, file of {len(original)} bytes)\n"
-              + report(figures))
+        print(
+            f"\nfuzz ({'full sweep' if full else f'sample of {SAMPLE}'}, file of {len(original)} bytes)\n"
+            + report(figures)
+        )
     assert figures["findings"] == [], figures["findings"][:10]
     assert figures["doctor_tracebacks"] == [], figures["doctor_tracebacks"][:10]
     assert figures["doctor_ok_on_refused"] == 0
@@ -170,14 +183,22 @@ def test_the_fuzz_harness_catches_a_silent_garbage_load(tmp_path):
     assert run_case(("xor", at, 0x10))[0] == "refused"
 
 
-@pytest.mark.parametrize("printed, status, verdict", [
-    ("x.pt: torch-zip\nOK: a checkpoint", 0, "OK"), ("x.pt: torch-zip\nPROBLEM: damaged", 1, "PROBLEM"),
-    ("x.pt: torch-zip\nOK: a checkpoint", 1, "BAD-REPORT"), ("x.pt: torch-zip\nPROBLEM: damaged", 0, "BAD-REPORT"),
-    ("x.pt: torch-zip\nPROBLEM: damaged", 2, "BAD-REPORT"), ("", 0, "BAD-REPORT"),
-    ("x.pt: torch-zip\n  OK: indented, not the verdict", 0, "BAD-REPORT")])
+@pytest.mark.parametrize(
+    "printed, status, verdict",
+    [
+        ("x.pt: torch-zip\nOK: a checkpoint", 0, "OK"),
+        ("x.pt: torch-zip\nPROBLEM: damaged", 1, "PROBLEM"),
+        ("x.pt: torch-zip\nOK: a checkpoint", 1, "BAD-REPORT"),
+        ("x.pt: torch-zip\nPROBLEM: damaged", 0, "BAD-REPORT"),
+        ("x.pt: torch-zip\nPROBLEM: damaged", 2, "BAD-REPORT"),
+        ("", 0, "BAD-REPORT"),
+        ("x.pt: torch-zip\n  OK: indented, not the verdict", 0, "BAD-REPORT"),
+    ],
+)
 def test_the_doctor_check_fails_when_status_and_verdict_disagree(monkeypatch, tmp_path, printed, status, verdict):
     """The check the sweep applies to the doctor can fail: a doctor whose exit status contradicts its last
     line, or that prints no verdict, is a finding."""
+
     def doctor(argv):
         print(printed)
         return status

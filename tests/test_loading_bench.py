@@ -95,7 +95,8 @@ def test_meta_mmap_assign_peaks_far_below_the_naive_path(tmp_path, server):
     # after use the mapped pages are resident, but they are the page cache's, not private memory
     assert lazy.held_mb > 0.8 * 48 and lazy.private_mb < 0.25 * 48 < 0.8 * 48 < naive.private_mb
     assert all(r.used_seconds >= r.seconds for r in rows.values())
-    # build: building on meta costs next to nothing; a built model pays for allocating its memory and its random initialisation
+    # build: building on meta costs next to nothing; a built model pays for allocating its memory
+    # and its random initialisation
     assert all(0 < rows[m].build_seconds < rows[m].seconds for m in lb.METHODS)
     assert lazy.build_seconds < 0.5 * naive.build_seconds
     table = lb.format_table(list(rows.values()), 48)
@@ -159,7 +160,7 @@ def test_gb_per_second_leaves_out_the_build():
     row = lb.Measurement("torch.load + load_state_dict", 1.0, build_seconds=0.75, used_seconds=1.0)
     header, line = lb.format_table([row], 256).splitlines()[1::2]
     start = header.index("GB/s") - 1
-    assert line[start:start + 5].strip() == "1.0"
+    assert line[start : start + 5].strip() == "1.0"
     assert "build" in header.split() and "init" not in header.split()
 
 

@@ -41,7 +41,11 @@ def test_config_is_not_shared_with_caller():
 def test_default_mlp_has_the_gpu_fixtures_keys():
     model = build_model({"arch": "mlp"})
     assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == {
-        "1.weight": (64, 64), "1.bias": (64,), "3.weight": (10, 64), "3.bias": (10,)}
+        "1.weight": (64, 64),
+        "1.bias": (64,),
+        "3.weight": (10, 64),
+        "3.bias": (10,),
+    }
 
 
 def test_cnn_has_batchnorm_buffers_and_dropout_adds_nothing():
@@ -50,11 +54,14 @@ def test_cnn_has_batchnorm_buffers_and_dropout_adds_nothing():
     assert not any(k.startswith("classifier.1.") for k in keys)  # classifier.1 is Dropout
 
 
-@pytest.mark.parametrize("config, message", [
-    ({"arch": "resnet"}, "unknown arch"),
-    ({}, "unknown arch"),
-    ({"arch": "mlp", "hiden": [3]}, "unknown config keys"),
-])
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ({"arch": "resnet"}, "unknown arch"),
+        ({}, "unknown arch"),
+        ({"arch": "mlp", "hiden": [3]}, "unknown config keys"),
+    ],
+)
 def test_bad_configs_are_refused(config, message):
     with pytest.raises(ValueError, match=message):
         build_model(config)

@@ -1,7 +1,7 @@
 """Every key claim of a lesson is shown to fire: break what it guards and the notebook fails there.
 
-The mutations are in ``tests/mutations/NN.toml``; ``tools/mutate.py`` (``python -m tools.mutate``) applies and runs them. Running
-them all takes minutes, so they carry the ``mutation`` marker and run in ``make mutations`` (CI runs
+The mutations are in ``tests/mutations/NN.toml``; ``python -m tools.mutate`` applies and runs them.
+Running them all takes minutes, so they carry the ``mutation`` marker and run in ``make mutations`` (CI runs
 it), not in ``make test``. ``make test`` still checks that every mutation applies to the notebook as
 it is now, and that the runner itself can tell a surviving mutation and an early failure.
 """
@@ -75,8 +75,11 @@ def _lesson_class(lesson: str, mutations: list) -> type:
         outcome = mutate.run_mutation(mutation)
         assert outcome.verdict == "killed", f"{mutation.claim}: {outcome}"
 
-    return type(f"TestLesson{lesson}", (), {"test_notebook_fails_where_the_claim_is_checked":
-                                             test_notebook_fails_where_the_claim_is_checked})
+    return type(
+        f"TestLesson{lesson}",
+        (),
+        {"test_notebook_fails_where_the_claim_is_checked": test_notebook_fails_where_the_claim_is_checked},
+    )
 
 
 for _lesson, _group in groupby(MUTATIONS, key=lambda m: m.lesson):

@@ -109,7 +109,8 @@ def test_uncompared_cells_still_prove_something(notebook):
             code = source(cell)
             assert re.search(r"^\s*assert\b", code, re.MULTILINE) or "# not asserted:" in code, (
                 f"{name} cell {i} is tagged nbval-ignore-output but asserts nothing "
-                "and has no '# not asserted: <why>' comment")
+                "and has no '# not asserted: <why>' comment"
+            )
 
 
 def test_outputs_hold_nothing_machine_specific(notebook):
@@ -118,8 +119,9 @@ def test_outputs_hold_nothing_machine_specific(notebook):
         for output in cell["outputs"]:
             leak = MACHINE_SPECIFIC.search(output_text(output))
             assert not leak, f"{name} cell {i} output shows {leak.group(0)!r}"
-            assert not {"image/svg+xml", "application/pdf"} & set(output.get("data", {})), \
+            assert not {"image/svg+xml", "application/pdf"} & set(output.get("data", {})), (
                 f"{name} cell {i} stores SVG/PDF, which nbval compares byte for byte"
+            )
 
 
 def test_outputs_hold_no_progress_bars_or_widgets(notebook):
@@ -139,7 +141,7 @@ def torch_load_arguments(code: str) -> list[str]:
             depth += {"(": 1, ")": -1}.get(code[end], 0)
             if depth == 0:
                 break
-        calls.append(code[call.end():end])
+        calls.append(code[call.end() : end])
     return calls
 
 
@@ -153,7 +155,8 @@ def test_every_torch_load_states_weights_only(notebook):
                 assert "weights_only=" in args, f"{name} cell {i}: torch.load({args}) without weights_only="
         if "weights_only=False" in code:
             assert "trust" in code.lower(), (
-                f"{name} cell {i} uses weights_only=False without saying why the file is trusted")
+                f"{name} cell {i} uses weights_only=False without saying why the file is trusted"
+            )
 
 
 # The one .py file allowed weights_only=False, and why: it loads only files it built itself, each a harmless
@@ -194,10 +197,13 @@ def test_exercise_solutions_are_cells_that_run(notebook):
     solutions = [(i, c) for i, c in enumerate(nb["cells"]) if "solution" in tags(c)]
     assert solutions, f"{name}: no cell tagged solution"
     for i, cell in solutions:
-        assert cell["cell_type"] == "code" and i > starts[0], f"{name} cell {i}: a solution is a code cell after the exercises"
+        assert cell["cell_type"] == "code" and i > starts[0], (
+            f"{name} cell {i}: a solution is a code cell after the exercises"
+        )
         assert source(cell).startswith("# Solution"), f"{name} cell {i}: start a solution with '# Solution N: ...'"
         assert cell["metadata"].get("jupyter", {}).get("source_hidden") is True, (
-            f"{name} cell {i}: collapse the solution (metadata jupyter.source_hidden) so students can try first")
+            f"{name} cell {i}: collapse the solution (metadata jupyter.source_hidden) so students can try first"
+        )
     for i, cell in enumerate(nb["cells"]):
         if cell["cell_type"] == "markdown":
             for block in re.findall(r"<details>(.*?)</details>", source(cell), re.DOTALL):
@@ -217,8 +223,13 @@ def test_readme_lists_every_notebook():
 
 def test_nothing_generated_is_committed():
     try:
-        tracked = subprocess.run(["git", "ls-files", "artifacts", "*.pt", "*.pth", "*.safetensors"],
-                                 cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.split()
+        tracked = subprocess.run(
+            ["git", "ls-files", "artifacts", "*.pt", "*.pth", "*.safetensors"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
     except (OSError, subprocess.CalledProcessError):
         pytest.skip("not a git checkout")
     allowed = {f"data/{name}" for name in json.loads((REPO_ROOT / "data/manifest.json").read_text())["files"]}

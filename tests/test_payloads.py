@@ -122,10 +122,22 @@ def test_payload_globals_are_never_allowlistable(made):
     _, files = made
     for name in {n for n, _ in files}:
         assert not allowlistable(name), name
-    for name in ("os.system", "posix.system", "nt.system", "builtins.exec", "builtins.getattr", "pty.spawn",
-                 "timeit.timeit", "torch.load", "torch.serialization.load", "torch.nn.functional.relu",
-                 "helper.models.build_model", "collections.namedtuple", "__main__.nowhere",
-                 "<a global computed at load time>"):
+    for name in (
+        "os.system",
+        "posix.system",
+        "nt.system",
+        "builtins.exec",
+        "builtins.getattr",
+        "pty.spawn",
+        "timeit.timeit",
+        "torch.load",
+        "torch.serialization.load",
+        "torch.nn.functional.relu",
+        "helper.models.build_model",
+        "collections.namedtuple",
+        "__main__.nowhere",
+        "<a global computed at load time>",
+    ):
         assert not allowlistable(name), name
 
 

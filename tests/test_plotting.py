@@ -76,13 +76,20 @@ def test_every_figure_reads_on_a_projector():
     for name, fig in figures.items():
         assert fig.dpi == 150, name
         sizes = _text_sizes(fig)
-        assert sizes.get("title", 14) >= 12 and sizes.get("label", 14) >= 14 and sizes.get("tick", 12) >= 12, (name, sizes)
+        assert sizes.get("title", 14) >= 12 and sizes.get("label", 14) >= 14 and sizes.get("tick", 12) >= 12, (
+            name,
+            sizes,
+        )
     assert _text_sizes(figures["images"])["title"] == 12
     assert _text_sizes(figures["history"])["title"] >= 14
     assert min(t.get_fontsize() for t in figures["matrix"].axes[0].texts) >= 12
     # the size nbval compares (<Figure size WxH ...>): pixels, wide enough that a slide shrinks it
     assert [repr(f).split(" with")[0] for f in figures.values()] == [
-        "<Figure size 1440x480", "<Figure size 1320x480", "<Figure size 1320x195", "<Figure size 600x540"]
+        "<Figure size 1440x480",
+        "<Figure size 1320x480",
+        "<Figure size 1320x195",
+        "<Figure size 600x540",
+    ]
     plt.close("all")
 
 

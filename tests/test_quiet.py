@@ -18,13 +18,14 @@ def shown_after_quiet(*messages: tuple[str, type[Warning]]) -> list[str]:
         warnings.simplefilter("always")
         quiet_libraries()  # inserts its filters in front of "always"
         for text, category in messages:
-            warnings.warn(text, category)
+            warnings.warn(text, category, stacklevel=1)
     return [str(w.message) for w in caught]
 
 
 def test_expected_warning_hidden_other_warnings_still_shown():
     assert shown_after_quiet((LIGHTNING, DeprecationWarning), ("something else went wrong", UserWarning)) == [
-        "something else went wrong"]
+        "something else went wrong"
+    ]
     assert [p for p in EXPECTED_WARNINGS if re.match(p, LIGHTNING)]  # hidden by its row of the table
 
 

@@ -51,19 +51,33 @@ def test_every_lesson_has_a_title_goals_and_a_run_time():
 
 
 def test_anchors_become_targets_and_a_shared_anchor_is_renamed_outside_lesson_12():
-    twelve = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(
-        '## 7. Size mismatch <a id="size-mismatch"></a>\nText, [see](#size-mismatch).\n## 8. X <a id="shared"></a>')])
-    other = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(
-        '## 1. Lightning <a id="shared"></a>\n[here](#shared), [there](12_troubleshooting.ipynb#shared), '
-        '[entry](12_troubleshooting.ipynb#size-mismatch)'), nbformat.v4.new_code_cell("1", metadata={"tags": ["solution"]})])
+    twelve = nbformat.v4.new_notebook(
+        cells=[
+            nbformat.v4.new_markdown_cell(
+                '## 7. Size mismatch <a id="size-mismatch"></a>\nText, [see](#size-mismatch).\n'
+                '## 8. X <a id="shared"></a>'
+            )
+        ]
+    )
+    other = nbformat.v4.new_notebook(
+        cells=[
+            nbformat.v4.new_markdown_cell(
+                '## 1. Lightning <a id="shared"></a>\n[here](#shared), [there](12_troubleshooting.ipynb#shared), '
+                "[entry](12_troubleshooting.ipynb#size-mismatch)"
+            ),
+            nbformat.v4.new_code_cell("1", metadata={"tags": ["solution"]}),
+        ]
+    )
     names = course_site.labels({"05_other": other, "12_troubleshooting": twelve})
     assert names[("12_troubleshooting", "shared")] == "shared" and names[("05_other", "shared")] == "shared-05"
     text = course_site.site_notebook(twelve, "12_troubleshooting", names).cells[0].source
     assert text.splitlines()[:3] == ["(size-mismatch)=", "## 7. Size mismatch", "Text, [see](#size-mismatch)."]
     staged = course_site.site_notebook(other, "05_other", names)
-    assert staged.cells[0].source == ("(shared-05)=\n## 1. Lightning\n[here](#shared-05), "
-                                      "[there](12_troubleshooting.ipynb#shared), "
-                                      "[entry](12_troubleshooting.ipynb#size-mismatch)")
+    assert staged.cells[0].source == (
+        "(shared-05)=\n## 1. Lightning\n[here](#shared-05), "
+        "[there](12_troubleshooting.ipynb#shared), "
+        "[entry](12_troubleshooting.ipynb#size-mismatch)"
+    )
     assert staged.cells[1].metadata["tags"] == ["solution", "hide-cell"]
 
 
@@ -88,7 +102,12 @@ def browser():
 
 def test_the_site_has_every_lesson_the_licence_and_lesson_12s_anchors(built):
     names = {p.name for p in course_site.pages(built)}
-    assert {f"{p.stem}.html" for p in LESSONS} | {"index.html", "doctor.html", "instructors.html", "search.html"} <= names
+    assert {f"{p.stem}.html" for p in LESSONS} | {
+        "index.html",
+        "doctor.html",
+        "instructors.html",
+        "search.html",
+    } <= names
     for page in course_site.pages(built):
         assert "CC BY 4.0 for text, MIT for code" in page.read_text(encoding="utf-8"), page.name
     twelve = (built / "12_troubleshooting.html").read_text(encoding="utf-8")
@@ -98,8 +117,9 @@ def test_the_site_has_every_lesson_the_licence_and_lesson_12s_anchors(built):
     assert all(f'href="{p.stem}.html"' in index for p in LESSONS) and "6.6 s to run" in index
     instructors = (built / "instructors.html").read_text(encoding="utf-8")
     assert "07_crash_safe_checkpoints.ipynb" in instructors and "SIGKILL" in instructors  # the README's table
-    assert "copybutton.js" in index and 'class="cell tag_solution tag_hide-cell' in \
-        (built / "03_training_checkpoints.html").read_text(encoding="utf-8")
+    assert "copybutton.js" in index and 'class="cell tag_solution tag_hide-cell' in (
+        built / "03_training_checkpoints.html"
+    ).read_text(encoding="utf-8")
     assert not (built / ".doctrees").exists()
 
 
@@ -140,15 +160,21 @@ def broken(built, tmp_path_factory):
     a script from the network, a console error."""
     site = tmp_path_factory.mktemp("broken") / "site"
     shutil.copytree(built, site)
-    _break(site / "02_state_dict.html", 'href="12_troubleshooting.html#size-mismatch"',
-           'href="12_troubleshooting.html#no-such-entry"')
+    _break(
+        site / "02_state_dict.html",
+        'href="12_troubleshooting.html#size-mismatch"',
+        'href="12_troubleshooting.html#no-such-entry"',
+    )
     _break(site / "doctor.html", 'href="12_troubleshooting.html"', 'href="14_no_such_lesson.html"')
     image = re.search(r'<img[^>]*src="(_images/[^"]+)"', (site / "05_evaluate_after_reload.html").read_text()).group(1)
     (site / image).unlink()
     article = '<article class="bd-article">'
     _break(site / "instructors.html", article, article + '<div style="width: 1500px">a wide table</div>')
-    _break(site / "09_partial_and_transfer.html", article,
-           article + '<div style="overflow-x: auto"><div style="width: 1500px">a wide table</div></div>')
+    _break(
+        site / "09_partial_and_transfer.html",
+        article,
+        article + '<div style="overflow-x: auto"><div style="width: 1500px">a wide table</div></div>',
+    )
     _break(site / "index.html", "</head>", '<script src="https://example.org/tracker.js"></script></head>')
     _break(site / "search.html", "</head>", "<script>console.error('boom')</script></head>")
     return site, image
@@ -156,16 +182,28 @@ def broken(built, tmp_path_factory):
 
 def test_the_browser_check_fails_on_each_broken_page(broken, browser):
     site, image = broken
-    only = ["02_state_dict.html", "doctor.html", "05_evaluate_after_reload.html", "instructors.html",
-            "09_partial_and_transfer.html", "index.html", "search.html", "01_whole_model.html"]
+    only = [
+        "02_state_dict.html",
+        "doctor.html",
+        "05_evaluate_after_reload.html",
+        "instructors.html",
+        "09_partial_and_transfer.html",
+        "index.html",
+        "search.html",
+        "01_whole_model.html",
+    ]
     report = course_site.browser_check(site, only=only)
     found = {page: " | ".join(problems) for page, problems in report.items()}
     assert "broken link (missing anchor): 12_troubleshooting.html#no-such-entry" in found["02_state_dict.html"]
     assert "broken link (missing page): 14_no_such_lesson.html" in found["doctor.html"]
     assert f"image does not load: {image}" in found["05_evaluate_after_reload.html"]
-    assert re.search(r"desktop 1280 px: scrolls sideways: 1\d\d\d px wide in a 1280 px window", found["instructors.html"])
+    assert re.search(
+        r"desktop 1280 px: scrolls sideways: 1\d\d\d px wide in a 1280 px window", found["instructors.html"]
+    )
     assert re.search(r"phone 390 px: scrolls sideways: 1\d\d\d px wide in a 390 px window", found["instructors.html"])
-    assert re.search(r"phone 390 px: scrolls sideways inside div \(1500 px in \d+\)", found["09_partial_and_transfer.html"])
+    assert re.search(
+        r"phone 390 px: scrolls sideways inside div \(1500 px in \d+\)", found["09_partial_and_transfer.html"]
+    )
     assert "failed request: https://example.org/tracker.js" in found["index.html"]
     assert "console error: boom" in found["search.html"]
     assert "01_whole_model.html" not in found  # the page left alone passes
@@ -173,12 +211,18 @@ def test_the_browser_check_fails_on_each_broken_page(broken, browser):
 
 def test_the_search_and_solution_checks_fail_when_broken(broken, browser):
     site, _ = broken
-    (site / "searchindex.js").write_text("Search.setIndex({docnames: [], filenames: [], titles: [], terms: {}, "
-                                         "titleterms: {}, objects: {}, objnames: {}, objtypes: {}, envversion: {}, "
-                                         "indexentries: {}, alltitles: {}})")
+    (site / "searchindex.js").write_text(
+        "Search.setIndex({docnames: [], filenames: [], titles: [], terms: {}, "
+        "titleterms: {}, objects: {}, objnames: {}, objtypes: {}, envversion: {}, "
+        "indexentries: {}, alltitles: {}})"
+    )
     page03 = site / f"{course_site.SOLUTION_PAGE}.html"
-    _break(page03, '<details class="admonition hide above-input">', '<details open class="admonition hide above-input">',
-           count=-1)
+    _break(
+        page03,
+        '<details class="admonition hide above-input">',
+        '<details open class="admonition hide above-input">',
+        count=-1,
+    )
     events: list[str] = []
     page = course_site._slides()._offline_page(browser, course_site.VIEWPORTS["desktop"], events)
     try:

@@ -13,7 +13,6 @@ import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
 from helper.paths import REPO_ROOT
-
 from tools import slides
 
 NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("*.ipynb"))
@@ -40,22 +39,34 @@ def test_every_lesson_has_current_slide_metadata_and_no_cell_taller_than_a_slide
 
 
 def test_rules_and_the_pixel_budget():
-    nb = new_notebook(cells=[
-        new_markdown_cell("# Title"),
-        code(1),
-        new_code_cell("assert x0 == 0"),
-        new_markdown_cell("\n".join(["prose"] * slides.NOTES_FROM)),
-        new_markdown_cell("### Part"),
-        code(2),
-        code(3),
-        new_code_cell("# Solution 1: ...\nassert True", metadata={"tags": ["solution"]}),
-        new_markdown_cell("<details><summary>Why</summary>because</details>"),
-        new_markdown_cell("**Exercise 2.** Do it."),
-    ])
+    nb = new_notebook(
+        cells=[
+            new_markdown_cell("# Title"),
+            code(1),
+            new_code_cell("assert x0 == 0"),
+            new_markdown_cell("\n".join(["prose"] * slides.NOTES_FROM)),
+            new_markdown_cell("### Part"),
+            code(2),
+            code(3),
+            new_code_cell("# Solution 1: ...\nassert True", metadata={"tags": ["solution"]}),
+            new_markdown_cell("<details><summary>Why</summary>because</details>"),
+            new_markdown_cell("**Exercise 2.** Do it."),
+        ]
+    )
     heights = {slides.cell_key(c): 100 for c in nb.cells}
     heights[slides.cell_key(nb.cells[6])] = slides.BUDGET - 199  # Part (100) + 100 + this: over
     assert slides.slide_types(nb, heights) == [
-        "slide", "-", "fragment", "notes", "subslide", "-", "subslide", "subslide", "-", "subslide"]
+        "slide",
+        "-",
+        "fragment",
+        "notes",
+        "subslide",
+        "-",
+        "subslide",
+        "subslide",
+        "-",
+        "subslide",
+    ]
     heights[slides.cell_key(nb.cells[6])] = slides.BUDGET - 200  # fits exactly
     assert slides.slide_types(nb, heights)[6] == "-"
     assert slides.apply(nb, heights) and not slides.apply(nb, heights)  # idempotent
@@ -71,7 +82,7 @@ def test_check_flags_stale_metadata_misplaced_headings_shown_solutions_and_tall_
     bad = [
         new_markdown_cell('<a id="x"></a>\n## 3. Title'),
         new_markdown_cell('<a id="x"></a>## 3. Title'),
-        new_markdown_cell("Some prose first.\n\n## 4. Title <a id=\"y\"></a>"),
+        new_markdown_cell('Some prose first.\n\n## 4. Title <a id="y"></a>'),
         new_markdown_cell("```\n## not a heading, code\n```"),
     ]
     solution = code(2, ("solution",), outputs=2)
@@ -102,7 +113,7 @@ def test_hanging_indent_keeps_each_line_whole():
     pre = '<span class="k">def</span> f():\n    <span class="sd">"""two\n    lines"""</span>\n\n    return 1\n'
     out = slides.hanging_indent(pre)
     assert out.count('class="cl"') == 5
-    assert '--i:0' in out and out.count('--i:4') == 3
+    assert "--i:0" in out and out.count("--i:4") == 3
     assert '<span class="cl" style="--i:4">    <span class="sd">"""two</span></span>' in out  # closed at line end
     assert '<span class="cl" style="--i:4"><span class="sd">    lines"""</span></span>' in out  # reopened
 
@@ -110,19 +121,24 @@ def test_hanging_indent_keeps_each_line_whole():
 def test_text_of_html_resolves_references_and_drops_tags_and_comments():
     assert slides.text_of('<table><tr><td class="x">a &lt; b&amp;c</td></tr></table><!-- <b>no</b> -->') == "a < b&c"
     assert slides.hanging_indent('  <span class="o">&lt;</span>x\n') == (
-        '<span class="cl" style="--i:2">  <span class="o">&lt;</span>x</span>')  # the reference is one character
+        '<span class="cl" style="--i:2">  <span class="o">&lt;</span>x</span>'
+    )  # the reference is one character
 
 
 def test_anchors_map_each_id_to_its_slide():
-    deck = ('<section><h1 id="t">T</h1></section><section><section><span class="k">x</span></section>'
-            '<section><p><span id="in-span">y</span> <a id="a"></a></p></section></section>')
+    deck = (
+        '<section><h1 id="t">T</h1></section><section><section><span class="k">x</span></section>'
+        '<section><p><span id="in-span">y</span> <a id="a"></a></p></section></section>'
+    )
     assert slides.anchors(deck) == {"t": (0, 0), "in-span": (1, 1), "a": (1, 1)}
 
 
 def test_links_between_lessons_point_at_the_deck_and_slide():
     maps = {"12_troubleshooting": {"size-mismatch": (2, 5)}, "03_x": {"here": (4, 1)}}
-    body = ('<a href="12_troubleshooting.ipynb#size-mismatch">a</a> <a href="12_troubleshooting.ipynb">b</a> '
-            '<a href="#here">c</a> <a href="https://pytorch.org/x.html#y">d</a> <a href="#gone">e</a>')
+    body = (
+        '<a href="12_troubleshooting.ipynb#size-mismatch">a</a> <a href="12_troubleshooting.ipynb">b</a> '
+        '<a href="#here">c</a> <a href="https://pytorch.org/x.html#y">d</a> <a href="#gone">e</a>'
+    )
     out = slides._rewrite_links(body, maps, "03_x")
     assert 'href="12_troubleshooting.slides.html#/2/5"' in out
     assert 'href="12_troubleshooting.slides.html"' in out
@@ -135,12 +151,14 @@ def test_links_between_lessons_point_at_the_deck_and_slide():
 
 def test_the_estimate_is_not_far_under_the_measured_height():
     heights = slides.load_heights()
-    cells = [c for p in NOTEBOOKS for c in nbformat.read(p, as_version=4).cells
-             if slides.cell_key(c) in heights]
+    cells = [c for p in NOTEBOOKS for c in nbformat.read(p, as_version=4).cells if slides.cell_key(c) in heights]
     if len(cells) < 50:
         pytest.skip("too few measured cells: run tools/slides.py measure")
-    under = [(heights[slides.cell_key(c)], slides.estimate(c)) for c in cells
-             if slides.estimate(c) < 0.85 * heights[slides.cell_key(c)]]
+    under = [
+        (heights[slides.cell_key(c)], slides.estimate(c))
+        for c in cells
+        if slides.estimate(c) < 0.85 * heights[slides.cell_key(c)]
+    ]
     assert len(under) <= len(cells) // 50, under[:10]
 
 
@@ -156,26 +174,37 @@ def test_our_template_differs_from_lab_s_only_in_its_input_block(tmp_path):
     stock = tmp_path / "stock_input" / "stock_reveal"  # our template less its `input` block: lab's, with clean_html
     stock.mkdir(parents=True)
     (stock / "conf.json").write_text((ours / "conf.json").read_text())
-    template, n = re.subn(r"\{% block input %\}.*?\{%- endblock input %\}", "", (ours / "index.html.j2").read_text(),
-                          flags=re.DOTALL)
+    template, n = re.subn(
+        r"\{% block input %\}.*?\{%- endblock input %\}", "", (ours / "index.html.j2").read_text(), flags=re.DOTALL
+    )
     assert n == 1
     (stock / "index.html.j2").write_text(template)
-    cell = new_code_cell('def f(a="<b>&amp;</b>", b=\'x\'):\n    """doc\n    string"""\n    return a  # <i>',
-                         outputs=[new_output("stream", name="stdout", text="a < b & c\n"),
-                                  new_output("display_data", data={"image/png": PNG, "text/plain": "<Figure>"}),
-                                  new_output("execute_result", data={"text/html": "<p class='x'>hi<br></p>"},
-                                             execution_count=1),
-                                  new_output("error", ename="ValueError", evalue="<bad>", traceback=["tb"])])
-    nb = new_notebook(cells=[
-        new_markdown_cell('# T <a id="t"></a>\n\n<img src="data:image/png;base64,' + PNG + '"> <img alt="given" src="x.png"/>'
-                          ' <img src="y.png"/>\n\n![described](z.png)'),
-        cell, new_code_cell("x = 1"),
-    ])
+    cell = new_code_cell(
+        'def f(a="<b>&amp;</b>", b=\'x\'):\n    """doc\n    string"""\n    return a  # <i>',
+        outputs=[
+            new_output("stream", name="stdout", text="a < b & c\n"),
+            new_output("display_data", data={"image/png": PNG, "text/plain": "<Figure>"}),
+            new_output("execute_result", data={"text/html": "<p class='x'>hi<br></p>"}, execution_count=1),
+            new_output("error", ename="ValueError", evalue="<bad>", traceback=["tb"]),
+        ],
+    )
+    nb = new_notebook(
+        cells=[
+            new_markdown_cell(
+                '# T <a id="t"></a>\n\n<img src="data:image/png;base64,' + PNG + '"> <img alt="given" src="x.png"/>'
+                ' <img src="y.png"/>\n\n![described](z.png)'
+            ),
+            cell,
+            new_code_cell("x = 1"),
+        ]
+    )
     settings = {"reveal_url_prefix": "reveal.js", "reveal_number": "c/t"}
-    mine, _ = slides.exporter(template_name="offline_reveal", extra_template_basedirs=[str(slides.TEMPLATE_DIR)],
-                              **settings).from_notebook_node(nb)
-    theirs, _ = SlidesExporter(template_name="stock_reveal", extra_template_basedirs=[str(stock.parent)],
-                               **settings).from_notebook_node(nb)
+    mine, _ = slides.exporter(
+        template_name="offline_reveal", extra_template_basedirs=[str(slides.TEMPLATE_DIR)], **settings
+    ).from_notebook_node(nb)
+    theirs, _ = SlidesExporter(
+        template_name="stock_reveal", extra_template_basedirs=[str(stock.parent)], **settings
+    ).from_notebook_node(nb)
     assert mine == theirs
     assert mine.count(slides.NO_ALT) == 3 and mine.count('alt="given"') == 1  # markdown x2, the figure
     assert mine.count('tabindex="0"') == 3 + 4  # the three cells' inputs, the four outputs
@@ -198,11 +227,26 @@ def bad_decks(tmp_path_factory):
     tall = new_notebook(cells=[new_markdown_cell("# Tall"), code(18), code(18), code(18)])
     for cell in tall.cells[1:]:
         cell.metadata["slideshow"] = {"slide_type": "-"}  # all three on the title's slide
-    notes = new_notebook(cells=[new_markdown_cell("# Notes [gone](#nowhere)"), new_markdown_cell(
-        "A paragraph of prose first.\n\n" + "More prose.\n\n" * 4 + "## 2. A section\n\nIts text.")])
+    notes = new_notebook(
+        cells=[
+            new_markdown_cell("# Notes [gone](#nowhere)"),
+            new_markdown_cell(
+                "A paragraph of prose first.\n\n" + "More prose.\n\n" * 4 + "## 2. A section\n\nIts text."
+            ),
+        ]
+    )
     names = [f"layer{i}.weight" for i in range(8)]  # a table of 8 parameter names: about 2000 px wide
-    notes.cells.append(new_markdown_cell("## 3. A wide table\n\n| " + " | ".join(names) + " |\n|" + "---|" * 8
-                                         + "\n| " + " | ".join(["(64, 128)"] * 8) + " |"))
+    notes.cells.append(
+        new_markdown_cell(
+            "## 3. A wide table\n\n| "
+            + " | ".join(names)
+            + " |\n|"
+            + "---|" * 8
+            + "\n| "
+            + " | ".join(["(64, 128)"] * 8)
+            + " |"
+        )
+    )
     slides.apply(notes, {})
     assert notes.cells[1].metadata.slideshow.slide_type == "notes"
     nbformat.write(tall, folder / "01_tall.ipynb")
@@ -210,8 +254,9 @@ def bad_decks(tmp_path_factory):
     return folder
 
 
-def test_the_browser_check_fails_on_a_slide_over_the_canvas_and_on_a_heading_in_notes(chromium_session, bad_decks,
-                                                                                        tmp_path):
+def test_the_browser_check_fails_on_a_slide_over_the_canvas_and_on_a_heading_in_notes(
+    chromium_session, bad_decks, tmp_path
+):
     # the command line (export, then browser_check) once: its exit status and its JSON report
     assert slides.main(["browser", "--notebooks", str(bad_decks), "--out", str(tmp_path / "cli")]) == 1
     report = json.loads((tmp_path / "cli" / "report.json").read_text())
@@ -243,8 +288,12 @@ def test_apply_with_measured_heights_splits_the_overflowing_slide(chromium_sessi
 def test_every_slide_of_every_deck_fits_and_opens_offline(chromium_session, tmp_path):
     decks = slides.export(NOTEBOOKS, tmp_path)
     broken = tmp_path / "broken.slides.html"  # the check itself must be able to fail
-    broken.write_text(decks[0].read_text(encoding="utf-8").replace(
-        "</head>", '<script src="https://cdn.example.org/x.js"></script></head>'), encoding="utf-8")
+    broken.write_text(
+        decks[0]
+        .read_text(encoding="utf-8")
+        .replace("</head>", '<script src="https://cdn.example.org/x.js"></script></head>'),
+        encoding="utf-8",
+    )
     report = slides.browser_check(decks[:1] + [broken] + decks[1:])  # one page for all: nothing leaks to the next
     assert any("failed request" in p for p in report.pop("broken.slides.html")["problems"])
     assert {d: e["problems"] for d, e in report.items()} == {d.name: [] for d in decks}, slides.summary(report)
@@ -252,8 +301,9 @@ def test_every_slide_of_every_deck_fits_and_opens_offline(chromium_session, tmp_
 
 def test_a_deck_needs_no_network_and_carries_the_presentation_settings(tmp_path):
     nb = new_notebook(cells=[new_markdown_cell("# T"), new_code_cell("def f():\n    return 1")])
-    nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}, "version_major": 2,
-                                                                           "version_minor": 0}}
+    nb.metadata["widgets"] = {
+        "application/vnd.jupyter.widget-state+json": {"state": {}, "version_major": 2, "version_minor": 0}
+    }
     nbformat.write(nb, tmp_path / "01_t.ipynb")
     deck = slides.export([tmp_path / "01_t.ipynb"], tmp_path / "out")[0].read_text(encoding="utf-8")
     assert "unpkg.com" not in deck and not re.search(r'(src|href)="(https?:)?//', deck)

@@ -1,9 +1,9 @@
 """The tools behind `make run`, `make test-portable` and `make benchmark` must report failures
 (and noise), not hide them."""
 
+import ast
 import importlib
 import json
-import ast
 import os
 import re
 import subprocess
@@ -22,10 +22,16 @@ def load_tool(name: str):
 
 def write_notebook(path: Path, *sources: str) -> Path:
     """A notebook of code cells; a source starting with ``!raise\n`` becomes a cell tagged raises-exception."""
-    cells = [new_code_cell(s.removeprefix("!raise\n"), metadata={"tags": ["raises-exception"]})
-             if s.startswith("!raise\n") else new_code_cell(s) for s in sources]
-    nb = new_notebook(cells=[new_markdown_cell("# t")] + cells,
-                      metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+    cells = [
+        new_code_cell(s.removeprefix("!raise\n"), metadata={"tags": ["raises-exception"]})
+        if s.startswith("!raise\n")
+        else new_code_cell(s)
+        for s in sources
+    ]
+    nb = new_notebook(
+        cells=[new_markdown_cell("# t")] + cells,
+        metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+    )
     nbformat.write(nb, path)
     return path
 
@@ -41,8 +47,9 @@ def portability():
 
 
 def test_run_notebooks_executes_and_writes_outputs(tmp_path, run_notebooks):
-    path = write_notebook(tmp_path / "ok.ipynb", "import sys\nprint(6 * 7)\nsys.stdout.flush()\nprint('more')",
-                          "!raise\n1 / 0")
+    path = write_notebook(
+        tmp_path / "ok.ipynb", "import sys\nprint(6 * 7)\nsys.stdout.flush()\nprint('more')", "!raise\n1 / 0"
+    )
     seconds, status = run_notebooks.run_one(path, write=True, timeout=60)
     assert status == "ok" and seconds > 0
     cells = nbformat.read(path, as_version=4).cells
@@ -69,27 +76,29 @@ def test_run_notebooks_reports_errors_and_cells_that_should_have_raised(tmp_path
 def test_a_tagged_cell_may_say_skipped_only_off_linux(run_notebooks):
     """Lesson 11 prints "skipped: this lesson needs Linux" for every cell on macOS and Windows, its
     two tagged cells included: `make run` accepts that there, and nowhere else."""
+
     def printed(text: str, name: str = "stdout"):
         return new_code_cell("...", outputs=[nbformat.v4.new_output("stream", name=name, text=text)])
 
-    nb = nbformat.v4.new_notebook(cells=[
-        printed("skipped: this lesson needs Linux\n"),
-        printed("first\nskipped on darwin: the SIGKILL cells run on Linux\n"),  # a later line counts
-        printed("done\n"),
-        new_code_cell("..."),  # printed nothing
-        new_code_cell("...", outputs=[nbformat.v4.new_output("error", ename="E", evalue="", traceback=[])]),
-        printed("skipped: this lesson needs Linux\n", name="stderr"),  # only stdout counts
-        printed("CheckpointFallback: skipped (Linux)\n"),  # the line must start with it
-        printed("skipped: no CUDA\n"),  # a skip for another reason is not a Linux-only cell
-    ])
+    nb = nbformat.v4.new_notebook(
+        cells=[
+            printed("skipped: this lesson needs Linux\n"),
+            printed("first\nskipped on darwin: the SIGKILL cells run on Linux\n"),  # a later line counts
+            printed("done\n"),
+            new_code_cell("..."),  # printed nothing
+            new_code_cell("...", outputs=[nbformat.v4.new_output("error", ename="E", evalue="", traceback=[])]),
+            printed("skipped: this lesson needs Linux\n", name="stderr"),  # only stdout counts
+            printed("CheckpointFallback: skipped (Linux)\n"),  # the line must start with it
+            printed("skipped: no CUDA\n"),  # a skip for another reason is not a Linux-only cell
+        ]
+    )
     assert run_notebooks.silent_cells(nb, nb.cells, linux=True) == [0, 1, 2, 3, 5, 6, 7]
     assert run_notebooks.silent_cells(nb, nb.cells, linux=False) == [2, 3, 5, 6, 7]
 
 
 def test_portability_settings_reach_the_kernels(tmp_path, portability):
     """Each setting's variables reach the nbval kernel, and a failing notebook fails the setting."""
-    nb = write_notebook(tmp_path / "01_env.ipynb",
-                        "import os\nprint(os.environ.get('ATEN_CPU_CAPABILITY'))")
+    nb = write_notebook(tmp_path / "01_env.ipynb", "import os\nprint(os.environ.get('ATEN_CPU_CAPABILITY'))")
     stored = nbformat.read(nb, as_version=4)
     stored.cells[1].outputs = [nbformat.v4.new_output("stream", name="stdout", text="default\n")]
     stored.cells[1].execution_count = 1
@@ -139,9 +148,10 @@ def test_busy_detection_on_fake_load_averages(noise):
 def test_meter_counts_the_busy_core_as_the_benchmarks_own(noise):
     if noise._system_busy_ticks() is None:
         pytest.skip("no /proc/stat: the load average alone decides")
+
     def spun() -> int:
         stat = Path(f"/proc/{process.pid}/stat").read_text()
-        return sum(int(x) for x in stat[stat.rindex(")") + 2:].split()[11:13])  # its utime + stime
+        return sum(int(x) for x in stat[stat.rindex(")") + 2 :].split()[11:13])  # its utime + stime
 
     with noise.busy_core() as process:
         time.sleep(0.2)
@@ -166,12 +176,14 @@ def fake_io(noise, others: float, quiet_rounds: int = 0):
             log.add("io", "load_checkpoint (quiet)", sample(noise, 1.0, 0.01))
         ratios = {"load_checkpoint / torch.load": [1.02, 1.04, 1.03]}
         return {"quiet": ratios, "busy": ratios}
+
     return io
 
 
 @pytest.mark.parametrize("others, quiet_rounds, code", [(0.9, 0, 1), (0.9, 2, 1), (0.05, 0, 0), (0.9, 4, 0)])
-def test_benchmark_refuses_readme_figures_from_a_busy_machine(benchmark, noise, monkeypatch, others, quiet_rounds,
-                                                             code, capsys):
+def test_benchmark_refuses_readme_figures_from_a_busy_machine(
+    benchmark, noise, monkeypatch, others, quiet_rounds, code, capsys
+):
     """Refused when more than a quarter of a figure's samples were noisy (1 of 1, 1 of 3); one of five is not."""
     written = []
     monkeypatch.setattr(benchmark, "io", fake_io(noise, others, quiet_rounds))
@@ -189,8 +201,10 @@ def test_benchmark_refuses_readme_figures_from_a_busy_machine(benchmark, noise, 
 def test_benchmark_readme_block_replaces_only_its_markers_and_the_run_times(benchmark, tmp_path):
     doc, readme = tmp_path / "benchmarks.md", tmp_path / "README.md"
     doc.write_text(f"before\n{benchmark.README_START}\nold\n{benchmark.README_END}\nafter\n")
-    table = ("| notebook | what | run time |\n|---|---|---|\n"
-             "| `01_a.ipynb` | x \\| y | 6.6 s |\n| `02_b.ipynb` | z | 8.8 s |\n")
+    table = (
+        "| notebook | what | run time |\n|---|---|---|\n"
+        "| `01_a.ipynb` | x \\| y | 6.6 s |\n| `02_b.ipynb` | z | 8.8 s |\n"
+    )
     readme.write_text(f"intro\n{table}outro 9.9 s |\n")
     machine = {"cpu": "a CPU", "cores": 2, "python": "3.11", "OMP_NUM_THREADS": "1"}
     block = benchmark.readme_block(machine, None, {"01_a.ipynb": {"quiet": [12.0, 13.0], "busy": [13.0]}}, "load")
@@ -226,10 +240,12 @@ def test_benchmark_sections_and_rotation(benchmark):
 @pytest.mark.skipif(sys.platform == "win32", reason="the busy process watches its parent with getppid (Unix)")
 def test_busy_core_stops_when_the_benchmark_is_killed(noise):
     """The busy process exits by itself once its parent is gone (a killed benchmark runs no finally)."""
-    parent = ("import os, subprocess, sys\n"
-              f"p = subprocess.Popen([sys.executable, '-c', {noise.BUSY_LOOP!r}, str(os.getpid())],\n"
-              "                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
-              "print(p.pid, flush=True)\n")  # exits at once, leaving the busy process orphaned
+    parent = (
+        "import os, subprocess, sys\n"
+        f"p = subprocess.Popen([sys.executable, '-c', {noise.BUSY_LOOP!r}, str(os.getpid())],\n"
+        "                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
+        "print(p.pid, flush=True)\n"
+    )  # exits at once, leaving the busy process orphaned
     done = subprocess.run([sys.executable, "-c", parent], capture_output=True, text=True, check=True, timeout=60)
     pid = int(done.stdout)
     deadline = time.monotonic() + 20
@@ -293,8 +309,13 @@ def test_the_notebook_client_starts_its_kernel_with_the_policy(tmp_path, monkeyp
     harness = load_tool("harness")
     monkeypatch.delenv("TQDM_DISABLE", raising=False)
     monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the caller's choice reaches the kernel
-    nb = nbformat.read(write_notebook(tmp_path / "env.ipynb", "import os\nprint(os.environ.get('TQDM_DISABLE'), "
-                                      "os.environ.get('OMP_NUM_THREADS'), os.getcwd())"), as_version=4)
+    nb = nbformat.read(
+        write_notebook(
+            tmp_path / "env.ipynb",
+            "import os\nprint(os.environ.get('TQDM_DISABLE'), os.environ.get('OMP_NUM_THREADS'), os.getcwd())",
+        ),
+        as_version=4,
+    )
     harness.notebook_client(nb, tmp_path, timeout=60).execute()
     assert nb.cells[1].outputs[0]["text"] == f"1 3 {tmp_path}\n"
 
@@ -306,14 +327,21 @@ def thread_settings(source: str) -> list[str]:
     """The lines of a Python source that give ``OMP_NUM_THREADS`` a value: a dict entry, a keyword, a call
     such as ``setdefault(name, value)``, an assignment to ``os.environ[name]``."""
     lines = set()
+
+    def named(n: ast.AST) -> bool:
+        return isinstance(n, ast.Constant) and n.value == THREADS
+
     for node in ast.walk(ast.parse(source)):
-        named = (lambda n: isinstance(n, ast.Constant) and n.value == THREADS)
         if isinstance(node, ast.Dict):  # a value written out, not one read (a report of the setting)
             lines.update(k.lineno for k, v in zip(node.keys, node.values) if named(k) and isinstance(v, ast.Constant))
         elif isinstance(node, ast.keyword) and node.arg == THREADS:
             lines.add(node.lineno)
-        elif isinstance(node, ast.Call) and len(node.args) >= 2 and named(node.args[0]) \
-                and not (isinstance(node.func, ast.Attribute) and node.func.attr == "get"):
+        elif (
+            isinstance(node, ast.Call)
+            and len(node.args) >= 2
+            and named(node.args[0])
+            and not (isinstance(node.func, ast.Attribute) and node.func.attr == "get")
+        ):
             lines.add(node.lineno)
         elif isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Store) and named(node.slice):
             lines.add(node.lineno)
@@ -325,16 +353,23 @@ def test_the_thread_policy_is_defined_once():
     """tools/harness.py defines the policy; a tool, conftest.py or the Makefile giving OMP_NUM_THREADS a
     value itself would fork it. Only the portability runner's deliberate 2-threads setting names a count."""
     root = Path(__file__).resolve().parent.parent
-    found = {p.relative_to(root).as_posix(): thread_settings(p.read_text(encoding="utf-8"))
-             for p in [*sorted((root / "tools").glob("*.py")), root / "conftest.py"]}
+    found = {
+        p.relative_to(root).as_posix(): thread_settings(p.read_text(encoding="utf-8"))
+        for p in [*sorted((root / "tools").glob("*.py")), root / "conftest.py"]
+    }
     assert {name: lines for name, lines in found.items() if lines} == {
         "tools/harness.py": ['THREADS = {"OMP_NUM_THREADS": "1"}'],
-        "tools/portability.py": ['"2-threads": {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"},']}
+        "tools/portability.py": ['"2-threads": {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"},'],
+    }
     makefile = (root / "Makefile").read_text(encoding="utf-8")
     assert not re.search(rf"^\s*(export\s+)?{THREADS}\s*[?:]?=", makefile, re.M)
     # the check can fail: each way the policy was copied before
-    for copy in ['os.environ.setdefault("OMP_NUM_THREADS", "1")', 'env = dict(os.environ, OMP_NUM_THREADS="1")',
-                 'os.environ["OMP_NUM_THREADS"] = "1"', 'env = {**os.environ, "OMP_NUM_THREADS": "1"}']:
+    for copy in [
+        'os.environ.setdefault("OMP_NUM_THREADS", "1")',
+        'env = dict(os.environ, OMP_NUM_THREADS="1")',
+        'os.environ["OMP_NUM_THREADS"] = "1"',
+        'env = {**os.environ, "OMP_NUM_THREADS": "1"}',
+    ]:
         assert thread_settings(copy) == [copy], copy
     assert thread_settings('x = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "(not set)")}') == []
     assert re.search(rf"^\s*(export\s+)?{THREADS}\s*[?:]?=", "OMP_NUM_THREADS ?= 1\n", re.M)

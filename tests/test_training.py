@@ -43,8 +43,16 @@ def test_history_has_a_row_per_epoch_and_the_scheduler_steps(split):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
     seen = []
-    history = fit(model, optimizer, loaders.train, loaders.val, epochs=3, scheduler=scheduler,
-                  progress=False, on_epoch_end=lambda epoch, h: seen.append((epoch, len(h["epoch"]))))
+    history = fit(
+        model,
+        optimizer,
+        loaders.train,
+        loaders.val,
+        epochs=3,
+        scheduler=scheduler,
+        progress=False,
+        on_epoch_end=lambda epoch, h: seen.append((epoch, len(h["epoch"]))),
+    )
     assert history["epoch"] == [1, 2, 3]
     assert history["lr"] == pytest.approx([0.1, 0.05, 0.025])
     assert seen == [(1, 1), (2, 2), (3, 3)]

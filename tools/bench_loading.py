@@ -59,8 +59,7 @@ def machine() -> str:
     memory = ""
     if hasattr(os, "sysconf") and "SC_PHYS_PAGES" in os.sysconf_names:
         memory = f", {os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.0f} GiB RAM"
-    return (f"{cpu}, {os.cpu_count()} cores{memory}; Python {platform.python_version()}, "
-            f"torch {torch.__version__}")
+    return f"{cpu}, {os.cpu_count()} cores{memory}; Python {platform.python_version()}, torch {torch.__version__}"
 
 
 def available_memory_gb() -> float | None:
@@ -115,16 +114,24 @@ def main(argv: list[str] | None = None) -> int:
     pt, st = lb.save_both(state, args.folder)
     del state
     size_mb = pt.stat().st_size / 2**20
-    print(f"{config['layers']} x Linear({config['width']}, {config['width']}): {display_path(pt)} "
-          f"{size_mb:.0f} MB, {display_path(st)} {st.stat().st_size / 2**20:.0f} MB", flush=True)
+    print(
+        f"{config['layers']} x Linear({config['width']}, {config['width']}): {display_path(pt)} "
+        f"{size_mb:.0f} MB, {display_path(st)} {st.stat().st_size / 2**20:.0f} MB",
+        flush=True,
+    )
     try:
-        rows = lb.run_benchmark(pt, st, config, device=args.device, cold=args.cold,
-                                progress=lambda m: print(f"  measuring {m} ...", file=sys.stderr, flush=True))
+        rows = lb.run_benchmark(
+            pt,
+            st,
+            config,
+            device=args.device,
+            cold=args.cold,
+            progress=lambda m: print(f"  measuring {m} ...", file=sys.stderr, flush=True),
+        )
     finally:
         if not args.keep:
             shutil.rmtree(args.folder, ignore_errors=True)
-    cache = ("cold (files evicted from the page cache)" if args.cold
-             else "warm (files in the page cache)")
+    cache = "cold (files evicted from the page cache)" if args.cold else "warm (files in the page cache)"
     print(f"\n{machine()}; loading to {args.device}, methods {cache}\n")
     print(lb.format_table(rows, size_mb), flush=True)
     if args.json:

@@ -19,10 +19,10 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 #: other processes may use this many cores on average during a figure before it counts as noisy
 OTHERS_LIMIT = 0.25
@@ -47,9 +47,13 @@ def cpu_model() -> str:
 
 def machine() -> dict[str, object]:
     """What the figures were measured on."""
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
-            "os": f"{platform.system()} {platform.release()}",
-            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "(not set)")}
+    return {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "os": f"{platform.system()} {platform.release()}",
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "(not set)"),
+    }
 
 
 def load_average() -> tuple[float, float, float]:
@@ -84,7 +88,7 @@ def _own_ticks() -> int | None:
             text = (PROC / entry / "stat").read_text()
         except OSError:
             continue  # exited meanwhile
-        rest = text[text.rindex(")") + 2:].split()
+        rest = text[text.rindex(")") + 2 :].split()
         parents[int(entry)] = int(rest[1])
         ticks[int(entry)] = sum(int(x) for x in rest[11:15])  # utime stime cutime cstime
     children: dict[int, list[int]] = {}
@@ -106,7 +110,7 @@ class Sample:
     load_before: tuple[float, float, float]
     load_after: tuple[float, float, float]
     others_cores: float | None  # cores used by processes not started by the benchmark, on average
-    busy_core: bool = False     # the benchmark's own busy process ran meanwhile
+    busy_core: bool = False  # the benchmark's own busy process ran meanwhile
     extra: dict[str, object] = field(default_factory=dict)
 
 

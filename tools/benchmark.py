@@ -38,9 +38,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
 
 from tools import bench_noise as noise
 from tools import harness
@@ -76,8 +76,11 @@ def noisy_figures(samples: list[dict]) -> list[str]:
     flags: dict[tuple[str, str], list[bool]] = {}
     for s in samples:
         flags.setdefault((s["section"], s["label"]), []).append(bool(s["noisy"]))
-    return [f"{section}: {label}: {sum(f)} of {len(f)} samples noisy" for (section, label), f in flags.items()
-            if 4 * sum(f) > len(f)]
+    return [
+        f"{section}: {label}: {sum(f)} of {len(f)} samples noisy"
+        for (section, label), f in flags.items()
+        if 4 * sum(f) > len(f)
+    ]
 
 
 def summary(values: list[float], digits: int = 3) -> str:
@@ -151,21 +154,23 @@ def training(log: Log, rounds: int = TRAIN_ROUNDS) -> None:
         for label in rotated(list(recipes), round_):
             model_config, optim_config, epochs = recipes[label]
 
-            def train():
+            def train(label=label, model_config=model_config, optim_config=optim_config, epochs=epochs):
                 seed_everything(0)
                 loaders = make_loaders(split)
                 model = build_model(model_config)
                 optimizer = build_optimizer(model, optim_config)
                 fit(model, optimizer, loaders.train, loaders.val, epochs=epochs, progress=False)
                 trained[label] = (evaluate(model, loaders.test)[1], model, optimizer, epochs)
+
             sample = timed(train, busy=False)
             log.add("training", label, sample)
             results[label].append(sample)
     print(f"\ntraining (CPU, {torch.get_num_threads()} thread(s), {rounds} rounds interleaved)")
     print(f"  {'recipe':<28} {'median s (min-max)':>22} {'test acc':>9}  conditions")
     for label, samples in results.items():
-        print(f"  {label:<28} {summary([s.seconds for s in samples]):>22} {trained[label][0]:9.3f}  "
-              f"{noise_note(samples)}")
+        print(
+            f"  {label:<28} {summary([s.seconds for s in samples]):>22} {trained[label][0]:9.3f}  {noise_note(samples)}"
+        )
     accuracy, model, optimizer, epochs = trained["cnn, Adam 3e-3, 6 epochs"]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bench.pt"
@@ -175,9 +180,11 @@ def training(log: Log, rounds: int = TRAIN_ROUNDS) -> None:
         for label, samples in (("cnn checkpoint save", save), ("cnn checkpoint load", load)):
             for s in samples:
                 log.add("training", label, s)
-        print(f"  checkpoint of the cnn ({path.stat().st_size:,} bytes): save "
-              f"{summary([s.seconds * 1000 for s in save])} ms (atomic, fsync), load "
-              f"{summary([s.seconds * 1000 for s in load])} ms (CRC-checked, weights_only)")
+        print(
+            f"  checkpoint of the cnn ({path.stat().st_size:,} bytes): save "
+            f"{summary([s.seconds * 1000 for s in save])} ms (atomic, fsync), load "
+            f"{summary([s.seconds * 1000 for s in load])} ms (CRC-checked, weights_only)"
+        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -234,16 +241,19 @@ def io(log: Log, mb: int = IO_MB, rounds: int = IO_ROUNDS) -> dict[str, dict[str
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     ratios = {}
-    print(f"\ncheckpoint I/O, {len(raw) / 1e6:.0f} MB file, {rounds} rounds, methods rotated, "
-          f"os.sync() before each call")
+    print(
+        f"\ncheckpoint I/O, {len(raw) / 1e6:.0f} MB file, {rounds} rounds, methods rotated, os.sync() before each call"
+    )
     for busy in (False, True):
         t = {name: [s.seconds for s in samples] for name, samples in times[busy].items()}
         ratio = {
             "load_checkpoint / torch.load": [a / b for a, b in zip(t["load_checkpoint"], t["torch.load"])],
-            "save_checkpoint / (torch.save + fsync)":
-                [a / b for a, b in zip(t["save_checkpoint"], t["torch.save + fsync"])],
-            "save_checkpoint / raw write + fsync":
-                [a / b for a, b in zip(t["save_checkpoint"], t["raw write + fsync"])],
+            "save_checkpoint / (torch.save + fsync)": [
+                a / b for a, b in zip(t["save_checkpoint"], t["torch.save + fsync"])
+            ],
+            "save_checkpoint / raw write + fsync": [
+                a / b for a, b in zip(t["save_checkpoint"], t["raw write + fsync"])
+            ],
         }
         ratios["busy" if busy else "quiet"] = ratio
         flat = [s for samples in times[busy].values() for s in samples]
@@ -251,8 +261,10 @@ def io(log: Log, mb: int = IO_MB, rounds: int = IO_ROUNDS) -> dict[str, dict[str
         for name, values in t.items():
             print(f"  {name:<40} {summary(values):>22} s  {noise_note(times[busy][name])}")
         for name, values in ratio.items():
-            target = {"load_checkpoint / torch.load": " (target <= 1.05)",
-                      "save_checkpoint / (torch.save + fsync)": " (target <= 1.1)"}.get(name, "")
+            target = {
+                "load_checkpoint / torch.load": " (target <= 1.05)",
+                "save_checkpoint / (torch.save + fsync)": " (target <= 1.1)",
+            }.get(name, "")
             print(f"  {name:<40} {summary(values):>22} x{target}")
     return ratios
 
@@ -268,27 +280,39 @@ def notebooks(log: Log, prefixes: list[str], rounds: int = NB_ROUNDS) -> dict[st
     paths = harness.notebooks(prefixes)
     samples: dict[str, dict[bool, list]] = {p.name: {False: [], True: []} for p in paths}
     failed = []
-    print(f"\nnotebooks, {rounds} rounds, quiet and one core busy in turn, OMP_NUM_THREADS="
-          f"{harness.kernel_env()['OMP_NUM_THREADS']}", flush=True)
+    print(
+        f"\nnotebooks, {rounds} rounds, quiet and one core busy in turn, OMP_NUM_THREADS="
+        f"{harness.kernel_env()['OMP_NUM_THREADS']}",
+        flush=True,
+    )
     for round_ in range(rounds):
         for path in rotated(paths, round_):
             for busy in scenarios(round_):
                 status = []
-                sample = timed(lambda: status.append(runner.run_one(path, write=False, timeout=600)[1]), busy)
+
+                def run(path=path, status=status):
+                    status.append(runner.run_one(path, write=False, timeout=600)[1])
+
+                sample = timed(run, busy)
                 if status[0] != "ok":
                     failed.append(f"{path.name}: {status[0]}")
                 log.add("notebooks", f"{path.name} ({'busy' if busy else 'quiet'})", sample, own_runnable=1 + busy)
                 samples[path.name][busy].append(sample)
-            print(f"  round {round_ + 1}: {path.name:<40} quiet {samples[path.name][False][-1].seconds:6.1f} s, "
-                  f"busy {samples[path.name][True][-1].seconds:6.1f} s", flush=True)
+            print(
+                f"  round {round_ + 1}: {path.name:<40} quiet {samples[path.name][False][-1].seconds:6.1f} s, "
+                f"busy {samples[path.name][True][-1].seconds:6.1f} s",
+                flush=True,
+            )
     print(f"\n  {'notebook':<40} {'quiet s (min-max)':>20} {'busy s (min-max)':>20} {'busy/quiet':>10}  conditions")
     result = {}
     for name, by in samples.items():
         quiet, busy = [s.seconds for s in by[False]], [s.seconds for s in by[True]]
         ratio = statistics.median(busy) / statistics.median(quiet)
         flag = "" if ratio <= BUSY_LIMIT else f"  > {BUSY_LIMIT}x"
-        print(f"  {name:<40} {summary(quiet, 1):>20} {summary(busy, 1):>20} {ratio:9.2f}x  "
-              f"{noise_note(by[False] + by[True])}{flag}")
+        print(
+            f"  {name:<40} {summary(quiet, 1):>20} {summary(busy, 1):>20} {ratio:9.2f}x  "
+            f"{noise_note(by[False] + by[True])}{flag}"
+        )
         result[name] = {"quiet": quiet, "busy": busy}
     for line in failed:
         print(f"  FAILED {line}")
@@ -304,8 +328,10 @@ def loading(log: Log) -> None:
     with noise.Meter() as m:
         subprocess.run([sys.executable, "-m", "tools.bench_loading"], cwd=harness.ROOT, check=False)
     reasons = log.add("loading", "tools/bench_loading.py", m.sample)
-    print(f"  ({m.sample.seconds:.0f} s, load {noise.fmt_load(m.sample.load_before)} -> "
-          f"{noise.fmt_load(m.sample.load_after)}{', NOISY: ' + reasons[0] if reasons else ''})")
+    print(
+        f"  ({m.sample.seconds:.0f} s, load {noise.fmt_load(m.sample.load_before)} -> "
+        f"{noise.fmt_load(m.sample.load_after)}{', NOISY: ' + reasons[0] if reasons else ''})"
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -314,10 +340,13 @@ def loading(log: Log) -> None:
 
 def readme_block(machine: dict, io_ratios: dict | None, nb_times: dict | None, loads: str) -> str:
     """This run's figures, in Markdown, for docs/benchmarks.md (the notebooks' also feed the README)."""
-    lines = [README_START,
-             f"Measured by `make benchmark` on {machine['cpu']}, {machine['cores']} cores, Python "
-             f"{machine['python']}, OMP_NUM_THREADS={machine['OMP_NUM_THREADS']}; {loads}. "
-             "Medians with min-max; \"busy\": one other process kept a core busy throughout.", ""]
+    lines = [
+        README_START,
+        f"Measured by `make benchmark` on {machine['cpu']}, {machine['cores']} cores, Python "
+        f"{machine['python']}, OMP_NUM_THREADS={machine['OMP_NUM_THREADS']}; {loads}. "
+        'Medians with min-max; "busy": one other process kept a core busy throughout.',
+        "",
+    ]
     if io_ratios:
         lines += ["| ratio (per round, 384 MB checkpoint) | quiet | one core busy |", "|---|---|---|"]
         for name in io_ratios["quiet"]:
@@ -351,22 +380,30 @@ def write_readme(block: str, doc: Path = BENCHMARKS_MD, readme: Path = README) -
         raise SystemExit(f"{readme.name}'s lesson table has no run-time row for {missing}")
     doc.write_text(pattern.sub(lambda _: block, text), encoding="utf-8")
     if times:
+
         def row(m: re.Match) -> str:
             return f"{m[1]}{times[m[2]]} s{m[3]}" if m[2] in times else m[0]
+
         readme.write_text(_LESSON_ROW.sub(row, lessons), encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("prefixes", nargs="*", help="notebooks section: only notebooks whose name starts so")
-    parser.add_argument("--only", default=",".join(SECTIONS),
-                        help=f"comma-separated sections to run, of {', '.join(SECTIONS)} (default: all)")
+    parser.add_argument(
+        "--only",
+        default=",".join(SECTIONS),
+        help=f"comma-separated sections to run, of {', '.join(SECTIONS)} (default: all)",
+    )
     parser.add_argument("--io-only", action="store_true", help="same as --only io")
     parser.add_argument("--rounds", type=int, help="rounds per section (default: io 10, notebooks 2, training 3)")
     parser.add_argument("--io-mb", type=int, default=IO_MB, help=f"io section: MB of tensors (default {IO_MB})")
-    parser.add_argument("--readme", action="store_true",
-                        help="write the io and notebook figures into docs/benchmarks.md and the notebooks' "
-                             "run times into README.md's lesson table, unless the machine was busy")
+    parser.add_argument(
+        "--readme",
+        action="store_true",
+        help="write the io and notebook figures into docs/benchmarks.md and the notebooks' "
+        "run times into README.md's lesson table, unless the machine was busy",
+    )
     args = parser.parse_args(argv)
     sections = ["io"] if args.io_only else [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = set(sections) - set(SECTIONS)
@@ -377,8 +414,10 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the busy core on kill, too
     machine = noise.machine()
     start_load = noise.load_average()
-    print(f"{machine['cpu']}, {machine['cores']} cores, Python {machine['python']}, {machine['os']}, "
-          f"OMP_NUM_THREADS={machine['OMP_NUM_THREADS']}; load average at start {noise.fmt_load(start_load)}")
+    print(
+        f"{machine['cpu']}, {machine['cores']} cores, Python {machine['python']}, {machine['os']}, "
+        f"OMP_NUM_THREADS={machine['OMP_NUM_THREADS']}; load average at start {noise.fmt_load(start_load)}"
+    )
     if start_load[0] > noise.LOAD_MARGIN:
         print(f"WARNING: the machine is already busy (1-minute load {start_load[0]:.2f}); figures will be noisy")
     log = Log()
@@ -398,8 +437,10 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps({"machine": machine, "sections": sections, "samples": log.samples}, indent=1))
     print(f"\n{loads}; {len(log.samples)} samples in {out.relative_to(ROOT)}")
     if log.noisy:
-        print(f"WARNING: {len(log.noisy)} of {len(log.samples)} figures were measured while other processes "
-              f"used the CPU (more than {noise.OTHERS_LIMIT} of a core); e.g.")
+        print(
+            f"WARNING: {len(log.noisy)} of {len(log.samples)} figures were measured while other processes "
+            f"used the CPU (more than {noise.OTHERS_LIMIT} of a core); e.g."
+        )
         for line in log.noisy[:5]:
             print(f"  {line}")
     if args.readme:

@@ -79,8 +79,10 @@ def labels(notebooks: dict[str, Any]) -> dict[tuple[str, str], str]:
     for stem, nb in notebooks.items():
         for ident in anchor_ids(nb):
             if not re.fullmatch(r"[a-z][a-z0-9-]*", ident):
-                raise ValueError(f"{stem}: anchor {ident!r} is not lower-case letters, digits and '-' "
-                                 "(Sphinx would rename it and links to it from outside would break)")
+                raise ValueError(
+                    f"{stem}: anchor {ident!r} is not lower-case letters, digits and '-' "
+                    "(Sphinx would rename it and links to it from outside would break)"
+                )
             users.setdefault(ident, []).append(stem)
     found = {}
     for ident, stems in users.items():
@@ -92,6 +94,7 @@ def labels(notebooks: dict[str, Any]) -> dict[tuple[str, str], str]:
 
 def _relink(markdown: str, stem: str, names: dict[tuple[str, str], str]) -> str:
     """Links to an anchor (``#x``, ``NN_name.ipynb#x``) pointed at its label where that differs."""
+
     def link(m: re.Match[str]) -> str:
         path, ident = m.group(1) or "", m.group(2)
         target = Path(path).stem if path else stem
@@ -163,7 +166,9 @@ def lesson_list(paths: list[Path], times: dict[str, str]) -> str:
         nb = nbformat.read(path, as_version=4)
         goals = lesson_goals(nb)
         if path.stem not in times or not goals:
-            raise ValueError(f"{path.name}: {'no run time in the README lesson table' if path.stem not in times else 'no goals'}")
+            raise ValueError(
+                f"{path.name}: {'no run time in the README lesson table' if path.stem not in times else 'no goals'}"
+            )
         bullets = "\n".join(f"  - {g}" for g in goals)
         blocks.append(f"- **[{lesson_title(nb)}]({path.name})** ({times[path.stem]} to run)\n{bullets}")
     return "\n".join(blocks)
@@ -190,8 +195,9 @@ def stage(notebooks: Path = NOTEBOOKS, src: Path = WORK / "src", readme: Path = 
     return [src / p.name for p in paths]
 
 
-def build(notebooks: Path = NOTEBOOKS, out: Path = OUT, work: Path = WORK, *, readme: Path = README,
-          quiet: bool = True) -> int:
+def build(
+    notebooks: Path = NOTEBOOKS, out: Path = OUT, work: Path = WORK, *, readme: Path = README, quiet: bool = True
+) -> int:
     """Stage, then Sphinx's html builder into ``out`` (emptied first); Sphinx's exit status (0: no warning)."""
     import warnings
 
@@ -252,7 +258,9 @@ _IMAGES_LOADED = """async () => {  // images decoded, fonts loaded: nothing left
 }"""
 
 _SEARCH_DONE = "() => /finished|did not match/i.test((document.querySelector('#search-results .search-summary') || {}).textContent || '')"
-_SEARCH_RESULTS = "() => [...document.querySelectorAll('#search-results ul.search li a')].map(a => a.getAttribute('href'))"
+_SEARCH_RESULTS = (
+    "() => [...document.querySelectorAll('#search-results ul.search li a')].map(a => a.getAttribute('href'))"
+)
 
 _SOLUTION = """() => {
     const all = [...document.querySelectorAll('.tag_solution details')];
@@ -268,8 +276,15 @@ def pages(site: Path) -> list[Path]:
     return sorted(p for p in site.rglob("*.html") if "_static" not in p.parts)
 
 
-def check_page(page: Any, path: Path, site: Path, events: list[str], ids: dict[Path, set[str]],
-               links: dict[Path, list[str]], images: list[int]) -> list[str]:
+def check_page(
+    page: Any,
+    path: Path,
+    site: Path,
+    events: list[str],
+    ids: dict[Path, set[str]],
+    links: dict[Path, list[str]],
+    images: list[int],
+) -> list[str]:
     """Load one page (offline) in the page object's window; problems of this page at this size."""
     found: list[str] = []
     page.goto(path.as_uri(), wait_until="load")
@@ -279,8 +294,10 @@ def check_page(page: Any, path: Path, site: Path, events: list[str], ids: dict[P
     found += events
     events.clear()
     if info["scroll_width"] > info["client_width"]:
-        found.append(f"scrolls sideways: {info['scroll_width']} px wide in a {info['client_width']} px window "
-                     f"(widest: {', '.join(info['wide']) or '?'})")
+        found.append(
+            f"scrolls sideways: {info['scroll_width']} px wide in a {info['client_width']} px window "
+            f"(widest: {', '.join(info['wide']) or '?'})"
+        )
     for box in info["scrollers"]:
         found.append(f"scrolls sideways inside {box}")
     for image in info["images"]:
@@ -360,7 +377,8 @@ def check_solution(page: Any, site: Path, events: list[str]) -> list[str]:
             page.wait_for_function(  # open, and its code drawn (a busy machine may lag the animation)
                 "() => { const d = document.querySelector('.tag_solution details'); const c = d && d.querySelector('pre');"
                 " return d.open && !!c && c.checkVisibility({visibilityProperty: true, opacityProperty: true}); }",
-                timeout=15_000)
+                timeout=15_000,
+            )
         after = page.evaluate(_SOLUTION)
         if not after["code_visible"]:
             found.append(f"{path.name}: clicking the solution's summary does not show its code")
@@ -370,8 +388,9 @@ def check_solution(page: Any, site: Path, events: list[str]) -> list[str]:
     return found
 
 
-def browser_check(site: Path = OUT, only: list[str] | None = None, stats: dict[str, int] | None = None
-                  ) -> dict[str, list[str]]:
+def browser_check(
+    site: Path = OUT, only: list[str] | None = None, stats: dict[str, int] | None = None
+) -> dict[str, list[str]]:
     """Every page of the site at each viewport, then links, search and a solution; page -> problems.
 
     ``only``: these pages (names relative to the site) instead of all, and no search or solution check
@@ -402,16 +421,22 @@ def browser_check(site: Path = OUT, only: list[str] | None = None, stats: dict[s
     for source, problems in broken_links(links, ids, site).items():
         report.setdefault(str(source.relative_to(site)), []).extend(sorted(set(problems)))
     if stats is not None:
-        stats.update(pages=len(every), links=sum(map(len, links.values())), images=sum(images),
-                     internal_links=sum(u.startswith("file:") for urls in links.values() for u in urls))
+        stats.update(
+            pages=len(every),
+            links=sum(map(len, links.values())),
+            images=sum(images),
+            internal_links=sum(u.startswith("file:") for urls in links.values() for u in urls),
+        )
     return {k: v for k, v in report.items() if v}
 
 
 def summary(report: dict[str, list[str]], stats: dict[str, int]) -> str:
     lines = [f"FAIL {where}: {p}" for where, problems in report.items() for p in problems]
-    lines.append(f"{stats.get('pages', 0)} pages at {' and '.join(f'{w}x{h}' for w, h in VIEWPORTS.values())} "
-                 f"({stats.get('internal_links', 0)} internal links, {stats.get('images', 0)} images, searches "
-                 f"{', '.join(SEARCHES)}, a solution): {sum(map(len, report.values()))} problems")
+    lines.append(
+        f"{stats.get('pages', 0)} pages at {' and '.join(f'{w}x{h}' for w, h in VIEWPORTS.values())} "
+        f"({stats.get('internal_links', 0)} internal links, {stats.get('images', 0)} images, searches "
+        f"{', '.join(SEARCHES)}, a solution): {sum(map(len, report.values()))} problems"
+    )
     return "\n".join(lines)
 
 
@@ -421,9 +446,12 @@ def size_of(folder: Path) -> int:
 
 # ---------------------------------------------------------------- screenshots
 
-SHOTS = [("index.html", "desktop", "site-landing-desktop.png"), ("index.html", "phone", "site-landing-phone.png"),
-         ("02_state_dict.html#size-mismatch-and-strict-false-does-not-skip-it", "desktop", "site-lesson-desktop.png"),
-         ("02_state_dict.html#missing-and-unexpected-keys", "phone", "site-lesson-phone.png")]
+SHOTS = [
+    ("index.html", "desktop", "site-landing-desktop.png"),
+    ("index.html", "phone", "site-landing-phone.png"),
+    ("02_state_dict.html#size-mismatch-and-strict-false-does-not-skip-it", "desktop", "site-lesson-desktop.png"),
+    ("02_state_dict.html#missing-and-unexpected-keys", "phone", "site-lesson-phone.png"),
+]
 
 
 def screenshots(site: Path = OUT, docs: Path = DOCS) -> list[Path]:
@@ -436,8 +464,11 @@ def screenshots(site: Path = OUT, docs: Path = DOCS) -> list[Path]:
             page.goto((site / name_).as_uri(), wait_until="load")
             page.evaluate(_IMAGES_LOADED)
             if anchor:  # scrolled to by hand: a URL fragment would paint the heading as the :target
-                page.evaluate("id => window.scrollTo(0, document.getElementById(id).getBoundingClientRect().top"
-                              " + window.scrollY - 70)", anchor)
+                page.evaluate(
+                    "id => window.scrollTo(0, document.getElementById(id).getBoundingClientRect().top"
+                    " + window.scrollY - 70)",
+                    anchor,
+                )
             page.wait_for_timeout(300)
             page.screenshot(path=str(docs / name))
             written.append(docs / name)
@@ -460,7 +491,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"site build failed (Sphinx exit {status}; warnings are errors): see above", file=sys.stderr)
             return 1
         n = len(list(out.glob("[0-9][0-9]_*.html")))
-        print(f"built {n} lessons, {len(pages(out))} pages, {size_of(out) / 1e6:.1f} MB in {took:.1f} s: {out}/index.html")
+        print(
+            f"built {n} lessons, {len(pages(out))} pages, {size_of(out) / 1e6:.1f} MB in {took:.1f} s: {out}/index.html"
+        )
     if args.command in ("check", "all", "shots") and _slides().chromium() is None:
         print("Chromium not found: install Debian's chromium package (make chromium does)", file=sys.stderr)
         return 1

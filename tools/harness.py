@@ -50,8 +50,9 @@ RAISES = "raises-exception"  # the tag of a cell that must raise (nbval and the 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")  # colour codes in tracebacks
 
 
-def kernel_env(base: Mapping[str, str] | None = None, *, threads_only: bool = False,
-               **overrides: str) -> dict[str, str]:
+def kernel_env(
+    base: Mapping[str, str] | None = None, *, threads_only: bool = False, **overrides: str
+) -> dict[str, str]:
     """The environment for a kernel (or a pytest, or a benchmark) started from ``base`` (default: this
     process's): the policy's defaults where ``base`` has no value, then ``overrides``.
 
@@ -93,8 +94,15 @@ def notebook_client(nb: Any, cwd: Path = NOTEBOOKS, *, timeout: int = CELL_TIMEO
 
         start_new_kernel = run_sync(async_start_new_kernel)
 
-    return Client(nb, timeout=timeout, kernel_name=KERNEL_NAME, record_timing=False,
-                  extra_arguments=list(KERNEL_ARGS), resources={"metadata": {"path": str(cwd)}}, **options)
+    return Client(
+        nb,
+        timeout=timeout,
+        kernel_name=KERNEL_NAME,
+        record_timing=False,
+        extra_arguments=list(KERNEL_ARGS),
+        resources={"metadata": {"path": str(cwd)}},
+        **options,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -89,8 +89,9 @@ def load(path: Path) -> list[Mutation]:
         find, replace = _as_tuple(entry["find"]), _as_tuple(entry["replace"])
         if len(find) != len(replace):
             raise SpecError(f"{path.name}: {entry['name']!r}: find and replace differ in length")
-        mutations.append(Mutation(lesson, entry["name"], entry["claim"], find, replace,
-                                  entry["fails_at"], entry.get("error")))
+        mutations.append(
+            Mutation(lesson, entry["name"], entry["claim"], find, replace, entry["fails_at"], entry.get("error"))
+        )
     names = [m.name for m in mutations]
     if len(set(names)) != len(names):
         raise SpecError(f"{path.name}: mutation names repeat")
@@ -143,8 +144,14 @@ def _describe(error: nbformat.NotebookNode) -> str:
     return f"{error.ename}: {message[0][:160] if message else ''}"
 
 
-def run(nb: nbformat.NotebookNode, target: int, *, error: str | None = None,
-        cwd: Path = NOTEBOOKS, timeout: int = CELL_TIMEOUT) -> Outcome:
+def run(
+    nb: nbformat.NotebookNode,
+    target: int,
+    *,
+    error: str | None = None,
+    cwd: Path = NOTEBOOKS,
+    timeout: int = CELL_TIMEOUT,
+) -> Outcome:
     """Execute ``nb`` from the top through cell ``target`` and judge the result (see the module doc)."""
     start = time.perf_counter()
     client = notebook_client(nb, cwd, timeout=timeout, allow_errors=True)
@@ -187,8 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("name", nargs="?", help="run only mutations whose name contains this")
     parser.add_argument("--list", action="store_true", help="list the mutations, run nothing")
     args = parser.parse_args(argv)
-    chosen = [m for m in load_all([args.lesson] if args.lesson else None)
-              if not args.name or args.name in m.name]
+    chosen = [m for m in load_all([args.lesson] if args.lesson else None) if not args.name or args.name in m.name]
     if not chosen:
         print("no mutation matched", file=sys.stderr)
         return 1

@@ -25,7 +25,8 @@ import sys
 import time
 from pathlib import Path
 
-from tools.harness import ROOT, THREADS, kernel_env, notebooks as lessons
+from tools.harness import ROOT, THREADS, kernel_env
+from tools.harness import notebooks as lessons
 
 #: the thread policy's count forced on every pool, whatever the caller set
 ONE_THREAD = {**THREADS, "MKL_NUM_THREADS": THREADS["OMP_NUM_THREADS"]}
@@ -51,18 +52,31 @@ DEFAULT_SETTINGS = [name for name in SETTINGS if name != "mixed"]
 def run_setting(name: str, notebooks: list[Path]) -> tuple[str, float, int, str]:
     """Strict nbval over ``notebooks`` under one setting; (name, seconds, exit code, summary line)."""
     env = kernel_env(**SETTINGS[name])
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-c", str(ROOT / "pyproject.toml"),
-           "--rootdir", str(ROOT), "--durations-min=1000",
-           # pyproject's -n 2 for several notebooks; one notebook gains nothing from a second worker
-           "-n", "2" if len(notebooks) > 1 else "0", *map(str, notebooks)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-c",
+        str(ROOT / "pyproject.toml"),
+        "--rootdir",
+        str(ROOT),
+        "--durations-min=1000",
+        # pyproject's -n 2 for several notebooks; one notebook gains nothing from a second worker
+        "-n",
+        "2" if len(notebooks) > 1 else "0",
+        *map(str, notebooks),
+    ]
     start = time.perf_counter()
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - start
-    lines = [l for l in done.stdout.splitlines() if l.strip()]
+    lines = [line for line in done.stdout.splitlines() if line.strip()]
     summary = lines[-1].strip("= ") if lines else done.stderr.strip()[-200:]
     if done.returncode not in (0,):
-        failed = [l for l in done.stdout.splitlines() if l.startswith("FAILED")]
-        summary += "".join(f"\n    {l}" for l in failed)
+        failed = [line for line in done.stdout.splitlines() if line.startswith("FAILED")]
+        summary += "".join(f"\n    {line}" for line in failed)
         log = ROOT / "artifacts" / "portable" / f"{name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         log.write_text(done.stdout + done.stderr, encoding="utf-8")
@@ -73,8 +87,12 @@ def run_setting(name: str, notebooks: list[Path]) -> tuple[str, float, int, str]
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("prefixes", nargs="*", help="only notebooks whose file name starts with one of these")
-    parser.add_argument("--setting", action="append", choices=sorted(SETTINGS),
-                        help="run only this setting (repeatable; default: all but 'mixed')")
+    parser.add_argument(
+        "--setting",
+        action="append",
+        choices=sorted(SETTINGS),
+        help="run only this setting (repeatable; default: all but 'mixed')",
+    )
     args = parser.parse_args(argv)
     notebooks = lessons(args.prefixes)
     if not notebooks:

@@ -36,13 +36,17 @@ def silent_cells(nb: nbformat.NotebookNode, must_raise: list[nbformat.NotebookNo
     """Indices of the tagged cells that did not raise. Off Linux, a cell that printed (on stdout) a
     line starting with "skipped" and naming Linux is not one of them: the course's Linux-only cells
     print that there (lesson 11 on macOS and Windows). On Linux every tagged cell must raise."""
+
     def raised(cell: nbformat.NotebookNode) -> bool:
         return any(o.output_type == "error" for o in cell.outputs)
 
     def said_skipped(cell: nbformat.NotebookNode) -> bool:
-        return any(line.startswith("skipped") and "Linux" in line
-                   for o in cell.outputs if o.output_type == "stream" and o.name == "stdout"
-                   for line in o.text.splitlines())
+        return any(
+            line.startswith("skipped") and "Linux" in line
+            for o in cell.outputs
+            if o.output_type == "stream" and o.name == "stdout"
+            for line in o.text.splitlines()
+        )
 
     return [nb.cells.index(c) for c in must_raise if not raised(c) and (linux or not said_skipped(c))]
 
@@ -60,9 +64,17 @@ def run_one(path: Path, *, write: bool, timeout: int = CELL_TIMEOUT) -> tuple[fl
     except CellExecutionError as exc:
         text = ANSI.sub("", str(exc))
         expected = {id(c) for c in must_raise}
-        failed = next((i for i, c in enumerate(nb.cells) if id(c) not in expected
-                       and any(o.output_type == "error" for o in c.get("outputs", []))), "?")
-        status = f"FAILED in cell {failed}: " + next((l for l in text.splitlines() if "Error" in l), "error")[:200]
+        failed = next(
+            (
+                i
+                for i, c in enumerate(nb.cells)
+                if id(c) not in expected and any(o.output_type == "error" for o in c.get("outputs", []))
+            ),
+            "?",
+        )
+        status = (
+            f"FAILED in cell {failed}: " + next((line for line in text.splitlines() if "Error" in line), "error")[:200]
+        )
     seconds = time.perf_counter() - start
     if write and status == "ok":
         # how printing splits into stream outputs depends on flush timing; joining them keeps refreshes stable
@@ -76,8 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("prefixes", nargs="*", help="run only notebooks whose file name starts with one of these")
     parser.add_argument("--write", action="store_true", help="store the fresh outputs in the notebooks")
-    parser.add_argument("--timeout", type=int, default=CELL_TIMEOUT,
-                        help=f"seconds allowed per cell (default {CELL_TIMEOUT})")
+    parser.add_argument(
+        "--timeout", type=int, default=CELL_TIMEOUT, help=f"seconds allowed per cell (default {CELL_TIMEOUT})"
+    )
     args = parser.parse_args(argv)
 
     paths = notebooks(args.prefixes)

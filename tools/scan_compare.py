@@ -39,7 +39,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from tools.harness import ROOT as REPO, kernel_env
+from tools.harness import ROOT as REPO
+from tools.harness import kernel_env
 from tools.hostile_corpus import Case, TreeMemory, load_manifest
 
 TOOLS = ("picklescan", "modelscan", "fickling", "modelaudit", "doctor", "load_checkpoint")
@@ -56,9 +57,11 @@ print("loaded")
 """
 
 
-def run_capped(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float, mem_bytes: int
-               ) -> tuple[int | None, int | None, str, float, int]:
+def run_capped(
+    cmd: list[str], cwd: Path, env: dict[str, str], timeout: float, mem_bytes: int
+) -> tuple[int | None, int | None, str, float, int]:
     """(exit code, signal, output, seconds, peak RSS in bytes) of ``cmd`` under RLIMIT_AS and a time limit."""
+
     def limits() -> None:
         os.setsid()
         resource.setrlimit(resource.RLIMIT_AS, (mem_bytes, mem_bytes))
@@ -66,8 +69,9 @@ def run_capped(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float, m
 
     start = time.perf_counter()
     with tempfile.TemporaryFile() as out:
-        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                preexec_fn=limits)
+        proc = subprocess.Popen(
+            cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=limits
+        )
         timer = threading.Timer(timeout, lambda: os.killpg(proc.pid, signal.SIGKILL))
         timer.start()
         memory = TreeMemory(proc.pid)
@@ -86,8 +90,13 @@ def run_capped(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float, m
         text = out.read().decode("utf-8", "replace")
     code = proc.returncode
     timed_out = seconds >= timeout
-    return (None if code < 0 else code), (-code if code < 0 else None), text + ("\n[timeout]" if timed_out else ""), \
-        seconds, max(usage.ru_maxrss * 1024, tree)
+    return (
+        (None if code < 0 else code),
+        (-code if code < 0 else None),
+        text + ("\n[timeout]" if timed_out else ""),
+        seconds,
+        max(usage.ru_maxrss * 1024, tree),
+    )
 
 
 def command(tool: str, target: Path, args: argparse.Namespace) -> list[str] | None:
@@ -117,7 +126,7 @@ def classify(tool: str, case: Case, code: int | None, sig: int | None, text: str
         return "memory"
     if tool == "modelaudit":
         try:
-            report = json.loads(text[text.index("{"):])
+            report = json.loads(text[text.index("{") :])
         except ValueError:
             return "error"
         severities = {issue.get("severity") for issue in report.get("issues", [])}
@@ -149,6 +158,7 @@ def _lists_a_function(report: str) -> bool:
     """Does the report advise safe_globals naming something that is not a class (a function)?"""
     import importlib
     import re
+
     if "safe_globals" not in report:
         return False
     for name in set(re.findall(r"'([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+)'", report)):
@@ -170,16 +180,24 @@ def fickling_targets(target: Path) -> list[Path]:
 
 def run_one(case: Case, tool: str, root: Path, args: argparse.Namespace) -> dict:
     target = root / case.path
-    env = kernel_env(threads_only=True, CI="1", PROMPTFOO_DISABLE_TELEMETRY="1", NO_ANALYTICS="1",
-                     PYTHONPATH=str(Path(args.helper).absolute()), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    env = kernel_env(
+        threads_only=True,
+        CI="1",
+        PROMPTFOO_DISABLE_TELEMETRY="1",
+        NO_ANALYTICS="1",
+        PYTHONPATH=str(Path(args.helper).absolute()),
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+    )
     cwd = root / case.cwd if case.cwd else Path(args.neutral)
     marker = root / "markers" / case.name
     marker.unlink(missing_ok=True)
     targets = fickling_targets(target) if tool == "fickling" else [target]
     cells, seconds, peak, texts = [], 0.0, 0, []
     for one in targets:
-        code, sig, text, took, rss = run_capped(command(tool, one, args), cwd, env, args.timeout,
-                                                int(args.mem_gb * 2 ** 30))
+        code, sig, text, took, rss = run_capped(
+            command(tool, one, args), cwd, env, args.timeout, int(args.mem_gb * 2**30)
+        )
         cells.append(classify(tool, case, code, sig, text))
         seconds, peak = seconds + took, max(peak, rss)
         texts.append(text[-400:])
@@ -190,8 +208,14 @@ def run_one(case: Case, tool: str, root: Path, args: argparse.Namespace) -> dict
     if marker.exists():
         cell = "RAN CODE"
         marker.unlink()
-    return {"case": case.name, "tool": tool, "cell": cell, "seconds": round(seconds, 2), "peak_rss": peak,
-            "tail": texts[-1][-300:]}
+    return {
+        "case": case.name,
+        "tool": tool,
+        "cell": cell,
+        "seconds": round(seconds, 2),
+        "peak_rss": peak,
+        "tail": texts[-1][-300:],
+    }
 
 
 def applies(case: Case, tool: str) -> bool:
@@ -200,10 +224,19 @@ def applies(case: Case, tool: str) -> bool:
 
 def versions(args: argparse.Namespace) -> dict[str, str]:
     pip = Path(args.scan_venv) / "bin" / "python"
-    out = subprocess.run([str(pip), "-c", "import importlib.metadata as m; print(*[m.version(p) for p in "
-                          "('picklescan','modelscan','fickling','modelaudit')])"], capture_output=True, text=True)
+    out = subprocess.run(
+        [
+            str(pip),
+            "-c",
+            "import importlib.metadata as m; print(*[m.version(p) for p in "
+            "('picklescan','modelscan','fickling','modelaudit')])",
+        ],
+        capture_output=True,
+        text=True,
+    )
     found = dict(zip(SCANNERS, out.stdout.split()))
     import torch
+
     found["torch"] = torch.__version__
     return found
 
@@ -245,8 +278,10 @@ def markdown(cases: list[Case], results: dict[tuple[str, str], dict], tools: lis
 def summary(cases: list[Case], results: dict[tuple[str, str], dict], tools: list[str]) -> str:
     hostile = [c for c in cases if c.group == "hostile"]
     benign = [c for c in cases if c.group == "benign"]
-    lines = ["| tool | hostile caught | crashed / timeout | ran code | benign flagged (warned) | peak RSS | time |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| tool | hostile caught | crashed / timeout | ran code | benign flagged (warned) | peak RSS | time |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for tool in tools:
         rs = [results[(c.name, tool)] for c in hostile if (c.name, tool) in results]
         bs = [results[(c.name, tool)] for c in benign if (c.name, tool) in results]
@@ -257,19 +292,36 @@ def summary(cases: list[Case], results: dict[tuple[str, str], dict], tools: list
         warned = sum(r["cell"] == "warned" for r in bs)
         peak = max((r["peak_rss"] for r in rs + bs), default=0)
         took = sum(r["seconds"] for r in rs + bs)
-        lines.append(f"| {tool} | {caught} / {len(rs)} | {crashed} | {ran} | {flagged} / {len(bs)} ({warned}) | "
-                     f"{peak / 2 ** 20:,.0f} MiB | {took:,.0f} s |")
-    doctor_behind = [c.name for c in hostile if (c.name, "doctor") in results
-                     and not good(c, results[(c.name, "doctor")]["cell"])
-                     and any(results.get((c.name, t), {}).get("cell") == "caught" for t in SCANNERS)]
-    lines += ["", f"Hostile files a scanner catches and the doctor does not: {len(doctor_behind)}"
-              + (f" ({', '.join(doctor_behind)})" if doctor_behind else "")]
-    wrong = {t: [c.name for c in cases if c.group != "scenario" and (c.name, t) in results
-                 and not good(c, results[(c.name, t)]["cell"])] for t in ("doctor", "load_checkpoint")}
+        lines.append(
+            f"| {tool} | {caught} / {len(rs)} | {crashed} | {ran} | {flagged} / {len(bs)} ({warned}) | "
+            f"{peak / 2**20:,.0f} MiB | {took:,.0f} s |"
+        )
+    doctor_behind = [
+        c.name
+        for c in hostile
+        if (c.name, "doctor") in results
+        and not good(c, results[(c.name, "doctor")]["cell"])
+        and any(results.get((c.name, t), {}).get("cell") == "caught" for t in SCANNERS)
+    ]
+    lines += [
+        "",
+        f"Hostile files a scanner catches and the doctor does not: {len(doctor_behind)}"
+        + (f" ({', '.join(doctor_behind)})" if doctor_behind else ""),
+    ]
+    wrong = {
+        t: [
+            c.name
+            for c in cases
+            if c.group != "scenario" and (c.name, t) in results and not good(c, results[(c.name, t)]["cell"])
+        ]
+        for t in ("doctor", "load_checkpoint")
+    }
     for tool, names in wrong.items():
         if tool in tools:
-            lines.append(f"Cases where {tool} does not meet the target: {len(names)}"
-                         + (f" ({', '.join(names)})" if names else ""))
+            lines.append(
+                f"Cases where {tool} does not meet the target: {len(names)}"
+                + (f" ({', '.join(names)})" if names else "")
+            )
     return "\n".join(lines)
 
 
@@ -285,16 +337,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mem-gb", type=float, default=4.0, help="address-space limit per tool per case")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--json", type=Path, help="write every result here")
-    parser.add_argument("--scanners-from", type=Path,
-                        help="a --json file of an earlier run: take the scanners' cells from it (run only the doctor "
-                        "and load_checkpoint, e.g. for another branch's helper)")
+    parser.add_argument(
+        "--scanners-from",
+        type=Path,
+        help="a --json file of an earlier run: take the scanners' cells from it (run only the doctor "
+        "and load_checkpoint, e.g. for another branch's helper)",
+    )
     parser.add_argument("--render", type=Path, help="print the tables of a --json file (with --corpus), run nothing")
     args = parser.parse_args(argv)
     tools = args.tools.split(",")
     if args.render:
         earlier = json.loads(args.render.read_text())
         results = {(r["case"], r["tool"]): r for r in earlier["results"]}
-        cases = [c for c in load_manifest(args.corpus) if c.group != "scenario" and any(k[0] == c.name for k in results)]
+        cases = [
+            c for c in load_manifest(args.corpus) if c.group != "scenario" and any(k[0] == c.name for k in results)
+        ]
         print("Versions: " + ", ".join(f"{k} {v}" for k, v in earlier["versions"].items()) + "\n")
         print(summary(cases, results, tools) + "\n")
         print(markdown(cases, results, tools))
@@ -305,16 +362,24 @@ def main(argv: list[str] | None = None) -> int:
         root = args.corpus
         if root is None:
             root = Path(tmp) / "corpus"
-            build = subprocess.run([args.python, "-m", "tools.hostile_corpus", str(root)], cwd=REPO,
-                                   env=kernel_env(threads_only=True), capture_output=True, text=True)
+            build = subprocess.run(
+                [args.python, "-m", "tools.hostile_corpus", str(root)],
+                cwd=REPO,
+                env=kernel_env(threads_only=True),
+                capture_output=True,
+                text=True,
+            )
             if build.returncode:
                 print(build.stdout, build.stderr, file=sys.stderr)
                 return 2
         root = root.absolute()
         args.neutral = Path(tmp) / "cwd"
         args.neutral.mkdir()
-        cases = [c for c in load_manifest(root) if c.group != "scenario"
-                 and (not args.only or c.name.startswith(tuple(args.only.split(","))))]
+        cases = [
+            c
+            for c in load_manifest(root)
+            if c.group != "scenario" and (not args.only or c.name.startswith(tuple(args.only.split(","))))
+        ]
         jobs = [(c, t) for c in cases for t in tools if applies(c, t)]
         start = time.perf_counter()
         with ThreadPoolExecutor(args.jobs) as pool:
@@ -330,15 +395,18 @@ def main(argv: list[str] | None = None) -> int:
                 if r["tool"] in SCANNERS and r["case"] in names and (r["case"], r["tool"]) not in results:
                     results[(r["case"], r["tool"])] = r
             tools = [t for t in TOOLS if t in tools or t in SCANNERS]
-        print(f"Corpus: {sum(c.group == 'hostile' for c in cases)} hostile, {sum(c.group == 'benign' for c in cases)} "
-              f"benign; helper from {args.helper}; limits {args.mem_gb:g} GiB address space, {args.timeout:g} s; "
-              f"{len(jobs)} runs in {wall:,.0f} s ({args.jobs} at a time)")
+        print(
+            f"Corpus: {sum(c.group == 'hostile' for c in cases)} hostile, {sum(c.group == 'benign' for c in cases)} "
+            f"benign; helper from {args.helper}; limits {args.mem_gb:g} GiB address space, {args.timeout:g} s; "
+            f"{len(jobs)} runs in {wall:,.0f} s ({args.jobs} at a time)"
+        )
         print("Versions: " + ", ".join(f"{k} {v}" for k, v in info.items()) + "\n")
         print(summary(cases, results, tools) + "\n")
         print(markdown(cases, results, tools))
         if args.json:
-            args.json.write_text(json.dumps({"versions": info, "wall": wall, "helper": args.helper,
-                                             "results": done}, indent=1))
+            args.json.write_text(
+                json.dumps({"versions": info, "wall": wall, "helper": args.helper, "results": done}, indent=1)
+            )
         shutil.rmtree(args.neutral, ignore_errors=True)
     return 0
 

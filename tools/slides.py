@@ -42,9 +42,10 @@ import struct
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import unquote
 
 import nbformat
@@ -156,8 +157,9 @@ def estimate(cell: Any) -> int:
 
 def cell_key(cell: Any) -> str:
     """What a cell's rendered height depends on: its kind, source and outputs (not counts, not metadata)."""
-    outputs = [{k: v for k, v in o.items() if k not in ("execution_count", "metadata")}
-               for o in cell.get("outputs", [])]
+    outputs = [
+        {k: v for k, v in o.items() if k not in ("execution_count", "metadata")} for o in cell.get("outputs", [])
+    ]
     blob = json.dumps([cell.cell_type, cell.source, outputs], sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
@@ -204,8 +206,11 @@ def slide_types(nb: Any, heights: dict[str, int] | None = None) -> list[str]:
     used, after_solution = 0, False
     for cell in nb.cells:
         kind = rule(cell)
-        if after_solution and kind not in ("slide", "subslide", "notes") and not (
-                cell.cell_type == "markdown" and cell.source.lstrip().startswith("<details")):
+        if (
+            after_solution
+            and kind not in ("slide", "subslide", "notes")
+            and not (cell.cell_type == "markdown" and cell.source.lstrip().startswith("<details"))
+        ):
             kind = "subslide"
         if kind != "notes":
             after_solution = _is_solution(cell) or (after_solution and kind not in ("slide", "subslide"))
@@ -263,8 +268,11 @@ def tall_cells(nb: Any, heights: dict[str, int] | None = None) -> list[tuple[int
     (Slides are packed to ``BUDGET``, a little less, but a cell alone that fits the canvas is fine.)
     """
     heights = load_heights() if heights is None else heights
-    return [(i, cell_height(c, heights)) for i, (c, k) in enumerate(zip(nb.cells, slide_types(nb, heights)))
-            if k not in ("notes", "skip") and cell_height(c, heights) > CANVAS[1]]
+    return [
+        (i, cell_height(c, heights))
+        for i, (c, k) in enumerate(zip(nb.cells, slide_types(nb, heights)))
+        if k not in ("notes", "skip") and cell_height(c, heights) > CANVAS[1]
+    ]
 
 
 def problems(nb: Any, name: str, heights: dict[str, int] | None = None) -> list[str]:
@@ -276,17 +284,22 @@ def problems(nb: Any, name: str, heights: dict[str, int] | None = None) -> list[
         stale = [i for i, (a, b) in enumerate(zip(nb.cells, copy.cells)) if a.metadata != b.metadata]
         shown = f"{stale[:8]}"[:-1] + (f", ... ({len(stale)} cells)]" if len(stale) > 8 else "]")
         where = [f"cells {shown}"] * bool(stale) + ["the notebook's rise settings"] * (nb.metadata != copy.metadata)
-        found.append(f"{name}: slide metadata missing or stale in {' and '.join(where)}: run python -m tools.slides apply")
+        found.append(
+            f"{name}: slide metadata missing or stale in {' and '.join(where)}: run python -m tools.slides apply"
+        )
     for i, cell in enumerate(nb.cells):
         for heading in misplaced_headings(cell):
-            found.append(f"{name} cell {i}: heading not on the first line of its cell (it goes to the speaker "
-                         f"notes or an untitled slide): {heading[:60]!r}")
+            found.append(
+                f"{name} cell {i}: heading not on the first line of its cell (it goes to the speaker "
+                f"notes or an untitled slide): {heading[:60]!r}"
+            )
         long = [n for n, line in enumerate(cell.source.splitlines(), 1) if len(line) > MAX_CODE_LINE]
         if cell.cell_type == "code" and long:
             found.append(f"{name} cell {i}: code lines {long} longer than {MAX_CODE_LINE} characters")
         if _is_solution(cell) and cell.get("outputs") and not cell.metadata.get("jupyter", {}).get("outputs_hidden"):
-            found.append(f"{name} cell {i}: solution shows its outputs (set jupyter.outputs_hidden: "
-                         f"tools/slides.py apply)")
+            found.append(
+                f"{name} cell {i}: solution shows its outputs (set jupyter.outputs_hidden: tools/slides.py apply)"
+            )
     for i, px in tall_cells(nb, heights):
         found.append(f"{name} cell {i}: {px} px, taller than a slide ({CANVAS[1]} px); split it")
     return found
@@ -348,13 +361,15 @@ def hanging_indent(pre_html: str) -> str:
     return "".join(out)
 
 
-def _rewrite_links(body: str, maps: dict[str, dict[str, tuple[int, int]]], own: str,
-                   elsewhere: frozenset[str] = frozenset()) -> str:
+def _rewrite_links(
+    body: str, maps: dict[str, dict[str, tuple[int, int]]], own: str, elsewhere: frozenset[str] = frozenset()
+) -> str:
     """``NN_name.ipynb#anchor`` -> ``NN_name.slides.html#/h/v`` (the slide holding the anchor); ``#anchor`` too.
 
     A link to an anchor that deck lacks, or to a lesson with no deck (not in ``maps``, not in
     ``elsewhere``: decks already beside it) gets ``data-broken-link``, which the browser check reports.
     """
+
     def link(m: re.Match[str]) -> str:
         path, anchor = m.group(1) or "", (m.group(2) or "")[1:]
         stem = Path(path).stem if path else own
@@ -397,8 +412,13 @@ def export(paths: list[Path], out: Path = OUT, *, all_slides: bool = False) -> l
     if not target.exists():
         shutil.copytree(reveal / "dist", target / "dist")
         shutil.copytree(reveal / "plugin" / "notes", target / "plugin" / "notes")
-    deck_exporter = exporter(template_name="offline_reveal", extra_template_basedirs=[str(TEMPLATE_DIR)],
-                             reveal_url_prefix="reveal.js", reveal_theme="white", reveal_number="c/t")
+    deck_exporter = exporter(
+        template_name="offline_reveal",
+        extra_template_basedirs=[str(TEMPLATE_DIR)],
+        reveal_url_prefix="reveal.js",
+        reveal_theme="white",
+        reveal_number="c/t",
+    )
     bodies: dict[str, str] = {}
     for path in paths:
         nb = nbformat.read(path, as_version=4)
@@ -545,8 +565,11 @@ def browser_check(decks: list[Path], screenshots: Path | None = None) -> dict[st
             for s in slides:
                 s["over"] = s["height"] > CANVAS[1] or s["width"] > CANVAS[0]
                 where = f"slide {s['number']} ({s['slide']}) {s['title']!r}"
-                one = (f" (one cell, id {s['cells'][0]['id']}, taller than the canvas: split it)"
-                       if len(s["cells"]) == 1 else "")
+                one = (
+                    f" (one cell, id {s['cells'][0]['id']}, taller than the canvas: split it)"
+                    if len(s["cells"]) == 1
+                    else ""
+                )
                 if s["height"] > CANVAS[1]:
                     found.append(f"{where}: {s['height']} px tall, canvas {CANVAS[1]}{one}")
                 if s["width"] > CANVAS[0]:
@@ -604,11 +627,15 @@ def summary(report: dict[str, dict[str, Any]]) -> str:
         tallest = max((s["height"] for s in slides), default=0)
         total, over, notes = total + len(slides), over + n_over, notes + n_notes
         flag = "ok  " if not entry["problems"] else "FAIL"
-        lines.append(f"{flag} {deck}: {len(slides)} slides, {n_over} over the canvas, {n_notes} headings in "
-                     f"notes, tallest {tallest} px")
+        lines.append(
+            f"{flag} {deck}: {len(slides)} slides, {n_over} over the canvas, {n_notes} headings in "
+            f"notes, tallest {tallest} px"
+        )
         lines += [f"    {p}" for p in entry["problems"]]
-    lines.append(f"{len(report)} decks, {total} slides: {over} over the {CANVAS[0]}x{CANVAS[1]} canvas, "
-                 f"{notes} headings in speaker notes")
+    lines.append(
+        f"{len(report)} decks, {total} slides: {over} over the {CANVAS[0]}x{CANVAS[1]} canvas, "
+        f"{notes} headings in speaker notes"
+    )
     return "\n".join(lines)
 
 
@@ -648,15 +675,20 @@ def main(argv: list[str] | None = None) -> int:
     decks = export(paths, args.out)
     print(f"exported {len(decks)} decks to {args.out}/")
     if args.command == "shots":
-        picks = [(args.out / f"{name}.slides.html", where, str(DOCS / f"slide-{name[:2]}-{what}.png"))
-                 for name, where, what in SHOTS if (args.out / f"{name}.slides.html").exists()]
+        picks = [
+            (args.out / f"{name}.slides.html", where, str(DOCS / f"slide-{name[:2]}-{what}.png"))
+            for name, where, what in SHOTS
+            if (args.out / f"{name}.slides.html").exists()
+        ]
         for path in screenshots(picks):
             print(f"wrote {path}")
         return 0
     if args.command == "browser":
         if chromium() is None:  # the decks are exported all the same
-            print("Chromium not found, slides not checked: install Debian's chromium package (make chromium)",
-                  file=sys.stderr)
+            print(
+                "Chromium not found, slides not checked: install Debian's chromium package (make chromium)",
+                file=sys.stderr,
+            )
             return 1
         report = browser_check(decks, args.out / "screenshots")
         (args.out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
@@ -665,7 +697,6 @@ def main(argv: list[str] | None = None) -> int:
         print(text)
         return 1 if any(e["problems"] for e in report.values()) else 0
     return 0
-
 
 
 if __name__ == "__main__":
