@@ -34,7 +34,7 @@ from helper.formats import CheckpointError
 try:
     import fcntl
 except ImportError:  # Windows
-    fcntl = None
+    fcntl = None  # type: ignore[assignment]
 
 __all__ = ["save_checkpoint", "find_unsafe_values", "remove_stale_temp_files", "fsync_folder"]
 
@@ -299,8 +299,8 @@ def _atomic_write(path: Path, write: Callable[[Any], None], check: Callable[[Pat
         err = _os_error(exc)
         if err is None:
             raise
-        name = errno.errorcode.get(err.errno, str(err.errno))
-        fix = _FAULT_FIX.get(err.errno, "check the disk and the folder {folder}, then save again")
+        name = errno.errorcode.get(err.errno or 0, str(err.errno))
+        fix = _FAULT_FIX.get(err.errno or 0, "check the disk and the folder {folder}, then save again")
         raise _err(
             path,
             f"not saved: {err.strerror} ({name}); the previous file is intact",

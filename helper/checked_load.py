@@ -17,24 +17,20 @@ a flipped byte would load silently as wrong weights). Every failure, ``Recursion
 
 from __future__ import annotations
 
-import collections
-import ctypes
 import dataclasses
 import os
 import pickle
-import queue
 import tempfile
-import threading
 import zipfile
 import zlib
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from helper.atomic_save import _err
+from helper.crc_tap import CrcTap as _CrcTap  # a module global: tests replace it here
 from helper.digest_record import digest_problem
 from helper.formats import EARLIER, CheckpointError, crc_problem, kind_error, open_torch_zip, sniff
 from helper.pickle_guard import (
@@ -46,15 +42,10 @@ from helper.pickle_guard import (
     torch_allowed_globals,
 )
 
-try:  # ISA-L's CRC-32 (same polynomial as zlib's, faster), as helper.formats uses
-    from isal.isal_zlib import crc32 as _crc32
-except ImportError:
-    from zlib import crc32 as _crc32
-
 try:
     import fcntl
 except ImportError:  # Windows
-    fcntl = None
+    fcntl = None  # type: ignore[assignment]
 
 __all__ = ["load_verified", "verify_zip"]
 
@@ -285,78 +276,6 @@ def _prescan(path: Path, f: Any, infos: list[zipfile.ZipInfo] | None, allowed: f
                 kind=KIND_HOSTILE,
             ) from None
         raise _err(path, exc.cause, exc.fix, kind=kind) from None
-
-
-class _CrcTap:
-    """A ``map_location`` for ``torch.load`` that takes the CRC-32 of each storage as torch.load reads it from the
-    file (before it is moved anywhere), then places it as the caller's ``map_location`` would.
-
-    torch.load calls it once per storage record, so what it saw is every tensor byte that was loaded: no
-    second read of the file, no walk through the result. Storages of 1 MiB or more are checked by a thread
-    while torch.load reads the next record (its reads release the GIL), smaller ones at once. (Where the
-    file's byte order differs from this machine's, torch swaps the bytes first; the CRC-32s then disagree
-    and the file is read to decide.)
-    """
-
-    THREAD_FROM = 1 << 20
-
-    def __init__(self, map_location: Any) -> None:
-        self.map_location = map_location
-        self.seen: collections.Counter[tuple[int, int]] = collections.Counter()
-        self.queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self.pool: ThreadPoolExecutor | None = None
-        self.worker: Future[collections.Counter[tuple[int, int]]] | None = None
-
-    @staticmethod
-    def _crc(storage: Any) -> tuple[int, int]:
-        n = storage.nbytes()
-        return _crc32((ctypes.c_char * n).from_address(storage.data_ptr())), n
-
-    def _work(self) -> collections.Counter[tuple[int, int]]:
-        """The thread's part: the CRC-32 and size of each storage queued, until ``None``; its Future's result."""
-        threading.current_thread().name = "checkpoint-crc"
-        seen: collections.Counter[tuple[int, int]] = collections.Counter()
-        while (storage := self.queue.get()) is not None:
-            seen[self._crc(storage)] += 1
-        return seen
-
-    def __call__(self, storage: Any, location: str) -> Any:
-        n = storage.nbytes()
-        if n and storage.device.type == "cpu":
-            if n < self.THREAD_FROM:
-                self.seen[self._crc(storage)] += 1
-            else:
-                if self.worker is None:
-                    self.pool = ThreadPoolExecutor(1, thread_name_prefix="checkpoint-crc")
-                    self.worker = self.pool.submit(self._work)
-                self.queue.put(storage)  # kept alive by the queue until its CRC-32 is taken
-        where = self.map_location
-        if where is None:
-            return torch.serialization.default_restore_location(storage, location)
-        if isinstance(where, dict):
-            return torch.serialization.default_restore_location(storage, where.get(location, location))
-        if isinstance(where, (str, bytes, torch.device)):
-            return torch.serialization.default_restore_location(
-                storage, str(where) if isinstance(where, torch.device) else where
-            )
-        result = where(storage, location)
-        return torch.serialization.default_restore_location(storage, location) if result is None else result
-
-    def finish(self) -> None:
-        """Wait for the thread's last CRC-32 (always called, so no thread outlives the load)."""
-        if self.worker is not None:
-            self.queue.put(None)
-            try:
-                self.seen += self.worker.result()
-            except Exception:  # the thread failed: what it saw is missing, so agrees() is False and the file is read
-                pass
-            finally:
-                self.pool.shutdown()
-                self.pool = self.worker = None
-
-    def agrees(self, members: list[Any]) -> bool:
-        """Did torch.load read exactly the bytes (CRC-32 and size) of the zip's tensor members?"""
-        return self.seen == collections.Counter((m.crc, m.size) for m in members if m.size)
 
 
 def _meta(map_location: Any) -> bool:

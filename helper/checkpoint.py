@@ -92,6 +92,7 @@ def capture_rng_state(generator: torch.Generator | None = None) -> dict[str, Any
     """
     version, mt_state, gauss = random.getstate()
     _, key, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    assert isinstance(key, np.ndarray)
     return {
         "python": [version, list(mt_state), gauss],
         "numpy": {

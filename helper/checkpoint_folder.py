@@ -54,7 +54,7 @@ _PROCESS = secrets.token_hex(8)  # this process: a CheckpointFolder it replaced 
 def _folder_error(path: Path, exc: OSError, doing: str) -> CheckpointError:
     """A ``CheckpointError`` for an ``OSError`` from the folder (read-only, full, no permission...)."""
     name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
-    fix = _FAULT_FIX.get(exc.errno, "check the disk and the folder {folder}, then try again")
+    fix = _FAULT_FIX.get(exc.errno or 0, "check the disk and the folder {folder}, then try again")
     return _err(
         path,
         f"{doing}: {exc.strerror or exc} ({name})",
@@ -107,7 +107,10 @@ class CheckpointFolder:
         return self.folder / f"{self.prefix}-{number:04d}.pt"
 
     def _number(self, path: Path | str) -> int:
-        return int(self._pattern.match(Path(path).name).group(1))
+        """The epoch number in a checkpoint file's name (the caller matched the name already)."""
+        match = self._pattern.fullmatch(Path(path).name)
+        assert match is not None, path
+        return int(match.group(1))
 
     def checkpoints(self) -> list[Path]:
         """The checkpoint files in the folder, oldest first (by the number in their name)."""

@@ -112,7 +112,7 @@ def _cached_split(**kwargs) -> dict[str, np.ndarray]:
     try:  # a temporary file renamed over the target: a reader never sees half a file
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
+            np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy stubs type **kwds as allow_pickle
         os.replace(tmp, path)
     except OSError:  # a read-only or full disk: no cache (and no temporary file left), the split is still right
         tmp.unlink(missing_ok=True)

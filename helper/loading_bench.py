@@ -27,10 +27,7 @@ True
 
 from __future__ import annotations
 
-import json
 import os
-import select
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -41,6 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from helper.fork_server import ForkServer, serve
 from helper.memory import (
     MB,
     current_mb,
@@ -262,87 +260,6 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def _child(job: dict[str, Any], write_fd: int) -> None:
-    """Body of a forked child: measure, write one JSON line, exit without running any cleanup."""
-    try:
-        result = measure(job)
-    except BaseException as error:  # reported to the parent, never raised in the fork server
-        result = {"error": f"{type(error).__name__}: {error}"}
-    os.write(write_fd, (json.dumps(result) + "\n").encode())
-    os._exit(0)
-
-
-def serve() -> None:
-    """Fork server loop: one JSON job per stdin line, one JSON result per stdout line.
-
-    Torch is imported (by this module) but never run here, so no thread pool and
-    no CUDA context exists when a child is forked.
-    """
-    for line in sys.stdin:
-        job = json.loads(line)
-        read_fd, write_fd = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            os.close(read_fd)
-            _child(job, write_fd)
-        os.close(write_fd)
-        with os.fdopen(read_fd, "rb") as pipe:
-            answer = pipe.read().decode()
-        _, status = os.waitpid(pid, 0)
-        if not answer.strip():
-            answer = json.dumps({"error": f"child died (wait status {status})"}) + "\n"
-        sys.stdout.write(answer)
-        sys.stdout.flush()
-
-
-class ForkServer:
-    """A Python process that imported torch once; :meth:`run` measures each job in a fresh fork of it.
-
-    Use it as a context manager so the server process ends with the block.
-    """
-
-    def __init__(self, timeout_s: float = 120.0):
-        self.timeout_s = timeout_s
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "helper.loading_bench", "--serve"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            bufsize=0,
-        )
-
-    def run(self, job: dict[str, Any]) -> dict[str, Any]:
-        """Send ``job`` to a fresh child, wait at most ``timeout_s`` seconds, return its result dict."""
-        job = {k: str(v) if isinstance(v, Path) else v for k, v in job.items()}
-        self.process.stdin.write((json.dumps(job) + "\n").encode())
-        ready, _, _ = select.select([self.process.stdout], [], [], self.timeout_s)
-        if not ready:
-            self.close(kill=True)
-            raise TimeoutError(f"{job['method']} took over {self.timeout_s} s")
-        line = self.process.stdout.readline()
-        if not line:
-            raise RuntimeError("the fork server ended unexpectedly")
-        return json.loads(line)
-
-    def close(self, kill: bool = False) -> None:
-        """End the server process (closing its stdin ends its loop; ``kill`` ends it at once) and wait."""
-        if self.process.poll() is None:
-            if kill:
-                self.process.kill()
-            self.process.stdin.close()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process.stdout.close()
-
-    def __enter__(self) -> ForkServer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
 @dataclass
 class Measurement:
     """One row of the table: a method or a limit, its times, and its memory growth in MB."""
@@ -453,6 +370,6 @@ def as_dicts(rows: list[Measurement]) -> list[dict[str, Any]]:
 
 if __name__ == "__main__":
     if sys.argv[1:] == ["--serve"]:
-        serve()
+        serve(measure)
     else:
         sys.exit("usage: python -m helper.loading_bench --serve  (started by ForkServer)")

@@ -38,7 +38,7 @@ SLIDE_RC = {
 IMAGE_TITLE_PT = 12  # titles over the digits of show_images
 MATRIX_COUNT_PT = 12  # the counts in a confusion matrix's cells
 
-plt.rcParams.update(SLIDE_RC)
+plt.rcParams.update(SLIDE_RC)  # type: ignore[arg-type]  # matplotlib types keys as a Literal
 
 
 def new_figure(width_px: int, height_px: int, nrows: int = 1, ncols: int = 1, **kwargs: Any) -> tuple[Figure, Any]:
@@ -134,5 +134,7 @@ def plot_confusion_matrix(
     )
     if title:
         ax.set_title(title)
-    ax.figure.tight_layout()
-    return ax.figure
+    figure = ax.get_figure(root=True)
+    assert isinstance(figure, Figure)
+    figure.tight_layout()
+    return figure
