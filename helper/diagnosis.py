@@ -50,7 +50,7 @@ MESSAGES: dict[str, str] = {
     "onnx": "ONNX ir_version {ir_version}, opsets {opsets}, {nodes} nodes: onnx.load and onnx.checker accept it",
     "onnx-external": "external data: {name}, {end} bytes needed, present",
     "pt2": "models {models}, {weights} weights, {constants} constants; no guards code, nothing pickled",
-    "torchscript": "torch.jit.load accepts it: {methods}",
+    "torchscript": "{count} TorchScript code file(s), never run here: {files}",
     # causes and fixes
     "runs-code": RUNS_CODE,
     "runs-code-ask": f"{RUNS_CODE}. {ASK}",
@@ -134,9 +134,13 @@ MESSAGES: dict[str, str] = {
               "guards and unpickles some constants, so no check can prove a .pt2 harmless",
     "pt2-fix": "load it with torch.export.load(path) only if you made it or trust who did (never torch.load); "
                "from anyone else ask for the weights as a safetensors file",
-    "torchscript-fake": "not a TorchScript archive torch.jit.load accepts ({detail})",
-    "torchscript-ok": "a TorchScript program (torch.jit.save): its methods are code, run them only if you trust "
-                      "who made it",
+    "torchscript-fake": "not a TorchScript archive as torch.jit.save writes it ({detail})",
+    "torchscript-ok": "a whole TorchScript program (torch.jit.save), but not safe from a stranger: it is code, "
+                      "which torch.jit.load compiles and its methods run, so no check can prove it harmless",
+    "torchscript-fix": "load it with torch.jit.load(path) only if you made it or trust who did; from anyone else "
+                       "ask for the weights as a state_dict or safetensors file",
+    "torchscript-setstate": "a TorchScript program whose code defines __setstate__ ({files}), which torch.jit.load "
+                            "runs while loading the file: loading it runs code",
     "npy-object": "a NumPy object array: its data is a pickle, which numpy.load(path, allow_pickle=True) "
                   "would unpickle, so loading it could run code",
     "npy-damaged": "a damaged NumPy file ({detail})",
@@ -153,7 +157,8 @@ MESSAGES: dict[str, str] = {
 FIXES = ("runs-code", "runs-code-ask", "safe-globals", "numpy-fix", "meta-fix", "loads-fix", "lightning-no-prefix-fix",
          "lightning-fix", "legacy-fix", "hf-no-index-fix", "hf-bad-index-fix", "outside-fix", "copy-again",
          "bin-unsafe-fix", "remote-code-fix", "dcp-unsafe-fix", "earlier-folder", "onnx-redo", "onnx-outside-fix",
-         "onnx-missing-fix", "onnx-data-fix", "pt2-redo", "pt2-fix", "hostile-fix", "pickle-unsafe-fix")
+         "onnx-missing-fix", "onnx-data-fix", "pt2-redo", "pt2-fix", "hostile-fix", "pickle-unsafe-fix",
+         "torchscript-fix")
 
 
 def say(key: str, **values: Any) -> str:

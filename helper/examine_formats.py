@@ -4,24 +4,26 @@ ONNX, ``.pt2``, TorchScript, NumPy) and for kinds that only have a cause and fix
 Each step is named by its row of ``helper.kinds.KINDS`` and runs in the
 inspector child (``helper.inspector``). OK only when the format's own loader
 accepted the file here: ``safetensors.safe_open`` (its own dtype table),
-``onnx.load(load_external_data=False)`` and ``onnx.checker``,
-``torch.jit.load`` for TorchScript, NumPy's header reader. Never
-``torch.export.load``: a ``.pt2`` is checked as a zip and as JSON, and is
-never called safe.
+``onnx.load(load_external_data=False)`` and ``onnx.checker``, NumPy's
+header reader. Never ``torch.export.load`` or ``torch.jit.load`` (both run
+code from the file): a ``.pt2`` is checked as a zip and as JSON, a
+TorchScript file as a zip and its pickles, and neither is called safe from a
+stranger.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from helper.diagnosis import Diagnosis, said, say
-from helper.examine_pickles import check_fit, guard, member_bytes, needed_globals
-from helper.formats import (EARLIER, KINDS, CheckpointError, check_zip, kind_error, open_torch_zip, read_json,
-                            safetensors_header)
+from helper.examine_pickles import _budget_first, allowed_globals, check_fit, guard, member_bytes, needed_globals
+from helper.formats import (EARLIER, KINDS, CheckpointError, case_twins, check_zip, kind_error, open_torch_zip,
+                            read_json, safetensors_header, scan_pickle)
 
 
 def _safetensors_dtypes() -> dict[str, torch.dtype]:
@@ -225,27 +227,77 @@ def pt2(d: Diagnosis, path: Path, config: dict[str, Any] | None = None) -> Diagn
     return d.ok(said("pt2-ok"), said("pt2-fix"))
 
 
+_TS_MODULES = ("torch.jit._pickle.", "__torch__.")  # TorchScript's own pickled names (its C++ unpickler's)
+_STORAGE = re.compile(r"/(data|constants)/\d+$")
+
+
+def _torchscript_pickle(z: Any, name: str) -> set[str]:
+    """The globals a TorchScript pickle names, after ``helper.pickle_guard``'s budget (``ValueError`` if it is
+    not one torch.jit.save writes: a global outside weights_only's set and TorchScript's own)."""
+    info = z.getinfo(name)
+    if info.file_size > 1 << 30:
+        raise ValueError(f"{name} is {info.file_size:,} bytes")
+    data = z.read(info)
+    _budget_first(data, name.rpartition("/")[2])
+    names = scan_pickle(data).globals
+    other = sorted(g for g in names - allowed_globals() if not g.startswith(_TS_MODULES))
+    if other:
+        raise ValueError(f"{name} names {', '.join(other)[:120]}, which torch.jit.load's unpickler does not know")
+    return names
+
+
+def _mentions(z: Any, info: Any, word: bytes) -> bool:
+    """Whether the member's bytes (uncompressed, read in chunks) hold ``word``."""
+    with z.open(info) as f:
+        tail = b""
+        while chunk := f.read(1 << 20):
+            if word in tail + chunk:
+                return True
+            tail = chunk[-len(word):]
+    return False
+
+
 def torchscript(d: Diagnosis, path: Path, config: dict[str, Any] | None = None) -> Diagnosis:
-    """A TorchScript zip: every member's CRC-32, then ``torch.jit.load`` in this child (its methods never run)."""
+    """A TorchScript zip, never loaded (``torch.jit.load`` runs the file's ``__setstate__`` code): every member's
+    CRC-32, no two names torch's reader could confuse, the records and pickles torch.jit.save writes, its code
+    files listed. Code that runs while loading (``__setstate__``) is a problem; a whole one is still code."""
     import zipfile
+
+    def fake(detail: str) -> Diagnosis:
+        return d.fail(said("torchscript-fake", detail=detail[:160]), EARLIER)
 
     try:  # torch.jit.save deflates its code files: zipfile checks every member's CRC-32 (check_zip refuses them)
         with zipfile.ZipFile(path) as z:
             bad = z.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as exc:
-        return d.fail(said("torchscript-fake", detail=f"{type(exc).__name__}: {exc}"[:160]), EARLIER)
-    if bad is not None:
-        return d.fail(said("torchscript-fake", detail=f"member {bad!r} fails its CRC-32 check"), EARLIER)
-    d.note("crc-ok")
-    try:
-        module = torch.jit.load(str(path), map_location="cpu")
-        methods = sorted(module._c._method_names())
-    except MemoryError:
-        raise
-    except Exception as exc:  # torch.jit.load raises RuntimeError and others on what it cannot read
-        return d.fail(said("torchscript-fake", detail=(str(exc).strip().splitlines() or [""])[0][:160]), EARLIER)
-    d.note("torchscript", methods=f"methods {methods}")
-    return d.ok(said("torchscript-ok"), KINDS["torchscript"].fix)
+            if bad is not None:
+                return fake(f"member {bad!r} fails its CRC-32 check")
+            d.note("crc-ok")
+            names = z.namelist()
+            problem = case_twins(names)
+            if problem is not None:
+                return fake(problem)
+            pickles = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
+            prefix = pickles[0][:-len("data.pkl")] if len(pickles) == 1 else ""
+            version = z.read(prefix + "version").strip() if prefix + "version" in names else b""
+            if not prefix or prefix + "constants.pkl" not in names or not version.isdigit():
+                return fake("no single data.pkl beside constants.pkl and a version record")
+            if not any(g.startswith("__torch__.") for g in _torchscript_pickle(z, prefix + "data.pkl")):
+                return fake("data.pkl holds no scripted module")
+            _torchscript_pickle(z, prefix + "constants.pkl")
+            code = sorted(n for n in names if "/code/" in n.lower() and n.lower().endswith(".py"))
+            if not code:
+                return fake("no code/*.py")
+            loading = [n for n in names if not _STORAGE.search(n.lower()) and not n.endswith(".debug_pkl")
+                       and _mentions(z, z.getinfo(n), b"__setstate__")]
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, KeyError,
+            RuntimeError) as exc:
+        return fake(str(exc) if type(exc) is ValueError else f"{type(exc).__name__}: {exc}")
+    shown = [n[len(prefix):] for n in code]
+    d.note("torchscript", count=len(code), files=", ".join(shown[:6]) + (", ..." if len(shown) > 6 else ""))
+    if loading:
+        return d.fail(said("torchscript-setstate", files=", ".join(n[len(prefix):] for n in loading)[:200]),
+                      said("runs-code-ask"))
+    return d.ok(said("torchscript-ok"), said("torchscript-fix"))
 
 
 def onnx_data(d: Diagnosis, path: Path, config: dict[str, Any] | None = None) -> Diagnosis:

@@ -346,6 +346,17 @@ def _central_directory(view: memoryview, size: int) -> int:
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")  # miniz folds ASCII only
 
 
+def case_twins(names: Any) -> str | None:
+    """The first two member names that differ only in ASCII letter case, as a sentence, or ``None``."""
+    folded: dict[str, str] = {}
+    for name in names:
+        other = folded.setdefault(name.translate(_ASCII_LOWER), name)
+        if other != name:
+            return (f"members {other!r} and {name!r} differ only in letter case; torch's zip reader ignores case, "
+                    "so it may read either one")
+    return None
+
+
 def _read_zip(path: Path, validate: Callable[[memoryview, int, dict[str, Member]], Any]) -> Any:
     """Check a zip's end records and every member against its local header, then call ``validate``.
 
@@ -367,15 +378,13 @@ def _read_zip(path: Path, validate: Callable[[memoryview, int, dict[str, Member]
             if cd_offset != start_dir:
                 raise ValueError("the central directory is not where the end record says")
             members: dict[str, Member] = {}
-            folded: dict[str, str] = {}  # name in ASCII lower case -> name
             ends = 0
             for info in sorted(infos, key=lambda i: i.header_offset):
                 members[info.filename] = member = _member(view, info, cd_offset, ends, members)
                 ends = member.start + member.size
-                other = folded.setdefault(info.filename.translate(_ASCII_LOWER), info.filename)
-                if other != info.filename:
-                    raise ValueError(f"members {other!r} and {info.filename!r} differ only in letter case; torch's "
-                                     "zip reader ignores case, so it may read either one")
+            twins = case_twins(members)
+            if twins is not None:
+                raise ValueError(twins)
             return validate(view, size, members)
         except (ValueError, struct.error, IndexError, KeyError, EOFError) as exc:
             raise _corrupt(path, str(exc) or type(exc).__name__) from None

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from typing import Tuple
 
 import pytest
 import torch
@@ -617,6 +618,54 @@ def test_case13_ok_only_when_the_formats_own_loader_accepts(tmp_path):
     assert (d.kind, d.healthy) == ("torchscript", True), d.report()
 
 
+class SetstateWrites(torch.nn.Module):
+    """Scripted, its ``__setstate__`` creates a marker file (torch.from_file maps it shared, fill_ writes it) while
+    torch.jit.load loads it: code a TorchScript file runs when loaded, not only when called (attack finding F2)."""
+
+    def __init__(self, marker: str):
+        super().__init__()
+        self.w = torch.ones(2)
+        self.marker = marker
+
+    @torch.jit.export
+    def __getstate__(self):
+        return (self.w, self.training, self.marker)
+
+    @torch.jit.export
+    def __setstate__(self, state: Tuple[torch.Tensor, bool, str]):
+        x = torch.from_file(state[2], shared=True, size=4, dtype=torch.uint8)
+        x.fill_(65)
+        self.w = state[0] + x.sum().float() * 0
+        self.training = state[1]
+        self.marker = state[2]
+
+    def forward(self, x):
+        return x + self.w
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # TorchScript is deprecated, still what makes the file
+def test_torchscript_is_never_loaded_nor_called_safe(tmp_path):
+    """The doctor never calls torch.jit.load: a file whose __setstate__ writes a file is a problem and writes
+    nothing while examined; a plain scripted module is whole but not safe from a stranger, and the fix (load it
+    only if you made it) works. torch.jit.load, run here on the file this test made, runs the code."""
+    marker = tmp_path / "setstate_ran"
+    torch.jit.save(torch.jit.script(SetstateWrites(str(marker))), str(tmp_path / "setstate.pt"))
+    d = diagnose(tmp_path / "setstate.pt")
+    assert (d.kind, d.healthy) == ("torchscript", False) and "__setstate__" in d.cause, d.report()
+    assert "do not load" in d.fix and not marker.exists(), d.report()
+    torch.jit.load(str(tmp_path / "setstate.pt"))  # made by this test: the code runs as the verdict says
+    assert marker.read_bytes() == b"AAAA"
+    model = torch.nn.Linear(2, 2)
+    torch.jit.save(torch.jit.script(model), str(tmp_path / "plain.pt"))
+    d = diagnose(tmp_path / "plain.pt")
+    assert (d.kind, d.healthy) == ("torchscript", True) and "not safe from a stranger" in d.cause, d.report()
+    assert d.said_fix[0] == "torchscript-fix" and "only if you made it" in d.fix, d.report()
+    assert any("code file" in line for line in d.lines), d.report()
+    scripted = torch.jit.load(str(tmp_path / "plain.pt"), map_location="cpu")  # the fix, followed (made here)
+    x = torch.rand(3, 2)
+    assert torch.equal(scripted(x), model(x))
+
+
 def test_case13_links_and_paths_that_leave_the_folder(tmp_path):
     """ONNX external data and HF shards that are links or paths out of the folder are refused, and the advice
     never says to copy a file from outside."""
@@ -754,6 +803,7 @@ ADVICE_FOLLOWED = {
     "onnx-data-fix": "test_onnx_advice_followed",
     "pt2-redo": "test_meta_and_export_advice_followed",
     "pt2-fix": "test_meta_and_export_advice_followed",
+    "torchscript-fix": "test_torchscript_is_never_loaded_nor_called_safe",
 }
 
 
