@@ -47,6 +47,8 @@ MESSAGES: dict[str, str] = {
     "dcp-shards": "shard files: {shards}",
     "dcp-metadata": ".metadata present (written last, after every shard)",
     "dcp-ranges": "{count} byte ranges in {files} shard file(s), every one present in full",
+    "dcp-bytes": "{count} non-tensor value(s) that dcp.load unpickles with torch.load(weights_only=False); each "
+                 "passes weights_only=True's rules here",
     "onnx": "ONNX ir_version {ir_version}, opsets {opsets}, {nodes} nodes: onnx.load and onnx.checker accept it",
     "onnx-external": "external data: {name}, {end} bytes needed, present",
     "pt2": "models {models}, {weights} weights, {constants} constants; no guards code, nothing pickled",
@@ -112,6 +114,8 @@ MESSAGES: dict[str, str] = {
     "dcp-unsafe": "the .metadata pickle names {names}, not DCP's metadata classes: dcp.load unpickles it with "
                   "pickle.load, which would run them",
     "dcp-unsafe-fix": "do not load this folder; it can run code",
+    "dcp-bytes-unsafe": "its non-tensor value {fqn!r} fails weights_only=True's rules ({detail}): dcp.load and "
+                        "dcp_to_torch_save unpickle it with torch.load(weights_only=False), which would run it",
     "dcp-not-metadata": "the .metadata file holds a {type}, not DCP's Metadata",
     "dcp-outside": "the .metadata names a shard {shard!r} that is not a plain file in the folder (a path that "
                    "leaves it, or a link)",

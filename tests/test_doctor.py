@@ -460,6 +460,31 @@ def test_case1_dcp_metadata_that_is_not_metadata(tmp_path):
     assert not d.healthy and "../outside.distcp" in d.cause, d.report()
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # dcp: "torch.distributed is disabled ..., single process"
+def test_dcp_non_tensor_values_are_held_to_weights_only(tmp_path):
+    """Attack finding F3: DCP stores a non-tensor value as a torch.save zip that dcp.load and dcp_to_torch_save
+    unpickle with weights_only=False. A payload there (even under a tensor's key) is a problem, and following the
+    old advice runs it; plain values pass and the report says they are unpickled."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    marker = tmp_path / MARKER
+    model = torch.nn.Linear(2, 2)
+    dcp.save({"model": {"weight": Payload(marker), "bias": torch.zeros(2)}}, checkpoint_id=tmp_path / "hostile")
+    d = diagnose(tmp_path / "hostile")
+    assert not d.healthy and "'model.weight'" in d.cause and "weights_only=False" in d.cause, d.report()
+    assert d.fix == "do not load this folder; it can run code" and not marker.exists(), d.report()
+    dcp_to_torch_save(tmp_path / "hostile", tmp_path / "converted.pt")  # made by this test: a harmless mkdir
+    assert marker.exists()
+    optimizer = torch.optim.Adam(model.parameters())
+    model(torch.rand(1, 2)).sum().backward()
+    optimizer.step()
+    dcp.save({"model": model.state_dict(), "optim": optimizer.state_dict(), "epoch": 3},
+             checkpoint_id=tmp_path / "plain")
+    d = diagnose(tmp_path / "plain")
+    assert d.healthy and any("weights_only=False" in line for line in d.lines), d.report()
+
+
 def test_case2_a_module_the_file_names_is_never_imported(tmp_path):
     """A Lightning-style checkpoint whose hyper-parameter is mycfg.Config, a mycfg.py in the working folder:
     the doctor (run as the CLI from that folder) must answer without running mycfg.py."""
