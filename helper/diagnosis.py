@@ -98,6 +98,11 @@ MESSAGES: dict[str, str] = {
     "hf-no-index-fix": "copy the weights too: save_pretrained writes model.safetensors (or shards and "
                        "model.safetensors.index.json) next to config.json",
     "hf-bad-index": "{name} has no weight_map of key -> shard file",
+    "hf-stray-index": "the folder holds {names}, an index from_pretrained does not pick (it loads {picked}): another "
+                      "reader may load the shards it names, which were not examined",
+    "hf-not-picked": "the folder's one weights file {name} is none of those from_pretrained loads ({names})",
+    "hf-second": "the folder holds {picked}, which from_pretrained loads, and {other} (loaded with "
+                 "use_safetensors=False), whose keys, shapes or dtypes differ",
     "hf-bad-index-fix": "restore the index file",
     "hf-missing": "shard {shard} named by the index is missing",
     "hf-outside": "{what} {shard} is a link or a path that leaves the folder: a reader would open a file "

@@ -86,34 +86,76 @@ def _remote_code(folder: Path) -> list[str]:
     return found
 
 
-def hf(d: Diagnosis, path: Path, config: dict[str, Any] | None) -> Diagnosis:
-    """A Hugging Face folder or index: every shard present, inside the folder, holding the keys the index names."""
-    folder = path if path.is_dir() else path.parent
-    index_path = path if path.is_file() else next(iter(sorted(folder.glob("*.index.json"))), None)
-    if index_path is None:  # one unsharded weights file, or none
-        files = sorted([*folder.glob("*.safetensors"), *folder.glob("pytorch_model*.bin")])
-        if len(files) != 1:
-            return d.fail(said("hf-no-index", count=len(files)), said("hf-no-index-fix"))
-        if not _inside(folder, files[0]):
-            return d.fail(said("hf-outside", what="weights file", shard=files[0].name), said("outside-fix"))
-        weight_map: Any = {k: files[0].name for k in _shard_tensors(folder, files[0])}
+# The weights files from_pretrained looks for in a local folder, in its order (transformers' modeling_utils
+# _get_resolved_checkpoint_files: SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_NAME, WEIGHTS_INDEX_NAME),
+# unless config.json names one ("transformers_weights")
+_HF_ORDER = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def _hf_candidates(folder: Path) -> list[str]:
+    """The weights files of ``_HF_ORDER`` (or the one config.json names) present in ``folder``, in that order."""
+    try:
+        explicit = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("transformers_weights")
+    except (OSError, ValueError, AttributeError):
+        explicit = None
+    names = [explicit] if isinstance(explicit, str) else _HF_ORDER
+    return [n for n in names if (folder / n).is_file() or (folder / n).is_symlink()]
+
+
+def _hf_weights(d: Diagnosis, folder: Path, name: str) -> Any:
+    """(weight map, tensors) of one index and its shards, or of one weights file; ``None`` once ``d`` failed."""
+    def no(cause: Any, fix: Any) -> None:
+        d.fail(cause, fix)
+
+    if not name.endswith(".index.json"):
+        weight_map: Any = {k: name for k in _shard_tensors(folder, folder / name)}
     else:
-        index = read_json(index_path)
+        index = read_json(folder / name)
         weight_map = index.get("weight_map") if isinstance(index, dict) else None
         if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
-            return d.fail(said("hf-bad-index", name=index_path.name), said("hf-bad-index-fix"))
+            return no(said("hf-bad-index", name=name), said("hf-bad-index-fix"))
     state: dict[str, torch.Tensor] = {}
     for shard in sorted(set(weight_map.values())):
         shard_path = folder / shard
         if Path(shard).name != shard or shard in ("", ".", "..") or shard_path.is_symlink():
-            return d.fail(said("hf-outside", what="shard", shard=shard), said("outside-fix"))
+            return no(said("hf-outside", what="shard", shard=shard), said("outside-fix"))
         if not shard_path.is_file():
-            return d.fail(said("hf-missing", shard=shard), said("copy-again"))
+            return no(said("hf-missing", shard=shard), said("copy-again"))
         tensors = _shard_tensors(folder, shard_path)
         wanted = {k for k, v in weight_map.items() if v == shard}
         if set(tensors) != wanted:
-            return d.fail(said("hf-keys", shard=shard, count=len(tensors), wanted=len(wanted)), said("copy-again"))
+            return no(said("hf-keys", shard=shard, count=len(tensors), wanted=len(wanted)), said("copy-again"))
         state.update(tensors)
+    return weight_map, state
+
+
+def hf(d: Diagnosis, path: Path, config: dict[str, Any] | None) -> Diagnosis:
+    """A Hugging Face folder or index: what from_pretrained loads (its order), every shard present, inside the
+    folder, holding the keys the index names; no second index it would not pick, no other candidate that differs."""
+    folder = path if path.is_dir() else path.parent
+    found = _hf_candidates(folder) if path.is_dir() else [path.name]
+    stray = sorted(p.name for p in folder.glob("*.index.json") if p.name not in found) if path.is_dir() else []
+    if stray:
+        return d.fail(said("hf-stray-index", names=stray, picked=found[0] if found else "none"), said("copy-again"))
+    index_path = next((folder / n for n in found[:1] if n.endswith(".index.json")), None)
+    if not found:  # none of the names from_pretrained looks for
+        files = sorted([*folder.glob("*.safetensors"), *folder.glob("pytorch_model*.bin")])
+        if len(files) != 1:
+            return d.fail(said("hf-no-index", count=len(files)), said("hf-no-index-fix"))
+        return d.fail(said("hf-not-picked", name=files[0].name, names=", ".join(_HF_ORDER)), said("hf-no-index-fix"))
+    outside = next((n for n in found if path.is_dir() and not _inside(folder, folder / n)), None)
+    if outside is not None:
+        return d.fail(said("hf-outside", what="weights file", shard=outside), said("outside-fix"))
+    got = _hf_weights(d, folder, found[0])
+    if got is None:
+        return d
+    weight_map, state = got
+    for other in found[1:]:  # a second candidate: another reader (use_safetensors=False) loads it
+        also = _hf_weights(d, folder, other)
+        if also is None:
+            return d
+        if {k: (v.shape, v.dtype) for k, v in also[1].items()} != {k: (v.shape, v.dtype) for k, v in state.items()}:
+            return d.fail(said("hf-second", picked=found[0], other=other), said("copy-again"))
     d.note("hf", count=len(weight_map), files=len(set(weight_map.values())),
            config="; config.json present" if (folder / "config.json").is_file() else "; no config.json")
     code = _remote_code(folder)

@@ -295,6 +295,39 @@ def test_hugging_face_sharded_folder_and_index(tmp_path):
     assert "do not add up" in diagnose(folder).cause
 
 
+def test_hf_folder_examines_what_from_pretrained_loads(tmp_path):
+    """Attack finding F6: from_pretrained picks its weights by name (model.safetensors, its index,
+    pytorch_model.bin, its index). An index it would not pick beside the real one, a .bin index beside no
+    safetensors file, or a second candidate that differs: the doctor examines what it loads, in its order."""
+    state = build_model(MLP).state_dict()
+    folder = hf_folder(tmp_path / "decoy", state)
+    (folder / "model.safetensors.index.json").rename(folder / "a.index.json")  # read first in sorted order
+    zeros = {k: torch.zeros_like(v) for k, v in state.items()}
+    torch.save({"x": torch.zeros(1)}, folder / "pytorch_model.bin")
+    (folder / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": dict.fromkeys(state,
+                                                                                                "pytorch_model.bin")}))
+    d = diagnose(folder)
+    assert not d.healthy and "a.index.json" in d.cause and "pytorch_model.bin" in d.cause, d.report()
+    (folder / "a.index.json").unlink()
+    d = diagnose(folder)  # now the .bin index is what from_pretrained loads: its shard is examined
+    assert not d.healthy and "pytorch_model.bin" in d.cause and "do not add up" in d.cause, d.report()
+    torch.save(zeros, folder / "pytorch_model.bin")
+    assert diagnose(folder).healthy
+    save_file({k: v.contiguous() for k, v in state.items()}, folder / "model.safetensors")
+    assert diagnose(folder, MLP).healthy  # both candidates hold the same keys, shapes and dtypes
+    torch.save({k: v.half() for k, v in zeros.items()}, folder / "pytorch_model.bin")
+    d = diagnose(folder)
+    assert not d.healthy and "model.safetensors" in d.cause and "differ" in d.cause, d.report()
+    for name in ("pytorch_model.bin", "pytorch_model.bin.index.json"):
+        (folder / name).unlink()
+    assert diagnose(folder, MLP).healthy
+    for shard in folder.glob("model-*.safetensors"):
+        shard.unlink()
+    (folder / "model.safetensors").rename(folder / "weights.safetensors")  # a name from_pretrained never reads
+    d = diagnose(folder)
+    assert not d.healthy and "weights.safetensors" in d.cause, d.report()
+
+
 def lightning_like(path: Path, state: dict) -> Path:
     torch.save({"epoch": 2, "global_step": 40, "pytorch-lightning_version": "2.5.0",
                 "state_dict": {f"model.{k}": v for k, v in state.items()},
