@@ -13,7 +13,8 @@ as bytes is read as bytes even where the caller passes a tensor for it.
 them to ``weights_only=True``'s rules before anything unpickles them: the zip
 checks of ``helper.formats.open_torch_zip`` (no second ``data.pkl`` in another
 case, every CRC-32) and ``helper.pickle_guard``'s budget and allowlist on its
-pickle. Runs in the doctor's child.
+pickle (``check_saved_bytes``, which the ``.pt2`` step uses for the pickles
+``torch.export.load`` reads the same way). Runs in the doctor's child.
 """
 
 from __future__ import annotations
@@ -41,8 +42,6 @@ def bytes_entries(metadata: Any) -> list[tuple[str, Any]]:
 
 def _check(folder: Path, item: Any) -> None:
     """``CheckpointError`` unless the entry's bytes are a torch.save zip whose pickle weights_only=True accepts."""
-    from helper.examine_pickles import guard
-
     if item is None:
         raise CheckpointError(None, "no byte range in .metadata", "")
     if getattr(item, "transform_descriptors", None):
@@ -50,7 +49,14 @@ def _check(folder: Path, item: Any) -> None:
                               "so they cannot be checked before dcp.load unpickles them", "")
     with open(folder / item.relative_path, "rb") as f:
         f.seek(item.offset)
-        data = f.read(item.length)
+        check_saved_bytes(f.read(item.length))
+
+
+def check_saved_bytes(data: bytes) -> None:
+    """``CheckpointError`` unless ``data`` (bytes that a reader hands to ``torch.load(..., weights_only=False)``:
+    a DCP value, a ``.pt2``'s sample inputs) is a torch.save zip whose pickle weights_only=True accepts."""
+    from helper.examine_pickles import guard
+
     if not data.startswith(b"PK\x03\x04"):
         raise CheckpointError(None, "not a torch.save zip (torch.load would unpickle it as a legacy file)", "")
     guard(_pickle_of(data), "data.pkl")  # the budget and allowlist, before any slower reader walks it

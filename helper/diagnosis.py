@@ -51,7 +51,9 @@ MESSAGES: dict[str, str] = {
                  "passes weights_only=True's rules here",
     "onnx": "ONNX ir_version {ir_version}, opsets {opsets}, {nodes} nodes: onnx.load and onnx.checker accept it",
     "onnx-external": "external data: {name}, {end} bytes needed, present",
-    "pt2": "models {models}, {weights} weights, {constants} constants; no guards code, nothing pickled",
+    "pt2": "models {models}, {weights} weights, {constants} constants; no guards code, {pickled}",
+    "pt2-pickled": "pickled: {names}, which torch.export.load unpickles (weights_only=False if weights_only=True "
+                   "fails), each within weights_only=True's rules here",
     "torchscript": "{count} TorchScript code file(s), never run here: {files}",
     # causes and fixes
     "runs-code": RUNS_CODE,

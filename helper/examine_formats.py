@@ -216,6 +216,28 @@ def onnx_model(d: Diagnosis, path: Path, config: dict[str, Any] | None = None) -
 _NATIVE = (".so", ".dll", ".dylib", ".pyd", ".py", ".pyc")
 
 
+def _pt2_pickles(path: Path, members: dict[str, Any], prefix: str, code: list[str]) -> list[str]:
+    """The members torch.export.load unpickles with torch.load (weights_only=False as its fallback): its sample
+    inputs, and any other member that is a pickle or a torch.save zip, outside the weights and constants (whose
+    pickled entries their tables name). Each is held to weights_only=True's rules; one that fails joins ``code``."""
+    from helper.dcp_bytes import check_saved_bytes
+
+    found = []
+    for name, m in members.items():
+        rest = name[len(prefix):]
+        if rest.startswith(("data/weights/", "data/constants/")) or not name.startswith(prefix):
+            continue
+        head = member_bytes(path, m.start, 2)
+        if not rest.startswith("data/sample_inputs/") and head != b"PK" and head[:1] != b"\x80":
+            continue
+        found.append(rest)
+        try:
+            check_saved_bytes(member_bytes(path, m.start, m.size))
+        except CheckpointError as exc:
+            code.append(f"{rest} is a pickle that weights_only=True refuses ({exc.cause[:160]}), which it unpickles")
+    return found
+
+
 def pt2(d: Diagnosis, path: Path, config: dict[str, Any] | None = None) -> Diagnosis:
     """A ``.pt2`` checked as a zip (CRC-32s) and as JSON, never loaded: guards code, pickled weights or
     constants, or native code make it a problem; a whole one is still only as safe as who made it."""
@@ -261,11 +283,13 @@ def pt2(d: Diagnosis, path: Path, config: dict[str, Any] | None = None) -> Diagn
                         code.append(f"{fqn!r} is a pickled object, which it unpickles")
     except (ValueError, AttributeError, TypeError, UnicodeDecodeError) as exc:
         fake = f"a record is not the JSON torch.export writes ({exc})"[:200]
+    pickled = _pt2_pickles(path, members, prefix, code)
     if fake is not None:
         return d.fail(said("pt2-fake", detail=fake), said("pt2-redo"))
     if code:
         return d.fail(said("pt2-code", what="; ".join(code)[:300]), said("runs-code-ask"))
-    d.note("pt2", models=[n[len(prefix) + len("models/"):] for n in models], weights=weights, constants=constants)
+    d.note("pt2", models=[n[len(prefix) + len("models/"):] for n in models], weights=weights, constants=constants,
+           pickled=say("pt2-pickled", names=", ".join(pickled)) if pickled else "nothing pickled")
     return d.ok(said("pt2-ok"), said("pt2-fix"))
 
 

@@ -574,6 +574,27 @@ def test_case3_a_pt2_is_never_called_safe(tmp_path):
     assert not marker.exists()
 
 
+def test_pt2_sample_inputs_are_pickles_held_to_weights_only(tmp_path):
+    """Attack finding F9: torch.export.load unpickles a .pt2's data/sample_inputs/*.pt (torch.load, falling back to
+    weights_only=False). The report lists it, never says "nothing pickled", and a payload there is a problem."""
+    import io
+
+    good = export_program(tmp_path / "good.pt2")
+    d = diagnose(good)
+    assert d.healthy and "data/sample_inputs/model.pt" in d.report() and "nothing pickled" not in d.report()
+    with zipfile.ZipFile(good) as z:
+        inputs = next(n for n in z.namelist() if "/data/sample_inputs/" in n)
+    marker = tmp_path / MARKER
+    buffer = io.BytesIO()
+    torch.save(((torch.zeros(1, 3),), {"note": Payload(marker)}), buffer)
+    planted = rezip(good, tmp_path / "planted.pt2", {inputs: buffer.getvalue()})
+    d = diagnose(planted)
+    assert not d.healthy and "sample_inputs/model.pt" in d.cause and "do not load" in d.fix, d.report()
+    assert "nothing pickled" not in d.report() and not marker.exists()
+    torch.export.load(planted)  # made by this test: the payload (a harmless mkdir) runs, as the verdict says
+    assert marker.exists()
+
+
 def test_case5_trust_remote_code_folder_is_flagged(tmp_path):
     state = build_model(MLP).state_dict()
     folder = hf_folder(tmp_path / "hf", state)
