@@ -47,10 +47,14 @@ MESSAGES: dict[str, str] = {
     "dcp-shards": "shard files: {shards}",
     "dcp-metadata": ".metadata present (written last, after every shard)",
     "dcp-ranges": "{count} byte ranges in {files} shard file(s), every one present in full",
+    "dcp-bytes": "{count} non-tensor value(s) that dcp.load unpickles with torch.load(weights_only=False); each "
+                 "passes weights_only=True's rules here",
     "onnx": "ONNX ir_version {ir_version}, opsets {opsets}, {nodes} nodes: onnx.load and onnx.checker accept it",
     "onnx-external": "external data: {name}, {end} bytes needed, present",
-    "pt2": "models {models}, {weights} weights, {constants} constants; no guards code, nothing pickled",
-    "torchscript": "torch.jit.load accepts it: {methods}",
+    "pt2": "models {models}, {weights} weights, {constants} constants; no guards code, {pickled}",
+    "pt2-pickled": "pickled: {names}, which torch.export.load unpickles (weights_only=False if weights_only=True "
+                   "fails), each within weights_only=True's rules here",
+    "torchscript": "{count} TorchScript code file(s), never run here: {files}",
     # causes and fixes
     "runs-code": RUNS_CODE,
     "runs-code-ask": f"{RUNS_CODE}. {ASK}",
@@ -96,6 +100,11 @@ MESSAGES: dict[str, str] = {
     "hf-no-index-fix": "copy the weights too: save_pretrained writes model.safetensors (or shards and "
                        "model.safetensors.index.json) next to config.json",
     "hf-bad-index": "{name} has no weight_map of key -> shard file",
+    "hf-stray-index": "the folder holds {names}, an index from_pretrained does not pick (it loads {picked}): another "
+                      "reader may load the shards it names, which were not examined",
+    "hf-not-picked": "the folder's one weights file {name} is none of those from_pretrained loads ({names})",
+    "hf-second": "the folder holds {picked}, which from_pretrained loads, and {other} (loaded with "
+                 "use_safetensors=False), whose keys, shapes or dtypes differ",
     "hf-bad-index-fix": "restore the index file",
     "hf-missing": "shard {shard} named by the index is missing",
     "hf-outside": "{what} {shard} is a link or a path that leaves the folder: a reader would open a file "
@@ -112,6 +121,8 @@ MESSAGES: dict[str, str] = {
     "dcp-unsafe": "the .metadata pickle names {names}, not DCP's metadata classes: dcp.load unpickles it with "
                   "pickle.load, which would run them",
     "dcp-unsafe-fix": "do not load this folder; it can run code",
+    "dcp-bytes-unsafe": "its non-tensor value {fqn!r} fails weights_only=True's rules ({detail}): dcp.load and "
+                        "dcp_to_torch_save unpickle it with torch.load(weights_only=False), which would run it",
     "dcp-not-metadata": "the .metadata file holds a {type}, not DCP's Metadata",
     "dcp-outside": "the .metadata names a shard {shard!r} that is not a plain file in the folder (a path that "
                    "leaves it, or a link)",
@@ -134,9 +145,13 @@ MESSAGES: dict[str, str] = {
               "guards and unpickles some constants, so no check can prove a .pt2 harmless",
     "pt2-fix": "load it with torch.export.load(path) only if you made it or trust who did (never torch.load); "
                "from anyone else ask for the weights as a safetensors file",
-    "torchscript-fake": "not a TorchScript archive torch.jit.load accepts ({detail})",
-    "torchscript-ok": "a TorchScript program (torch.jit.save): its methods are code, run them only if you trust "
-                      "who made it",
+    "torchscript-fake": "not a TorchScript archive as torch.jit.save writes it ({detail})",
+    "torchscript-ok": "a whole TorchScript program (torch.jit.save), but not safe from a stranger: it is code, "
+                      "which torch.jit.load compiles and its methods run, so no check can prove it harmless",
+    "torchscript-fix": "load it with torch.jit.load(path) only if you made it or trust who did; from anyone else "
+                       "ask for the weights as a state_dict or safetensors file",
+    "torchscript-setstate": "a TorchScript program whose code defines __setstate__ ({files}), which torch.jit.load "
+                            "runs while loading the file: loading it runs code",
     "npy-object": "a NumPy object array: its data is a pickle, which numpy.load(path, allow_pickle=True) "
                   "would unpickle, so loading it could run code",
     "npy-damaged": "a damaged NumPy file ({detail})",
@@ -153,7 +168,8 @@ MESSAGES: dict[str, str] = {
 FIXES = ("runs-code", "runs-code-ask", "safe-globals", "numpy-fix", "meta-fix", "loads-fix", "lightning-no-prefix-fix",
          "lightning-fix", "legacy-fix", "hf-no-index-fix", "hf-bad-index-fix", "outside-fix", "copy-again",
          "bin-unsafe-fix", "remote-code-fix", "dcp-unsafe-fix", "earlier-folder", "onnx-redo", "onnx-outside-fix",
-         "onnx-missing-fix", "onnx-data-fix", "pt2-redo", "pt2-fix", "hostile-fix", "pickle-unsafe-fix")
+         "onnx-missing-fix", "onnx-data-fix", "pt2-redo", "pt2-fix", "hostile-fix", "pickle-unsafe-fix",
+         "torchscript-fix")
 
 
 def say(key: str, **values: Any) -> str:

@@ -4,24 +4,26 @@ ONNX, ``.pt2``, TorchScript, NumPy) and for kinds that only have a cause and fix
 Each step is named by its row of ``helper.kinds.KINDS`` and runs in the
 inspector child (``helper.inspector``). OK only when the format's own loader
 accepted the file here: ``safetensors.safe_open`` (its own dtype table),
-``onnx.load(load_external_data=False)`` and ``onnx.checker``,
-``torch.jit.load`` for TorchScript, NumPy's header reader. Never
-``torch.export.load``: a ``.pt2`` is checked as a zip and as JSON, and is
-never called safe.
+``onnx.load(load_external_data=False)`` and ``onnx.checker``, NumPy's
+header reader. Never ``torch.export.load`` or ``torch.jit.load`` (both run
+code from the file): a ``.pt2`` is checked as a zip and as JSON, a
+TorchScript file as a zip and its pickles, and neither is called safe from a
+stranger.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from helper.diagnosis import Diagnosis, said, say
-from helper.examine_pickles import check_fit, guard, member_bytes, needed_globals
-from helper.formats import (EARLIER, KINDS, CheckpointError, check_zip, kind_error, open_torch_zip, read_json,
-                            safetensors_header)
+from helper.examine_pickles import _budget_first, allowed_globals, check_fit, guard, member_bytes, needed_globals
+from helper.formats import (EARLIER, KINDS, CheckpointError, case_twins, check_zip, kind_error, open_torch_zip,
+                            read_json, safetensors_header, scan_pickle)
 
 
 def _safetensors_dtypes() -> dict[str, torch.dtype]:
@@ -84,34 +86,76 @@ def _remote_code(folder: Path) -> list[str]:
     return found
 
 
-def hf(d: Diagnosis, path: Path, config: dict[str, Any] | None) -> Diagnosis:
-    """A Hugging Face folder or index: every shard present, inside the folder, holding the keys the index names."""
-    folder = path if path.is_dir() else path.parent
-    index_path = path if path.is_file() else next(iter(sorted(folder.glob("*.index.json"))), None)
-    if index_path is None:  # one unsharded weights file, or none
-        files = sorted([*folder.glob("*.safetensors"), *folder.glob("pytorch_model*.bin")])
-        if len(files) != 1:
-            return d.fail(said("hf-no-index", count=len(files)), said("hf-no-index-fix"))
-        if not _inside(folder, files[0]):
-            return d.fail(said("hf-outside", what="weights file", shard=files[0].name), said("outside-fix"))
-        weight_map: Any = {k: files[0].name for k in _shard_tensors(folder, files[0])}
+# The weights files from_pretrained looks for in a local folder, in its order (transformers' modeling_utils
+# _get_resolved_checkpoint_files: SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_NAME, WEIGHTS_INDEX_NAME),
+# unless config.json names one ("transformers_weights")
+_HF_ORDER = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def _hf_candidates(folder: Path) -> list[str]:
+    """The weights files of ``_HF_ORDER`` (or the one config.json names) present in ``folder``, in that order."""
+    try:
+        explicit = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("transformers_weights")
+    except (OSError, ValueError, AttributeError):
+        explicit = None
+    names = [explicit] if isinstance(explicit, str) else _HF_ORDER
+    return [n for n in names if (folder / n).is_file() or (folder / n).is_symlink()]
+
+
+def _hf_weights(d: Diagnosis, folder: Path, name: str) -> Any:
+    """(weight map, tensors) of one index and its shards, or of one weights file; ``None`` once ``d`` failed."""
+    def no(cause: Any, fix: Any) -> None:
+        d.fail(cause, fix)
+
+    if not name.endswith(".index.json"):
+        weight_map: Any = {k: name for k in _shard_tensors(folder, folder / name)}
     else:
-        index = read_json(index_path)
+        index = read_json(folder / name)
         weight_map = index.get("weight_map") if isinstance(index, dict) else None
         if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
-            return d.fail(said("hf-bad-index", name=index_path.name), said("hf-bad-index-fix"))
+            return no(said("hf-bad-index", name=name), said("hf-bad-index-fix"))
     state: dict[str, torch.Tensor] = {}
     for shard in sorted(set(weight_map.values())):
         shard_path = folder / shard
         if Path(shard).name != shard or shard in ("", ".", "..") or shard_path.is_symlink():
-            return d.fail(said("hf-outside", what="shard", shard=shard), said("outside-fix"))
+            return no(said("hf-outside", what="shard", shard=shard), said("outside-fix"))
         if not shard_path.is_file():
-            return d.fail(said("hf-missing", shard=shard), said("copy-again"))
+            return no(said("hf-missing", shard=shard), said("copy-again"))
         tensors = _shard_tensors(folder, shard_path)
         wanted = {k for k, v in weight_map.items() if v == shard}
         if set(tensors) != wanted:
-            return d.fail(said("hf-keys", shard=shard, count=len(tensors), wanted=len(wanted)), said("copy-again"))
+            return no(said("hf-keys", shard=shard, count=len(tensors), wanted=len(wanted)), said("copy-again"))
         state.update(tensors)
+    return weight_map, state
+
+
+def hf(d: Diagnosis, path: Path, config: dict[str, Any] | None) -> Diagnosis:
+    """A Hugging Face folder or index: what from_pretrained loads (its order), every shard present, inside the
+    folder, holding the keys the index names; no second index it would not pick, no other candidate that differs."""
+    folder = path if path.is_dir() else path.parent
+    found = _hf_candidates(folder) if path.is_dir() else [path.name]
+    stray = sorted(p.name for p in folder.glob("*.index.json") if p.name not in found) if path.is_dir() else []
+    if stray:
+        return d.fail(said("hf-stray-index", names=stray, picked=found[0] if found else "none"), said("copy-again"))
+    index_path = next((folder / n for n in found[:1] if n.endswith(".index.json")), None)
+    if not found:  # none of the names from_pretrained looks for
+        files = sorted([*folder.glob("*.safetensors"), *folder.glob("pytorch_model*.bin")])
+        if len(files) != 1:
+            return d.fail(said("hf-no-index", count=len(files)), said("hf-no-index-fix"))
+        return d.fail(said("hf-not-picked", name=files[0].name, names=", ".join(_HF_ORDER)), said("hf-no-index-fix"))
+    outside = next((n for n in found if path.is_dir() and not _inside(folder, folder / n)), None)
+    if outside is not None:
+        return d.fail(said("hf-outside", what="weights file", shard=outside), said("outside-fix"))
+    got = _hf_weights(d, folder, found[0])
+    if got is None:
+        return d
+    weight_map, state = got
+    for other in found[1:]:  # a second candidate: another reader (use_safetensors=False) loads it
+        also = _hf_weights(d, folder, other)
+        if also is None:
+            return d
+        if {k: (v.shape, v.dtype) for k, v in also[1].items()} != {k: (v.shape, v.dtype) for k, v in state.items()}:
+            return d.fail(said("hf-second", picked=found[0], other=other), said("copy-again"))
     d.note("hf", count=len(weight_map), files=len(set(weight_map.values())),
            config="; config.json present" if (folder / "config.json").is_file() else "; no config.json")
     code = _remote_code(folder)
@@ -172,6 +216,28 @@ def onnx_model(d: Diagnosis, path: Path, config: dict[str, Any] | None = None) -
 _NATIVE = (".so", ".dll", ".dylib", ".pyd", ".py", ".pyc")
 
 
+def _pt2_pickles(path: Path, members: dict[str, Any], prefix: str, code: list[str]) -> list[str]:
+    """The members torch.export.load unpickles with torch.load (weights_only=False as its fallback): its sample
+    inputs, and any other member that is a pickle or a torch.save zip, outside the weights and constants (whose
+    pickled entries their tables name). Each is held to weights_only=True's rules; one that fails joins ``code``."""
+    from helper.dcp_bytes import check_saved_bytes
+
+    found = []
+    for name, m in members.items():
+        rest = name[len(prefix):]
+        if rest.startswith(("data/weights/", "data/constants/")) or not name.startswith(prefix):
+            continue
+        head = member_bytes(path, m.start, 2)
+        if not rest.startswith("data/sample_inputs/") and head != b"PK" and head[:1] != b"\x80":
+            continue
+        found.append(rest)
+        try:
+            check_saved_bytes(member_bytes(path, m.start, m.size))
+        except CheckpointError as exc:
+            code.append(f"{rest} is a pickle that weights_only=True refuses ({exc.cause[:160]}), which it unpickles")
+    return found
+
+
 def pt2(d: Diagnosis, path: Path, config: dict[str, Any] | None = None) -> Diagnosis:
     """A ``.pt2`` checked as a zip (CRC-32s) and as JSON, never loaded: guards code, pickled weights or
     constants, or native code make it a problem; a whole one is still only as safe as who made it."""
@@ -217,35 +283,87 @@ def pt2(d: Diagnosis, path: Path, config: dict[str, Any] | None = None) -> Diagn
                         code.append(f"{fqn!r} is a pickled object, which it unpickles")
     except (ValueError, AttributeError, TypeError, UnicodeDecodeError) as exc:
         fake = f"a record is not the JSON torch.export writes ({exc})"[:200]
+    pickled = _pt2_pickles(path, members, prefix, code)
     if fake is not None:
         return d.fail(said("pt2-fake", detail=fake), said("pt2-redo"))
     if code:
         return d.fail(said("pt2-code", what="; ".join(code)[:300]), said("runs-code-ask"))
-    d.note("pt2", models=[n[len(prefix) + len("models/"):] for n in models], weights=weights, constants=constants)
+    d.note("pt2", models=[n[len(prefix) + len("models/"):] for n in models], weights=weights, constants=constants,
+           pickled=say("pt2-pickled", names=", ".join(pickled)) if pickled else "nothing pickled")
     return d.ok(said("pt2-ok"), said("pt2-fix"))
 
 
+_TS_MODULES = ("torch.jit._pickle.", "__torch__.")  # TorchScript's own pickled names (its C++ unpickler's)
+_STORAGE = re.compile(r"/(data|constants)/\d+$")
+
+
+def _torchscript_pickle(z: Any, name: str) -> set[str]:
+    """The globals a TorchScript pickle names, after ``helper.pickle_guard``'s budget (``ValueError`` if it is
+    not one torch.jit.save writes: a global outside weights_only's set and TorchScript's own)."""
+    info = z.getinfo(name)
+    if info.file_size > 1 << 30:
+        raise ValueError(f"{name} is {info.file_size:,} bytes")
+    data = z.read(info)
+    _budget_first(data, name.rpartition("/")[2])
+    names = scan_pickle(data).globals
+    other = sorted(g for g in names - allowed_globals() if not g.startswith(_TS_MODULES))
+    if other:
+        raise ValueError(f"{name} names {', '.join(other)[:120]}, which torch.jit.load's unpickler does not know")
+    return names
+
+
+def _mentions(z: Any, info: Any, word: bytes) -> bool:
+    """Whether the member's bytes (uncompressed, read in chunks) hold ``word``."""
+    with z.open(info) as f:
+        tail = b""
+        while chunk := f.read(1 << 20):
+            if word in tail + chunk:
+                return True
+            tail = chunk[-len(word):]
+    return False
+
+
 def torchscript(d: Diagnosis, path: Path, config: dict[str, Any] | None = None) -> Diagnosis:
-    """A TorchScript zip: every member's CRC-32, then ``torch.jit.load`` in this child (its methods never run)."""
+    """A TorchScript zip, never loaded (``torch.jit.load`` runs the file's ``__setstate__`` code): every member's
+    CRC-32, no two names torch's reader could confuse, the records and pickles torch.jit.save writes, its code
+    files listed. Code that runs while loading (``__setstate__``) is a problem; a whole one is still code."""
     import zipfile
+
+    def fake(detail: str) -> Diagnosis:
+        return d.fail(said("torchscript-fake", detail=detail[:160]), EARLIER)
 
     try:  # torch.jit.save deflates its code files: zipfile checks every member's CRC-32 (check_zip refuses them)
         with zipfile.ZipFile(path) as z:
             bad = z.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as exc:
-        return d.fail(said("torchscript-fake", detail=f"{type(exc).__name__}: {exc}"[:160]), EARLIER)
-    if bad is not None:
-        return d.fail(said("torchscript-fake", detail=f"member {bad!r} fails its CRC-32 check"), EARLIER)
-    d.note("crc-ok")
-    try:
-        module = torch.jit.load(str(path), map_location="cpu")
-        methods = sorted(module._c._method_names())
-    except MemoryError:
-        raise
-    except Exception as exc:  # torch.jit.load raises RuntimeError and others on what it cannot read
-        return d.fail(said("torchscript-fake", detail=(str(exc).strip().splitlines() or [""])[0][:160]), EARLIER)
-    d.note("torchscript", methods=f"methods {methods}")
-    return d.ok(said("torchscript-ok"), KINDS["torchscript"].fix)
+            if bad is not None:
+                return fake(f"member {bad!r} fails its CRC-32 check")
+            d.note("crc-ok")
+            names = z.namelist()
+            problem = case_twins(names)
+            if problem is not None:
+                return fake(problem)
+            pickles = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
+            prefix = pickles[0][:-len("data.pkl")] if len(pickles) == 1 else ""
+            version = z.read(prefix + "version").strip() if prefix + "version" in names else b""
+            if not prefix or prefix + "constants.pkl" not in names or not version.isdigit():
+                return fake("no single data.pkl beside constants.pkl and a version record")
+            if not any(g.startswith("__torch__.") for g in _torchscript_pickle(z, prefix + "data.pkl")):
+                return fake("data.pkl holds no scripted module")
+            _torchscript_pickle(z, prefix + "constants.pkl")
+            code = sorted(n for n in names if "/code/" in n.lower() and n.lower().endswith(".py"))
+            if not code:
+                return fake("no code/*.py")
+            loading = [n for n in names if not _STORAGE.search(n.lower()) and not n.endswith(".debug_pkl")
+                       and _mentions(z, z.getinfo(n), b"__setstate__")]
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, KeyError,
+            RuntimeError) as exc:
+        return fake(str(exc) if type(exc) is ValueError else f"{type(exc).__name__}: {exc}")
+    shown = [n[len(prefix):] for n in code]
+    d.note("torchscript", count=len(code), files=", ".join(shown[:6]) + (", ..." if len(shown) > 6 else ""))
+    if loading:
+        return d.fail(said("torchscript-setstate", files=", ".join(n[len(prefix):] for n in loading)[:200]),
+                      said("runs-code-ask"))
+    return d.ok(said("torchscript-ok"), said("torchscript-fix"))
 
 
 def onnx_data(d: Diagnosis, path: Path, config: dict[str, Any] | None = None) -> Diagnosis:

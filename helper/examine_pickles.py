@@ -371,4 +371,11 @@ def dcp(d: Diagnosis, path: Path, config: dict[str, Any] | None = None) -> Diagn
         if shard.stat().st_size < item.offset + item.length:
             return d.fail(said("dcp-short", shard=item.relative_path), said("earlier-folder"))
     d.note("dcp-ranges", count=len(ranges), files=len({i.relative_path for i in ranges.values()}))
+    from helper.dcp_bytes import bytes_problem
+
+    count, key, why = bytes_problem(path, metadata)  # non-tensor values: dcp.load unpickles them, weights_only=False
+    if key is not None:
+        return d.fail(said("dcp-bytes-unsafe", fqn=key, detail=why), said("dcp-unsafe-fix"))
+    if count:
+        d.note("dcp-bytes", count=count)
     return d.ok(said("dcp-ok"), KINDS["dcp"].fix)

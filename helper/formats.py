@@ -142,12 +142,28 @@ def _central_directory(view: memoryview, size: int) -> int:
     return cd_offset
 
 
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")  # miniz folds ASCII only
+
+
+def case_twins(names: Any) -> str | None:
+    """The first two member names that differ only in ASCII letter case, as a sentence, or ``None``."""
+    folded: dict[str, str] = {}
+    for name in names:
+        other = folded.setdefault(name.translate(_ASCII_LOWER), name)
+        if other != name:
+            return (f"members {other!r} and {name!r} differ only in letter case; torch's zip reader ignores case, "
+                    "so it may read either one")
+    return None
+
+
 def _read_zip(path: Path, validate: Callable[[memoryview, int, dict[str, Member]], Any]) -> Any:
     """Check a zip's end records and every member against its local header, then call ``validate``.
 
     Members must be stored (not compressed), carry no directory, attribute
     or encryption bits, have local headers that agree with the central
-    directory, and lie inside the file without overlapping.
+    directory, lie inside the file without overlapping, and have names that
+    differ in more than letter case (torch's reader, miniz, finds a record by
+    its name in any case: of ``data.pkl`` and ``DATA.PKL`` it may read either).
     """
     try:
         with zipfile.ZipFile(path) as z:
@@ -165,6 +181,9 @@ def _read_zip(path: Path, validate: Callable[[memoryview, int, dict[str, Member]
             for info in sorted(infos, key=lambda i: i.header_offset):
                 members[info.filename] = member = _member(view, info, cd_offset, ends, members)
                 ends = member.start + member.size
+            twins = case_twins(members)
+            if twins is not None:
+                raise ValueError(twins)
             return validate(view, size, members)
         except (ValueError, struct.error, IndexError, KeyError, EOFError) as exc:
             raise _corrupt(path, str(exc) or type(exc).__name__) from None
@@ -201,11 +220,24 @@ def check_zip(path: PathLike) -> dict[str, Member]:
     return _read_zip(Path(path), validate)
 
 
+# Every name torch.save writes after its archive's folder (torch/serialization.py ``_save``, and the version
+# records of its zip writer), plus the digest record helper.checkpoint.save_checkpoint adds (DIGEST_RECORD there)
+_SAVED_NAMES = frozenset({"data.pkl", *RECORDS, ".data/helper_digests.json"})
+
+
+def _saved_name(name: str, prefix: str) -> bool:
+    """Whether torch.save writes ``name`` in an archive whose folder is ``prefix``: a record, or ``data/<key>``."""
+    rest = name[len(prefix):] if name.startswith(prefix) else None
+    key = rest[5:] if rest is not None and rest.startswith("data/") else ""
+    return rest in _SAVED_NAMES or (key.isascii() and key.isdigit() and key == str(int(key)))
+
+
 def open_torch_zip(path: PathLike, *, check_data_crc: bool = True,
                    on_tensor_members: Callable[[list[Member]], None] | None = None) -> TorchZip:
     """Validate a ``torch.save`` archive before unpickling it; ``CheckpointError`` names the first problem.
 
-    The zip checks of ``_read_zip``, then: one ``data.pkl``, a ``version``
+    The zip checks of ``_read_zip``, then: one ``data.pkl``, no member but the
+    records torch.save writes beside it (``_saved_name``), a ``version``
     record, the CRC-32 of ``data.pkl`` and the small records, the pickle's
     opcodes (storages it names exist with the sizes it declares; no more
     memory asked for than the file holds) and, with ``check_data_crc``, the
@@ -220,6 +252,9 @@ def open_torch_zip(path: PathLike, *, check_data_crc: bool = True,
         if len(pickles) != 1:
             raise ValueError("no single <name>/data.pkl record")
         prefix = pickles[0][:-len("data.pkl")]
+        stray = next((n for n in members if not _saved_name(n, prefix)), None)
+        if stray is not None:
+            raise ValueError(f"member {stray!r} is not a record torch.save writes beside {prefix}data.pkl")
         if prefix + "version" not in members:
             raise ValueError("the 'version' record torch.save writes is missing")
         if on_tensor_members is not None:

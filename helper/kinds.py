@@ -220,7 +220,8 @@ KINDS: dict[str, Kind] = {
                          "who did: torch.export.load runs code from the file (its guards, pickled constants)",
                          _torch_export, examine="pt2", other_format=True),
     "torchscript": Kind("a TorchScript archive (torch.jit.save), not a checkpoint dict",
-                        "load it with torch.jit.load(path); save training checkpoints with save_checkpoint",
+                        "load it with torch.jit.load(path) only if you made it or trust who did (it runs code "
+                        "from the file); save training checkpoints with save_checkpoint",
                         _torchscript, examine="torchscript", other_format=True),
     "torch-zip": Kind("a torch.save archive", "torch.load(path, map_location='cpu', weights_only=True)", _torch_zip,
                       examine="torch_zip", other_format=True),

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from typing import Tuple
 
 import pytest
 import torch
@@ -294,6 +295,39 @@ def test_hugging_face_sharded_folder_and_index(tmp_path):
     assert "do not add up" in diagnose(folder).cause
 
 
+def test_hf_folder_examines_what_from_pretrained_loads(tmp_path):
+    """Attack finding F6: from_pretrained picks its weights by name (model.safetensors, its index,
+    pytorch_model.bin, its index). An index it would not pick beside the real one, a .bin index beside no
+    safetensors file, or a second candidate that differs: the doctor examines what it loads, in its order."""
+    state = build_model(MLP).state_dict()
+    folder = hf_folder(tmp_path / "decoy", state)
+    (folder / "model.safetensors.index.json").rename(folder / "a.index.json")  # read first in sorted order
+    zeros = {k: torch.zeros_like(v) for k, v in state.items()}
+    torch.save({"x": torch.zeros(1)}, folder / "pytorch_model.bin")
+    (folder / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": dict.fromkeys(state,
+                                                                                                "pytorch_model.bin")}))
+    d = diagnose(folder)
+    assert not d.healthy and "a.index.json" in d.cause and "pytorch_model.bin" in d.cause, d.report()
+    (folder / "a.index.json").unlink()
+    d = diagnose(folder)  # now the .bin index is what from_pretrained loads: its shard is examined
+    assert not d.healthy and "pytorch_model.bin" in d.cause and "do not add up" in d.cause, d.report()
+    torch.save(zeros, folder / "pytorch_model.bin")
+    assert diagnose(folder).healthy
+    save_file({k: v.contiguous() for k, v in state.items()}, folder / "model.safetensors")
+    assert diagnose(folder, MLP).healthy  # both candidates hold the same keys, shapes and dtypes
+    torch.save({k: v.half() for k, v in zeros.items()}, folder / "pytorch_model.bin")
+    d = diagnose(folder)
+    assert not d.healthy and "model.safetensors" in d.cause and "differ" in d.cause, d.report()
+    for name in ("pytorch_model.bin", "pytorch_model.bin.index.json"):
+        (folder / name).unlink()
+    assert diagnose(folder, MLP).healthy
+    for shard in folder.glob("model-*.safetensors"):
+        shard.unlink()
+    (folder / "model.safetensors").rename(folder / "weights.safetensors")  # a name from_pretrained never reads
+    d = diagnose(folder)
+    assert not d.healthy and "weights.safetensors" in d.cause, d.report()
+
+
 def lightning_like(path: Path, state: dict) -> Path:
     torch.save({"epoch": 2, "global_step": 40, "pytorch-lightning_version": "2.5.0",
                 "state_dict": {f"model.{k}": v for k, v in state.items()},
@@ -459,6 +493,31 @@ def test_case1_dcp_metadata_that_is_not_metadata(tmp_path):
     assert not d.healthy and "../outside.distcp" in d.cause, d.report()
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # dcp: "torch.distributed is disabled ..., single process"
+def test_dcp_non_tensor_values_are_held_to_weights_only(tmp_path):
+    """Attack finding F3: DCP stores a non-tensor value as a torch.save zip that dcp.load and dcp_to_torch_save
+    unpickle with weights_only=False. A payload there (even under a tensor's key) is a problem, and following the
+    old advice runs it; plain values pass and the report says they are unpickled."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    marker = tmp_path / MARKER
+    model = torch.nn.Linear(2, 2)
+    dcp.save({"model": {"weight": Payload(marker), "bias": torch.zeros(2)}}, checkpoint_id=tmp_path / "hostile")
+    d = diagnose(tmp_path / "hostile")
+    assert not d.healthy and "'model.weight'" in d.cause and "weights_only=False" in d.cause, d.report()
+    assert d.fix == "do not load this folder; it can run code" and not marker.exists(), d.report()
+    dcp_to_torch_save(tmp_path / "hostile", tmp_path / "converted.pt")  # made by this test: a harmless mkdir
+    assert marker.exists()
+    optimizer = torch.optim.Adam(model.parameters())
+    model(torch.rand(1, 2)).sum().backward()
+    optimizer.step()
+    dcp.save({"model": model.state_dict(), "optim": optimizer.state_dict(), "epoch": 3},
+             checkpoint_id=tmp_path / "plain")
+    d = diagnose(tmp_path / "plain")
+    assert d.healthy and any("weights_only=False" in line for line in d.lines), d.report()
+
+
 def test_case2_a_module_the_file_names_is_never_imported(tmp_path):
     """A Lightning-style checkpoint whose hyper-parameter is mycfg.Config, a mycfg.py in the working folder:
     the doctor (run as the CLI from that folder) must answer without running mycfg.py."""
@@ -513,6 +572,27 @@ def test_case3_a_pt2_is_never_called_safe(tmp_path):
                        add={f"{prefix}data/constants/opaque_obj_0": pickle.dumps(None)}))
     assert not d.healthy and "pickled object" in d.cause, d.report()
     assert not marker.exists()
+
+
+def test_pt2_sample_inputs_are_pickles_held_to_weights_only(tmp_path):
+    """Attack finding F9: torch.export.load unpickles a .pt2's data/sample_inputs/*.pt (torch.load, falling back to
+    weights_only=False). The report lists it, never says "nothing pickled", and a payload there is a problem."""
+    import io
+
+    good = export_program(tmp_path / "good.pt2")
+    d = diagnose(good)
+    assert d.healthy and "data/sample_inputs/model.pt" in d.report() and "nothing pickled" not in d.report()
+    with zipfile.ZipFile(good) as z:
+        inputs = next(n for n in z.namelist() if "/data/sample_inputs/" in n)
+    marker = tmp_path / MARKER
+    buffer = io.BytesIO()
+    torch.save(((torch.zeros(1, 3),), {"note": Payload(marker)}), buffer)
+    planted = rezip(good, tmp_path / "planted.pt2", {inputs: buffer.getvalue()})
+    d = diagnose(planted)
+    assert not d.healthy and "sample_inputs/model.pt" in d.cause and "do not load" in d.fix, d.report()
+    assert "nothing pickled" not in d.report() and not marker.exists()
+    torch.export.load(planted)  # made by this test: the payload (a harmless mkdir) runs, as the verdict says
+    assert marker.exists()
 
 
 def test_case5_trust_remote_code_folder_is_flagged(tmp_path):
@@ -615,6 +695,54 @@ def test_case13_ok_only_when_the_formats_own_loader_accepts(tmp_path):
     torch.jit.save(torch.jit.trace(torch.nn.Linear(2, 2), torch.randn(1, 2)), script)
     d = diagnose(script)
     assert (d.kind, d.healthy) == ("torchscript", True), d.report()
+
+
+class SetstateWrites(torch.nn.Module):
+    """Scripted, its ``__setstate__`` creates a marker file (torch.from_file maps it shared, fill_ writes it) while
+    torch.jit.load loads it: code a TorchScript file runs when loaded, not only when called (attack finding F2)."""
+
+    def __init__(self, marker: str):
+        super().__init__()
+        self.w = torch.ones(2)
+        self.marker = marker
+
+    @torch.jit.export
+    def __getstate__(self):
+        return (self.w, self.training, self.marker)
+
+    @torch.jit.export
+    def __setstate__(self, state: Tuple[torch.Tensor, bool, str]):
+        x = torch.from_file(state[2], shared=True, size=4, dtype=torch.uint8)
+        x.fill_(65)
+        self.w = state[0] + x.sum().float() * 0
+        self.training = state[1]
+        self.marker = state[2]
+
+    def forward(self, x):
+        return x + self.w
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # TorchScript is deprecated, still what makes the file
+def test_torchscript_is_never_loaded_nor_called_safe(tmp_path):
+    """The doctor never calls torch.jit.load: a file whose __setstate__ writes a file is a problem and writes
+    nothing while examined; a plain scripted module is whole but not safe from a stranger, and the fix (load it
+    only if you made it) works. torch.jit.load, run here on the file this test made, runs the code."""
+    marker = tmp_path / "setstate_ran"
+    torch.jit.save(torch.jit.script(SetstateWrites(str(marker))), str(tmp_path / "setstate.pt"))
+    d = diagnose(tmp_path / "setstate.pt")
+    assert (d.kind, d.healthy) == ("torchscript", False) and "__setstate__" in d.cause, d.report()
+    assert "do not load" in d.fix and not marker.exists(), d.report()
+    torch.jit.load(str(tmp_path / "setstate.pt"))  # made by this test: the code runs as the verdict says
+    assert marker.read_bytes() == b"AAAA"
+    model = torch.nn.Linear(2, 2)
+    torch.jit.save(torch.jit.script(model), str(tmp_path / "plain.pt"))
+    d = diagnose(tmp_path / "plain.pt")
+    assert (d.kind, d.healthy) == ("torchscript", True) and "not safe from a stranger" in d.cause, d.report()
+    assert d.said_fix[0] == "torchscript-fix" and "only if you made it" in d.fix, d.report()
+    assert any("code file" in line for line in d.lines), d.report()
+    scripted = torch.jit.load(str(tmp_path / "plain.pt"), map_location="cpu")  # the fix, followed (made here)
+    x = torch.rand(3, 2)
+    assert torch.equal(scripted(x), model(x))
 
 
 def test_case13_links_and_paths_that_leave_the_folder(tmp_path):
@@ -754,6 +882,7 @@ ADVICE_FOLLOWED = {
     "onnx-data-fix": "test_onnx_advice_followed",
     "pt2-redo": "test_meta_and_export_advice_followed",
     "pt2-fix": "test_meta_and_export_advice_followed",
+    "torchscript-fix": "test_torchscript_is_never_loaded_nor_called_safe",
 }
 
 

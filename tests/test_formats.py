@@ -5,6 +5,7 @@ doctor's child, and has a row here; a kind added to ``KINDS`` without a row in `
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import pickle
 import struct
@@ -234,3 +235,52 @@ def test_scan_records_dotted_global_names():
     scan = scan_pickle(data)
     assert scan.dotted == {"torch.distributed.checkpoint.filesystem.os.system"}
     assert scan_pickle(pickle.dumps(struct.Struct, protocol=4)).dotted == set()
+
+
+def _shadowed(src: Path, out: Path, extra: dict[str, bytes]) -> Path:
+    """``src`` (a torch.save zip) rewritten by torch's own writer with ``extra`` members (names after the
+    archive's folder) written first, as a crafted file would hold them."""
+    with zipfile.ZipFile(src) as z:
+        prefix = z.namelist()[0].split("/")[0] + "/"
+        records = {i.filename[len(prefix):]: z.read(i) for i in z.infolist()}
+    writer = torch._C.PyTorchFileWriter(str(out))
+    for name, data in [*extra.items(), *records.items()]:
+        if name != ".data/serialization_id":  # the writer adds its own
+            writer.write_record(name, data, len(data))
+    writer.write_end_of_file()
+    del writer
+    return out
+
+
+def test_members_torch_reads_whatever_their_case_are_refused(tmp_path):
+    """Attack finding F1: torch's zip reader (miniz) finds a record by its name in any case, so a second
+    ``DATA.PKL`` (or ``DATA/0``) beside the checked ``data.pkl`` is what torch.load may unpickle. A name that
+    differs only in case, or any name torch.save never writes, is refused by load_checkpoint and the doctor."""
+    from helper.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
+    from helper.doctor import diagnose
+    from helper.models import build_model
+
+    src = tmp_path / "ck.pt"
+    save_checkpoint(make_checkpoint(build_model({"arch": "mlp", "hidden": [8]}), epoch=3), src)
+    other = torch.load(src, weights_only=True)
+    other["epoch"] = 999
+    buffer = io.BytesIO()
+    torch.save(other, buffer)
+    with zipfile.ZipFile(buffer) as z:
+        hostile = z.read(next(n for n in z.namelist() if n.endswith("/data.pkl")))
+    bomb = b"\x80\x02}q\x00X\x01\x00\x00\x00xq\x01c__builtin__\nbytearray\nq\x02J\x00F\xc3#\x85q\x03Rq\x04s."
+    casings = [name for name in ("".join(c) for c in itertools.product(*zip("data.pkl", "DATA.PKL")))
+               if name != "data.pkl"]  # every other one: miniz's case-blind binary search lands on one of them
+    cases = {"swap": dict.fromkeys(casings, hostile), "bomb": {"Data.pkl": bomb}, "storage": {"DATA/0": b"\0" * 32},
+             "stray": {"data/0x": b"\0"}, "code": {"code/evil.py": b"print(1)"}}
+    swapped = _shadowed(src, tmp_path / "swap.pt", cases["swap"])
+    assert torch.load(swapped, weights_only=True)["epoch"] == 999  # the attack is real: torch reads the shadow
+    for number, extra in enumerate(cases.values()):
+        path = _shadowed(src, tmp_path / f"case{number}.pt", extra)
+        with pytest.raises(CheckpointError) as caught:
+            load_checkpoint(path)
+        cause = caught.value.cause
+        assert caught.value.kind == "corrupted" and ("letter case" in cause or "torch.save writes" in cause), cause
+        d = diagnose(path)
+        assert not d.healthy and d.cause.startswith(cause), d.report()
+    assert load_checkpoint(src)["epoch"] == 3 and diagnose(src).healthy
