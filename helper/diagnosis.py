@@ -29,7 +29,7 @@ MESSAGES: dict[str, str] = {
     "crc-ok": "CRC-32 check: every member matches",
     "refused-names": "weights_only=True refuses it; the pickle names {names}",
     "main-classes": "classes from a script's __main__: only a process that defines them can load the file "
-                    "(AttributeError: Can't get attribute ... on <module '__main__'>)",
+    "(AttributeError: Can't get attribute ... on <module '__main__'>)",
     "keys": "top-level keys: {keys}{more}",
     "holds": "holds a {type}",
     "tensors": "tensors: {count}, devices {devices}, dtypes {dtypes}",
@@ -41,34 +41,33 @@ MESSAGES: dict[str, str] = {
     "legacy": "PyTorch's legacy format (before 1.6, or _use_new_zipfile_serialization=False): no CRCs",
     "pickle-names": "the pickle names {names}",
     "safetensors": "header: {count} tensors, dtypes {dtypes}, {numbers} numbers, metadata keys {metadata}; "
-                   "validated by safetensors",
+    "validated by safetensors",
     "hf": "{count} tensors in {files} weights file(s), each validated; the keys match the index{config}",
     "remote-code": "code that from_pretrained(..., trust_remote_code=True) would run: {files}",
     "dcp-shards": "shard files: {shards}",
     "dcp-metadata": ".metadata present (written last, after every shard)",
     "dcp-ranges": "{count} byte ranges in {files} shard file(s), every one present in full",
-    "dcp-bytes": "{count} non-tensor value(s) that dcp.load unpickles with torch.load(weights_only=False); each "
-                 "passes weights_only=True's rules here",
+    "dcp-bytes": "{count} non-tensor value(s) that dcp.load unpickles with weights_only=False (torch.load); each "
+    "passes weights_only=True's rules here",
     "onnx": "ONNX ir_version {ir_version}, opsets {opsets}, {nodes} nodes: onnx.load and onnx.checker accept it",
     "onnx-external": "external data: {name}, {end} bytes needed, present",
     "pt2": "models {models}, {weights} weights, {constants} constants; no guards code, {pickled}",
     "pt2-pickled": "pickled: {names}, which torch.export.load unpickles (weights_only=False if weights_only=True "
-                   "fails), each within weights_only=True's rules here",
+    "fails), each within weights_only=True's rules here",
     "torchscript": "{count} TorchScript code file(s), never run here: {files}",
     # causes and fixes
     "runs-code": RUNS_CODE,
     "runs-code-ask": f"{RUNS_CODE}. {ASK}",
-    "unknown-globals": "the pickle names {names}, not known plain data or nn.Module classes: loading it could "
-                       "run code",
+    "unknown-globals": "the pickle names {names}, not known plain data or nn.Module classes: loading it could run code",
     "dotted-globals": "the pickle names {names}, an attribute path inside a module (a crafted pickle: "
-                      "protocol 4 resolves it to any function): loading it could run code",
+    "protocol 4 resolves it to any function): loading it could run code",
     "whole-objects": "it pickles whole objects (classes, not plain data), refused by weights_only=True",
     "safe-globals": "if you trust the file, load it once inside torch.serialization.safe_globals([...those "
-                    "classes]) and re-save model.state_dict() with its config",
+    "classes]) and re-save model.state_dict() with its config",
     "numpy": "it holds NumPy arrays or scalars ({names}), which weights_only=True refuses: rebuilding them calls "
-             "NumPy functions",
+    "NumPy functions",
     "numpy-fix": "if you made the file, load it once with weights_only=False and re-save the arrays as tensors "
-                 "(torch.from_numpy) or plain numbers (lesson 06); from anyone else, ask for such a file",
+    "(torch.from_numpy) or plain numbers (lesson 06); from anyone else, ask for such a file",
     "meta": "it holds tensors on the meta device: shapes without data, nothing to load",
     "meta-fix": f"save the real weights (model.to('cpu').state_dict()), or {EARLIER}",
     "refused": "refused by weights_only=True ({detail})",
@@ -78,37 +77,35 @@ MESSAGES: dict[str, str] = {
     "no-state-dict": "loads with weights_only=True; no model state_dict found in it",
     "lightning-no-prefix": "a Lightning checkpoint whose keys share no single prefix",
     "lightning-no-prefix-fix": "rebuild your LightningModule and call YourModule.load_from_checkpoint(path)",
-    "lightning-ok": "a Lightning checkpoint; the plain model's weights are checkpoint['state_dict'] without "
-                    "{prefix!r}",
+    "lightning-ok": "a Lightning checkpoint; the plain model's weights are checkpoint['state_dict'] without {prefix!r}",
     "lightning-fix": "checkpoint = torch.load(path, map_location='cpu', weights_only=True); state = "
-                     "checkpoint['state_dict']; torch.nn.modules.utils.consume_prefix_in_state_dict_if_present("
-                     "state, {prefix!r}); model.load_state_dict(state)",
+    "checkpoint['state_dict']; torch.nn.modules.utils.consume_prefix_in_state_dict_if_present("
+    "state, {prefix!r}); model.load_state_dict(state)",
     "mismatch": "the weights do not fit the model ({summary}){hint}",
     "legacy-ok": "loads with weights_only=True; but legacy files have no checksums: a changed byte cannot be "
-                 "detected, and converting re-saves it under fresh CRCs (compare its sha256sum with the source's "
-                 "first)",
+    "detected, and converting re-saves it under fresh CRCs (compare its sha256sum with the source's "
+    "first)",
     "legacy-fix": "convert it once: torch.save(torch.load(path, weights_only=True), new_path)",
     "pickle-malformed": "{sentence}, and it is malformed ({detail})",
     "pickle-unsafe": "a plain pickle that names {names}: loading it could run code",
     "pickle-unsafe-fix": f"{RUNS_CODE}. {KINDS['pickle'].fix}",
     "safetensors-ok": "a complete safetensors file (tensors only, nothing to unpickle); safetensors has no "
-                      "checksums, so a changed byte in the data cannot be detected",
+    "checksums, so a changed byte in the data cannot be detected",
     "safetensors-dtype": "a safetensors file with dtype {dtype}, which this safetensors cannot load",
     "hf-ok": "a complete Hugging Face {sharded}weights folder; safetensors has no checksums, so a changed byte "
-             "in the data cannot be detected",
+    "in the data cannot be detected",
     "hf-no-index": "a model folder with config.json and {count} weights files but no index",
     "hf-no-index-fix": "copy the weights too: save_pretrained writes model.safetensors (or shards and "
-                       "model.safetensors.index.json) next to config.json",
+    "model.safetensors.index.json) next to config.json",
     "hf-bad-index": "{name} has no weight_map of key -> shard file",
     "hf-stray-index": "the folder holds {names}, an index from_pretrained does not pick (it loads {picked}): another "
-                      "reader may load the shards it names, which were not examined",
+    "reader may load the shards it names, which were not examined",
     "hf-not-picked": "the folder's one weights file {name} is none of those from_pretrained loads ({names})",
     "hf-second": "the folder holds {picked}, which from_pretrained loads, and {other} (loaded with "
-                 "use_safetensors=False), whose keys, shapes or dtypes differ",
+    "use_safetensors=False), whose keys, shapes or dtypes differ",
     "hf-bad-index-fix": "restore the index file",
     "hf-missing": "shard {shard} named by the index is missing",
-    "hf-outside": "{what} {shard} is a link or a path that leaves the folder: a reader would open a file "
-                  "outside it",
+    "hf-outside": "{what} {shard} is a link or a path that leaves the folder: a reader would open a file outside it",
     "outside-fix": "do not use this folder as it is; get the model again from its source",
     "hf-keys": "shard {shard} holds {count} tensors where the index names {wanted} (the keys do not add up)",
     "copy-again": "copy the whole folder again",
@@ -116,16 +113,16 @@ MESSAGES: dict[str, str] = {
     "bin-unsafe-fix": f"{RUNS_CODE}. Ask for the safetensors weights (save_pretrained's default)",
     "remote-code-cause": "the folder carries code ({files}) that from_pretrained runs with trust_remote_code=True",
     "remote-code-fix": "never pass trust_remote_code=True for it unless you have read that code; the weights "
-                       "alone load with safetensors.torch.load_file(shard) and no code",
+    "alone load with safetensors.torch.load_file(shard) and no code",
     "dcp-damaged": "the .metadata file is damaged ({detail})",
     "dcp-unsafe": "the .metadata pickle names {names}, not DCP's metadata classes: dcp.load unpickles it with "
-                  "pickle.load, which would run them",
+    "pickle.load, which would run them",
     "dcp-unsafe-fix": "do not load this folder; it can run code",
     "dcp-bytes-unsafe": "its non-tensor value {fqn!r} fails weights_only=True's rules ({detail}): dcp.load and "
-                        "dcp_to_torch_save unpickle it with torch.load(weights_only=False), which would run it",
+    "dcp_to_torch_save unpickle it with weights_only=False (torch.load), which would run it",
     "dcp-not-metadata": "the .metadata file holds a {type}, not DCP's Metadata",
     "dcp-outside": "the .metadata names a shard {shard!r} that is not a plain file in the folder (a path that "
-                   "leaves it, or a link)",
+    "leaves it, or a link)",
     "dcp-missing": "shard {shard} that .metadata names is missing",
     "dcp-short": "shard {shard} is shorter than the byte ranges .metadata gives it (cut?)",
     "earlier-folder": "use an earlier checkpoint folder",
@@ -133,7 +130,7 @@ MESSAGES: dict[str, str] = {
     "onnx-damaged": "a damaged ONNX file ({detail})",
     "onnx-redo": "export the model again with torch.onnx.export",
     "onnx-outside": "its external data {name!r} is a link or lies outside the model's folder; onnx and "
-                    "onnxruntime refuse it",
+    "onnxruntime refuse it",
     "onnx-outside-fix": "do not use this file; export the model again, or get it again from its source",
     "onnx-missing": "its weights live in the external-data file {name}, which is missing or short next to it",
     "onnx-missing-fix": "copy {name} next to {model} (an .onnx and its .onnx.data travel together)",
@@ -142,34 +139,57 @@ MESSAGES: dict[str, str] = {
     "pt2-fake": "not a torch.export program: {detail}",
     "pt2-redo": "export the model again with torch.export.export and torch.export.save",
     "pt2-ok": "a whole torch.export program (.pt2), but not safe from a stranger: torch.export.load exec's its "
-              "guards and unpickles some constants, so no check can prove a .pt2 harmless",
+    "guards and unpickles some constants, so no check can prove a .pt2 harmless",
     "pt2-fix": "load it with torch.export.load(path) only if you made it or trust who did (never torch.load); "
-               "from anyone else ask for the weights as a safetensors file",
+    "from anyone else ask for the weights as a safetensors file",
     "torchscript-fake": "not a TorchScript archive as torch.jit.save writes it ({detail})",
     "torchscript-ok": "a whole TorchScript program (torch.jit.save), but not safe from a stranger: it is code, "
-                      "which torch.jit.load compiles and its methods run, so no check can prove it harmless",
+    "which torch.jit.load compiles and its methods run, so no check can prove it harmless",
     "torchscript-fix": "load it with torch.jit.load(path) only if you made it or trust who did; from anyone else "
-                       "ask for the weights as a state_dict or safetensors file",
+    "ask for the weights as a state_dict or safetensors file",
     "torchscript-setstate": "a TorchScript program whose code defines __setstate__ ({files}), which torch.jit.load "
-                            "runs while loading the file: loading it runs code",
+    "runs while loading the file: loading it runs code",
     "npy-object": "a NumPy object array: its data is a pickle, which numpy.load(path, allow_pickle=True) "
-                  "would unpickle, so loading it could run code",
+    "would unpickle, so loading it could run code",
     "npy-damaged": "a damaged NumPy file ({detail})",
     "crashed": "the file crashed the inspector with {signal}: do not load it",
     "timeout": "the file kept the inspector busy past its {limit} limit: do not load it",
     "memory": "the file needs more memory than the inspector's limit ({limit}): do not load it",
     "inspector-died": "the inspector stopped with exit code {code} before a verdict: do not load it",
     "hostile-fix": f"do not load this file: a reader crashed, hung or ran out of memory on it, as on a file made to "
-                   f"attack one. {ASK}",
+    f"attack one. {ASK}",
     "failed": "could not be examined ({detail})",
 }
 # The MESSAGES keys the doctor prints as a fix ("Fix: ..."): each is followed by a test in tests/test_doctor.py
 # (ADVICE_FOLLOWED), as are EARLIER and the fixes of helper.formats.KINDS (tests/test_formats.py).
-FIXES = ("runs-code", "runs-code-ask", "safe-globals", "numpy-fix", "meta-fix", "loads-fix", "lightning-no-prefix-fix",
-         "lightning-fix", "legacy-fix", "hf-no-index-fix", "hf-bad-index-fix", "outside-fix", "copy-again",
-         "bin-unsafe-fix", "remote-code-fix", "dcp-unsafe-fix", "earlier-folder", "onnx-redo", "onnx-outside-fix",
-         "onnx-missing-fix", "onnx-data-fix", "pt2-redo", "pt2-fix", "hostile-fix", "pickle-unsafe-fix",
-         "torchscript-fix")
+FIXES = (
+    "runs-code",
+    "runs-code-ask",
+    "safe-globals",
+    "numpy-fix",
+    "meta-fix",
+    "loads-fix",
+    "lightning-no-prefix-fix",
+    "lightning-fix",
+    "legacy-fix",
+    "hf-no-index-fix",
+    "hf-bad-index-fix",
+    "outside-fix",
+    "copy-again",
+    "bin-unsafe-fix",
+    "remote-code-fix",
+    "dcp-unsafe-fix",
+    "earlier-folder",
+    "onnx-redo",
+    "onnx-outside-fix",
+    "onnx-missing-fix",
+    "onnx-data-fix",
+    "pt2-redo",
+    "pt2-fix",
+    "hostile-fix",
+    "pickle-unsafe-fix",
+    "torchscript-fix",
+)
 
 
 def say(key: str, **values: Any) -> str:

@@ -59,22 +59,45 @@ from typing import Any
 from helper.diagnosis import FIXES, MESSAGES, Diagnosis, said, say  # noqa: F401 (re-exported)
 from helper.kinds import KINDS
 
-__all__ = ["Diagnosis", "diagnose", "detect_kind", "main", "allowlistable", "LIMITS", "MESSAGES", "FIXES",
-           "PLAIN_DATA"]
+__all__ = ["Diagnosis", "diagnose", "detect_kind", "main", "allowlistable", "LIMITS", "MESSAGES", "FIXES", "PLAIN_DATA"]
 
 # Classes known to rebuild plain data when unpickled: the only globals, besides nn.Module classes already
 # imported in this process, that the doctor suggests for torch.serialization.safe_globals. Classes only: never a
 # function (numpy's _reconstruct is one: allowlisting it does not even make the file load, see ADVICE["numpy"]).
-PLAIN_DATA = frozenset({
-    "argparse.Namespace", "collections.defaultdict", "datetime.datetime", "datetime.date", "datetime.timedelta",
-    "datetime.timezone", "pathlib.PosixPath", "pathlib.WindowsPath", "pathlib.PurePosixPath",
-    "pathlib.PureWindowsPath", "numpy.ndarray", "numpy.dtype", "lightning.fabric.utilities.data.AttributeDict",
-    "pytorch_lightning.utilities.parsing.AttributeDict", "builtins.list", "builtins.dict", "builtins.tuple",
-    "builtins.int", "builtins.float", "builtins.str", "builtins.frozenset",
-})
+PLAIN_DATA = frozenset(
+    {
+        "argparse.Namespace",
+        "collections.defaultdict",
+        "datetime.datetime",
+        "datetime.date",
+        "datetime.timedelta",
+        "datetime.timezone",
+        "pathlib.PosixPath",
+        "pathlib.WindowsPath",
+        "pathlib.PurePosixPath",
+        "pathlib.PureWindowsPath",
+        "numpy.ndarray",
+        "numpy.dtype",
+        "lightning.fabric.utilities.data.AttributeDict",
+        "pytorch_lightning.utilities.parsing.AttributeDict",
+        "builtins.list",
+        "builtins.dict",
+        "builtins.tuple",
+        "builtins.int",
+        "builtins.float",
+        "builtins.str",
+        "builtins.frozenset",
+    }
+)
 # NumPy's array and scalar rebuilders: functions, so never allowlisted; a file that names them gets ADVICE numpy.
-NUMPY_REBUILD = frozenset({"numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct",
-                           "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar"})
+NUMPY_REBUILD = frozenset(
+    {
+        "numpy.core.multiarray._reconstruct",
+        "numpy._core.multiarray._reconstruct",
+        "numpy.core.multiarray.scalar",
+        "numpy._core.multiarray.scalar",
+    }
+)
 
 
 def detect_kind(path: str | Path) -> str:
@@ -171,8 +194,15 @@ class _Server:
         code = f"import sys; sys.path.insert(0, {root!r}); from helper.inspector import serve; serve()"
         quiet = None if os.environ.get("HELPER_INSPECTOR_DEBUG") else subprocess.DEVNULL
         safe_path = ["-P"] if sys.version_info >= (3, 11) else []  # -P: the working folder is not on sys.path
-        return subprocess.Popen([sys.executable, *safe_path, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=quiet, text=True, bufsize=1, cwd=root)
+        return subprocess.Popen(
+            [sys.executable, *safe_path, "-c", code],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=quiet,
+            text=True,
+            bufsize=1,
+            cwd=root,
+        )
 
     def ask(self, request: dict[str, Any]) -> dict[str, Any] | None:
         with self.lock:
@@ -213,8 +243,14 @@ def _ask_once(request: dict[str, Any]) -> dict[str, Any] | None:
     code = f"import sys; sys.path.insert(0, {root!r}); from helper.inspector import run_once; run_once()"
     safe_path = ["-P"] if sys.version_info >= (3, 11) else []
     try:
-        done = subprocess.run([sys.executable, *safe_path, "-c", code], input=json.dumps(request), capture_output=True,
-                              text=True, timeout=request["limits"]["wall"] + _SERVER_START, cwd=root)
+        done = subprocess.run(
+            [sys.executable, *safe_path, "-c", code],
+            input=json.dumps(request),
+            capture_output=True,
+            text=True,
+            timeout=request["limits"]["wall"] + _SERVER_START,
+            cwd=root,
+        )
     except subprocess.TimeoutExpired:
         return {"output": "", "exit": -int(getattr(signal, "SIGKILL", 9)), "timed_out": True}
     return {"output": done.stdout, "exit": done.returncode, "timed_out": False}
@@ -262,8 +298,9 @@ def _examine_in_child(path: Path, config: dict[str, Any] | None, limits: dict[st
     return _crash(Diagnosis(shown_path(path), kind), reply, limits, memory)
 
 
-def diagnose(path: str | Path, config: dict[str, Any] | None = None, *,
-             limits: dict[str, int] | None = None) -> Diagnosis:
+def diagnose(
+    path: str | Path, config: dict[str, Any] | None = None, *, limits: dict[str, int] | None = None
+) -> Diagnosis:
     """Examine ``path`` in a limited child process, running nothing in it; ``config`` (a ``build_model`` dict)
     checks the fit. ``limits`` overrides ``LIMITS`` (memory, cpu, stack, wall)."""
     d = _examine_in_child(Path(path), config, {**LIMITS, **(limits or {})})

@@ -1,18 +1,16 @@
-"""The doctor's examine steps for files that hold a pickle: torch.save zips, legacy files, plain pickles, DCP.
+"""The doctor's examine steps for files that hold a pickle: torch.save zips, legacy files, plain pickles.
 
-Each step (``torch_zip``, ``legacy``, ``plain_pickle``, ``dcp``) is named by
+Each step (``torch_zip``, ``legacy``, ``plain_pickle``; DCP folders: ``helper.examine_dcp``) is named by
 its row of ``helper.kinds.KINDS`` and runs in the inspector child
 (``helper.inspector``): it fills a ``Diagnosis`` and returns it. OK only when
 the format's own loader accepted the file here: ``torch.load(weights_only=True)``
-after the opcode scan and ``helper.pickle_guard``'s budget; DCP ``.metadata``
-through an unpickler that knows DCP's own classes only. The globals a pickle
+after the opcode scan and ``helper.pickle_guard``'s budget. The globals a pickle
 needs beyond ``weights_only``'s set are left to the doctor's process
 (``Diagnosis.needed``), which has the user's classes imported.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import pickle
 from pathlib import Path
@@ -21,7 +19,8 @@ from typing import Any
 import torch
 
 from helper.diagnosis import Diagnosis, said
-from helper.formats import (EARLIER, KINDS, CheckpointError, check_legacy, open_torch_zip, scan_pickle)
+from helper.formats import EARLIER, KINDS, CheckpointError, check_legacy, open_torch_zip
+from helper.pickle_guard import survey_pickle
 
 STATE_DICT_KEYS = ("model", "model_state", "model_state_dict", "state_dict", "net", "weights")
 
@@ -57,7 +56,8 @@ def guard(data: bytes, name: str, allowed: frozenset[str] | None = None, *, allo
     the words lesson 07 uses ("a memory bomb")."""
     import dataclasses
 
-    from helper.pickle_guard import PickleBudget, scan_pickle as guard
+    from helper.pickle_guard import PickleBudget
+    from helper.pickle_guard import scan_pickle as guard
 
     budget = PickleBudget.for_size(len(data))
     if not allocations:
@@ -83,8 +83,12 @@ def _tensors(obj: Any, out: list[torch.Tensor], depth: int = 0) -> None:
 
 def _is_state_dict(obj: Any) -> bool:
     """A non-empty dict of names to tensors."""
-    return isinstance(obj, dict) and bool(obj) and all(isinstance(k, str) for k in obj) and all(
-        isinstance(v, torch.Tensor) for v in obj.values())
+    return (
+        isinstance(obj, dict)
+        and bool(obj)
+        and all(isinstance(k, str) for k in obj)
+        and all(isinstance(v, torch.Tensor) for v in obj.values())
+    )
 
 
 def _find_state_dict(obj: Any) -> tuple[str | None, dict[str, torch.Tensor] | None]:
@@ -124,13 +128,16 @@ def _lightning(d: Diagnosis, obj: dict[str, Any], config: dict[str, Any] | None)
     heads = {k.split(".", 1)[0] for k in state}
     prefix = f"{heads.pop()}." if len(heads) == 1 and all("." in k for k in state) else None
     version = obj.get("pytorch-lightning_version", obj.get("lightning_version", "?"))
-    d.note("lightning", version=version,
-           prefix=f", every key prefixed {prefix!r} (the LightningModule's attribute)" if prefix else "")
+    d.note(
+        "lightning",
+        version=version,
+        prefix=f", every key prefixed {prefix!r} (the LightningModule's attribute)" if prefix else "",
+    )
     d.weights_at = "state_dict"
     if prefix is None:
         return d.ok(said("lightning-no-prefix"), said("lightning-no-prefix-fix"))
     d.ok(said("lightning-ok", prefix=prefix), said("lightning-fix", prefix=prefix))
-    return check_fit(d, {k[len(prefix):]: v for k, v in state.items()}, config)
+    return check_fit(d, {k[len(prefix) :]: v for k, v in state.items()}, config)
 
 
 def _describe_loaded(d: Diagnosis, obj: Any, locations: set[str], config: dict[str, Any] | None) -> Diagnosis:
@@ -138,8 +145,11 @@ def _describe_loaded(d: Diagnosis, obj: Any, locations: set[str], config: dict[s
     tensors: list[torch.Tensor] = []
     _tensors(obj, tensors)
     if isinstance(obj, dict):
-        d.note("keys", keys=[str(k) if not isinstance(k, (int, float)) else k for k in list(obj)[:12]],
-               more=" ..." if len(obj) > 12 else "")
+        d.note(
+            "keys",
+            keys=[str(k) if not isinstance(k, (int, float)) else k for k in list(obj)[:12]],
+            more=" ..." if len(obj) > 12 else "",
+        )
     else:
         d.note("holds", type=type(obj).__name__)
     dtypes = sorted({str(t.dtype).removeprefix("torch.") for t in tensors})
@@ -147,8 +157,11 @@ def _describe_loaded(d: Diagnosis, obj: Any, locations: set[str], config: dict[s
     d.note("tensors", count=len(tensors), devices=sorted(locations) or ["-"], dtypes=dtypes or ["-"])
     if any(t.is_meta for t in tensors):
         return d.fail(said("meta"), said("meta-fix"))
-    if isinstance(obj, dict) and _is_state_dict(obj.get("state_dict")) and any(
-            k in obj for k in ("pytorch-lightning_version", "lightning_version")):
+    if (
+        isinstance(obj, dict)
+        and _is_state_dict(obj.get("state_dict"))
+        and any(k in obj for k in ("pytorch-lightning_version", "lightning_version"))
+    ):
         return _lightning(d, obj, config)
     where, state = _find_state_dict(obj)
     if state is None:
@@ -159,13 +172,16 @@ def _describe_loaded(d: Diagnosis, obj: Any, locations: set[str], config: dict[s
     d.note("weights", label=label, count=len(state), numbers=count)
     if locations - {"cpu"}:
         d.note("saved-on", devices=sorted(locations - {"cpu"}))
-    d.ok(said("loads", where=f"; its weights are in checkpoint[{where!r}]" if where else ""),
-         said("loads-fix", then=f", then model.load_state_dict(checkpoint[{where!r}])" if where else ""))
+    d.ok(
+        said("loads", where=f"; its weights are in checkpoint[{where!r}]" if where else ""),
+        said("loads-fix", then=f", then model.load_state_dict(checkpoint[{where!r}])" if where else ""),
+    )
     return check_fit(d, state, config)
 
 
-def _load(d: Diagnosis, path: Path, scan: Any, pickles: list[bytes], config: dict[str, Any] | None,
-          zipped: bool = False) -> Diagnosis:
+def _load(
+    d: Diagnosis, path: Path, scan: Any, pickles: list[bytes], config: dict[str, Any] | None, zipped: bool = False
+) -> Diagnosis:
     """Load with weights_only=True once the opcodes showed nothing beyond plain data is needed."""
     d.dotted = sorted(scan.dotted)
     needed = needed_globals(scan, path if zipped else None)
@@ -232,7 +248,7 @@ def _stored_pickle(path: Path) -> bytes | None:
 
 def _budget_first(data: bytes, name: str) -> None:
     """``helper.pickle_guard``'s budget before any other reader walks the pickle (30M empty lists cost
-    ``scan_pickle`` 50 s and 1.5 GiB, the guard 2 s). The globals a pickle names are left to the doctor's
+    the old survey 50 s and 1.5 GiB, the guard 2 s). The globals a pickle names are left to the doctor's
     own analysis (which turns them into advice), so they are allowed here for the budget's sake only."""
     try:
         guard(data, name, allocations=False)
@@ -266,8 +282,8 @@ def legacy(d: Diagnosis, path: Path, config: dict[str, Any] | None) -> Diagnosis
     scan = check_legacy(path)
     data, pos = path.read_bytes(), 0
     for _ in range(3):  # magic number, protocol version, system info: the main pickle follows
-        pos = scan_pickle(data, pos).end
-    d = _load(d, path, scan, [data[pos:scan_pickle(data, pos).end]], config)
+        pos = survey_pickle(data, pos).end
+    d = _load(d, path, scan, [data[pos : survey_pickle(data, pos).end]], config)
     if d.healthy and d.cause:
         d.ok(said("legacy-ok"), said("legacy-fix"))
     return d
@@ -276,7 +292,7 @@ def legacy(d: Diagnosis, path: Path, config: dict[str, Any] | None) -> Diagnosis
 def plain_pickle(d: Diagnosis, path: Path, config: dict[str, Any] | None) -> Diagnosis:
     """A plain pickle: never loaded; the globals it names go to the doctor's process to decide."""
     try:
-        scan = scan_pickle(path.read_bytes())
+        scan = survey_pickle(path.read_bytes())
     except (ValueError, IndexError, KeyError) as exc:
         return d.fail(said("pickle-malformed", sentence=KINDS["pickle"].sentence, detail=exc), KINDS["pickle"].fix)
     names = sorted(scan.globals)
@@ -287,95 +303,3 @@ def plain_pickle(d: Diagnosis, path: Path, config: dict[str, Any] | None) -> Dia
         return d
     d.note("pickle-names", names=names)
     return d.fail(KINDS["pickle"].sentence, KINDS["pickle"].fix)
-
-
-
-def _dcp_classes() -> dict[str, Any]:
-    """Every global a DCP ``.metadata`` pickle written by this torch may name, by exact ``module.name``."""
-    from torch.distributed.checkpoint import filesystem, metadata
-
-    classes: list[Any] = [metadata.Metadata, metadata.MetadataIndex, metadata.ChunkStorageMetadata,
-                          metadata.TensorStorageMetadata, metadata.BytesStorageMetadata, metadata.TensorProperties,
-                          metadata.StorageMeta, metadata._MEM_FORMAT_ENCODING, filesystem._StorageInfo]
-    table = {f"{c.__module__}.{c.__qualname__}": c for c in classes}
-    table["torch.Size"] = torch.Size
-    table["torch.serialization._get_layout"] = torch.serialization._get_layout  # torch's layouts by name
-    table.update({f"torch.{name}": value for name, value in vars(torch).items() if isinstance(value, torch.dtype)})
-    import collections
-    import pathlib
-
-    for name in ("PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath"):
-        table[f"pathlib.{name}"] = getattr(pathlib, name)
-    table["collections.OrderedDict"] = collections.OrderedDict
-    return table
-
-
-class _DCPUnpickler(pickle.Unpickler):
-    """Unpickles a DCP ``.metadata`` file, knowing DCP's own metadata classes only (exact names, no import)."""
-
-    def __init__(self, data: bytes, classes: dict[str, Any]):
-        super().__init__(io.BytesIO(data))
-        self.classes = classes
-
-    def find_class(self, module: str, name: str) -> Any:
-        found = self.classes.get(f"{module}.{name}") if "." not in name else None
-        if found is None:
-            raise pickle.UnpicklingError(f"{module}.{name} is not a DCP metadata class")
-        return found
-
-    def persistent_load(self, pid: Any) -> Any:
-        raise pickle.UnpicklingError("a persistent id: DCP metadata has none")
-
-
-def dcp(d: Diagnosis, path: Path, config: dict[str, Any] | None = None) -> Diagnosis:
-    """A DCP folder: ``.metadata`` through an unpickler that knows DCP's classes only, then every byte range."""
-    shards = sorted(p.name for p in path.glob("*.distcp"))
-    d.note("dcp-shards", shards=shards)
-    if d.kind == "dcp-incomplete":
-        return d.fail(KINDS["dcp-incomplete"].what, KINDS["dcp-incomplete"].fix)
-    d.note("dcp-metadata")
-    meta_path = path / ".metadata"
-    if meta_path.is_symlink():
-        return d.fail(said("dcp-outside", shard=".metadata"), said("earlier-folder"))
-    raw = meta_path.read_bytes()
-    try:
-        scan = scan_pickle(raw)
-    except (ValueError, IndexError, KeyError) as exc:
-        return d.fail(said("dcp-damaged", detail=exc), said("earlier-folder"))
-    classes = _dcp_classes()
-    unsafe = sorted(g for g in scan.globals if g not in classes or g in scan.dotted)
-    if unsafe:
-        return d.fail(said("dcp-unsafe", names=unsafe), said("dcp-unsafe-fix"))
-    guard(raw, ".metadata", allowed=frozenset(classes))
-    from torch.distributed.checkpoint.filesystem import _StorageInfo
-    from torch.distributed.checkpoint.metadata import Metadata
-
-    try:
-        metadata = _DCPUnpickler(raw, classes).load()
-    except (pickle.UnpicklingError, ValueError, TypeError, AttributeError, IndexError, KeyError, EOFError) as exc:
-        return d.fail(said("dcp-damaged", detail=f"{type(exc).__name__}: {exc}"[:160]), said("earlier-folder"))
-    if not isinstance(metadata, Metadata) or not isinstance(metadata.storage_data or {}, dict):
-        return d.fail(said("dcp-not-metadata", type=type(metadata).__name__), said("earlier-folder"))
-    ranges = metadata.storage_data or {}
-    for item in ranges.values():
-        if not (isinstance(item, _StorageInfo) and isinstance(item.relative_path, str)
-                and isinstance(item.offset, int) and isinstance(item.length, int) and item.offset >= 0
-                and item.length >= 0):
-            return d.fail(said("dcp-not-metadata", type=f"byte range {item!r}"[:120]), said("earlier-folder"))
-        shard = path / item.relative_path
-        if Path(item.relative_path).name != item.relative_path or item.relative_path in ("", ".", "..") \
-                or shard.is_symlink():
-            return d.fail(said("dcp-outside", shard=item.relative_path), said("earlier-folder"))
-        if not shard.is_file():
-            return d.fail(said("dcp-missing", shard=item.relative_path), said("earlier-folder"))
-        if shard.stat().st_size < item.offset + item.length:
-            return d.fail(said("dcp-short", shard=item.relative_path), said("earlier-folder"))
-    d.note("dcp-ranges", count=len(ranges), files=len({i.relative_path for i in ranges.values()}))
-    from helper.dcp_bytes import bytes_problem
-
-    count, key, why = bytes_problem(path, metadata)  # non-tensor values: dcp.load unpickles them, weights_only=False
-    if key is not None:
-        return d.fail(said("dcp-bytes-unsafe", fqn=key, detail=why), said("dcp-unsafe-fix"))
-    if count:
-        d.note("dcp-bytes", count=count)
-    return d.ok(said("dcp-ok"), KINDS["dcp"].fix)

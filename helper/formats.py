@@ -5,7 +5,7 @@ here, with ``CheckpointError`` and ``shown_path``). For ``torch.save`` files,
 ``open_torch_zip`` validates the archive more strictly than ``torch.load``
 (no compressed or directory members, local headers that agree with the
 central directory, sizes that agree with the pickle, a ``version`` record,
-every CRC-32) and ``scan_pickle`` (``helper.pickle_guard.survey_pickle``) walks
+every CRC-32) and ``helper.pickle_guard.survey_pickle`` walks
 ``data.pkl``'s opcodes without executing them: the globals it names (every
 protocol), the storages it declares and the memory it would ask for
 (``bytearray(N)``), so a tiny file cannot allocate gigabytes.
@@ -17,12 +17,14 @@ import json
 import mmap
 import struct
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from helper.kinds import EARLIER, KINDS, RECORDS, Kind, PathLike, Probe, kind_error, sniff  # noqa: F401 (re-exported)
 from helper.paths import REPO_ROOT
+from helper.pickle_guard import PickleScan, storage_bytes, survey_pickle
 
 try:  # ISA-L's CRC-32: same polynomial as zlib's, about 7x faster (make benchmark); optional
     from isal.isal_zlib import crc32 as _crc32
@@ -53,9 +55,6 @@ class CheckpointError(Exception):
 
 # --------------------------------------------------------------------------------------------------
 # A pickle's opcodes: listed by helper.pickle_guard's walker (the one opcode walker), re-exported here
-
-from helper.pickle_guard import PickleScan, storage_bytes  # noqa: E402
-from helper.pickle_guard import survey_pickle as scan_pickle  # noqa: E402
 
 
 # --------------------------------------------------------------------------------------------------
@@ -101,7 +100,7 @@ def crc_problem(path: PathLike, members: list[Member], view: memoryview | None =
                 crc, left = 0, m.size
                 f.seek(m.start)
                 while left:
-                    got = f.readinto(buffer[:min(_CHUNK, left)])
+                    got = f.readinto(buffer[: min(_CHUNK, left)])
                     if not got:
                         return f"member {m.name!r} is cut short (the file ends inside it)"
                     crc, left = _crc32(buffer[:got], crc), left - got
@@ -109,32 +108,40 @@ def crc_problem(path: PathLike, members: list[Member], view: memoryview | None =
                     return f"member {m.name!r} fails its CRC-32 check"
         return None
     for m in members:
-        if _crc32(view[m.start:m.start + m.size]) != m.crc:
+        if _crc32(view[m.start : m.start + m.size]) != m.crc:
             return f"member {m.name!r} fails its CRC-32 check"
     return None
 
 
 def _corrupt(path: Path, problem: str) -> CheckpointError:
-    why = "its bytes changed after torch.save wrote them" if "CRC-32" in problem else \
-        "torch.save never writes this: a damaged or crafted file"
-    return CheckpointError(path, f"is corrupted: {problem} ({why})", EARLIER + "; copy checkpoints with a checksum "
-                           "(sha256sum)")
+    why = (
+        "its bytes changed after torch.save wrote them"
+        if "CRC-32" in problem
+        else "torch.save never writes this: a damaged or crafted file"
+    )
+    return CheckpointError(
+        path, f"is corrupted: {problem} ({why})", EARLIER + "; copy checkpoints with a checksum (sha256sum)"
+    )
 
 
 def _central_directory(view: memoryview, size: int) -> int:
     """Offset of the central directory from the end records (torch.save writes zip64 ones), checked for agreement."""
-    if size < 22 or bytes(view[size - 22:size - 18]) != b"PK\x05\x06":
+    if size < 22 or bytes(view[size - 22 : size - 18]) != b"PK\x05\x06":
         raise ValueError("the end-of-archive record is not where torch.save puts it (no zip comment)")
-    disk, cd_disk, here, total, cd_size, cd_offset, comment = struct.unpack("<HHHHIIH", view[size - 18:size])
+    disk, cd_disk, here, total, cd_size, cd_offset, comment = struct.unpack("<HHHHIIH", view[size - 18 : size])
     end = size - 22
-    if size >= 98 and bytes(view[size - 42:size - 38]) == b"PK\x06\x07":  # zip64 locator and end record
+    if size >= 98 and bytes(view[size - 42 : size - 38]) == b"PK\x06\x07":  # zip64 locator and end record
         end = size - 98
-        (where,) = struct.unpack("<Q", view[size - 34:size - 26])
-        if where != end or bytes(view[end:end + 4]) != b"PK\x06\x06":
+        (where,) = struct.unpack("<Q", view[size - 34 : size - 26])
+        if where != end or bytes(view[end : end + 4]) != b"PK\x06\x06":
             raise ValueError("the zip64 end record is not where its locator says")
-        here64, total64, size64, offset64 = struct.unpack("<QQQQ", view[end + 24:end + 56])
-        if (here64, total64) != (here, total) and here != 0xFFFF or (size64, offset64) != (cd_size, cd_offset) \
-                and 0xFFFFFFFF not in (cd_size, cd_offset):
+        here64, total64, size64, offset64 = struct.unpack("<QQQQ", view[end + 24 : end + 56])
+        if (
+            (here64, total64) != (here, total)
+            and here != 0xFFFF
+            or (size64, offset64) != (cd_size, cd_offset)
+            and 0xFFFFFFFF not in (cd_size, cd_offset)
+        ):
             raise ValueError("the zip64 end record disagrees with the end-of-archive record")
         here, total, cd_size, cd_offset = here64, total64, size64, offset64
     if disk or cd_disk or comment or here != total or cd_offset + cd_size != end:
@@ -151,8 +158,10 @@ def case_twins(names: Any) -> str | None:
     for name in names:
         other = folded.setdefault(name.translate(_ASCII_LOWER), name)
         if other != name:
-            return (f"members {other!r} and {name!r} differ only in letter case; torch's zip reader ignores case, "
-                    "so it may read either one")
+            return (
+                f"members {other!r} and {name!r} differ only in letter case; torch's zip reader ignores case, "
+                "so it may read either one"
+            )
     return None
 
 
@@ -193,17 +202,28 @@ def _read_zip(path: Path, validate: Callable[[memoryview, int, dict[str, Member]
 
 def _member(view: memoryview, info: zipfile.ZipInfo, cd_offset: int, ends: int, seen: dict[str, Member]) -> Member:
     name, start = info.filename, info.header_offset
-    if (info.compress_type != zipfile.ZIP_STORED or info.external_attr or info.internal_attr
-            or info.flag_bits & ~0x808 or info.volume or name.endswith("/") or name in seen):
-        raise ValueError(f"member {name!r} has attributes torch.save never writes (compressed, a folder, "
-                         "encrypted or repeated)")
-    if start < ends or bytes(view[start:start + 4]) != b"PK\x03\x04":
+    if (
+        info.compress_type != zipfile.ZIP_STORED
+        or info.external_attr
+        or info.internal_attr
+        or info.flag_bits & ~0x808
+        or info.volume
+        or name.endswith("/")
+        or name in seen
+    ):
+        raise ValueError(
+            f"member {name!r} has attributes torch.save never writes (compressed, a folder, encrypted or repeated)"
+        )
+    if start < ends or bytes(view[start : start + 4]) != b"PK\x03\x04":
         raise ValueError(f"the local header of member {name!r} is damaged")
-    flags, method = struct.unpack("<HH", view[start + 6:start + 10])
-    name_len, extra_len = struct.unpack("<HH", view[start + 26:start + 30])
+    flags, method = struct.unpack("<HH", view[start + 6 : start + 10])
+    name_len, extra_len = struct.unpack("<HH", view[start + 26 : start + 30])
     data = start + 30 + name_len + extra_len
-    if flags != info.flag_bits or method != 0 or bytes(view[start + 30:data - extra_len]) != \
-            info.orig_filename.encode("utf-8"):
+    if (
+        flags != info.flag_bits
+        or method != 0
+        or bytes(view[start + 30 : data - extra_len]) != info.orig_filename.encode("utf-8")
+    ):
         raise ValueError(f"the local header of member {name!r} disagrees with the directory")
     if info.compress_size != info.file_size or data + info.file_size > cd_offset:
         raise ValueError(f"member {name!r} runs past its space in the file")
@@ -212,11 +232,13 @@ def _member(view: memoryview, info: zipfile.ZipInfo, cd_offset: int, ends: int, 
 
 def check_zip(path: PathLike) -> dict[str, Member]:
     """Validate any zip that PyTorch wrote (``torch.export``, TorchScript): structure and every CRC-32."""
+
     def validate(view: memoryview, size: int, members: dict[str, Member]) -> dict[str, Member]:
         problem = crc_problem(path, list(members.values()), view)
         if problem is not None:
             raise ValueError(problem)
         return members
+
     return _read_zip(Path(path), validate)
 
 
@@ -227,13 +249,14 @@ _SAVED_NAMES = frozenset({"data.pkl", *RECORDS, ".data/helper_digests.json"})
 
 def _saved_name(name: str, prefix: str) -> bool:
     """Whether torch.save writes ``name`` in an archive whose folder is ``prefix``: a record, or ``data/<key>``."""
-    rest = name[len(prefix):] if name.startswith(prefix) else None
+    rest = name[len(prefix) :] if name.startswith(prefix) else None
     key = rest[5:] if rest is not None and rest.startswith("data/") else ""
     return rest in _SAVED_NAMES or (key.isascii() and key.isdigit() and key == str(int(key)))
 
 
-def open_torch_zip(path: PathLike, *, check_data_crc: bool = True,
-                   on_tensor_members: Callable[[list[Member]], None] | None = None) -> TorchZip:
+def open_torch_zip(
+    path: PathLike, *, check_data_crc: bool = True, on_tensor_members: Callable[[list[Member]], None] | None = None
+) -> TorchZip:
     """Validate a ``torch.save`` archive before unpickling it; ``CheckpointError`` names the first problem.
 
     The zip checks of ``_read_zip``, then: one ``data.pkl``, no member but the
@@ -251,7 +274,7 @@ def open_torch_zip(path: PathLike, *, check_data_crc: bool = True,
         pickles = [n for n in members if n.endswith("/data.pkl") and n.count("/") == 1]
         if len(pickles) != 1:
             raise ValueError("no single <name>/data.pkl record")
-        prefix = pickles[0][:-len("data.pkl")]
+        prefix = pickles[0][: -len("data.pkl")]
         stray = next((n for n in members if not _saved_name(n, prefix)), None)
         if stray is not None:
             raise ValueError(f"member {stray!r} is not a record torch.save writes beside {prefix}data.pkl")
@@ -262,24 +285,33 @@ def open_torch_zip(path: PathLike, *, check_data_crc: bool = True,
         problem = crc_problem(path, [m for n, m in members.items() if not n.startswith(prefix + "data/")], view)
         if problem is not None:
             raise ValueError(problem)
-        records = {n[len(prefix):]: bytes(view[m.start:m.start + min(m.size, 64)]).decode("ascii", "replace").strip()
-                   for n, m in members.items() if n[len(prefix):] in RECORDS}
+        records = {
+            n[len(prefix) :]: bytes(view[m.start : m.start + min(m.size, 64)]).decode("ascii", "replace").strip()
+            for n, m in members.items()
+            if n[len(prefix) :] in RECORDS
+        }
         pkl = members[prefix + "data.pkl"]
-        scan = scan_pickle(bytes(view[pkl.start:pkl.start + pkl.size]))
+        scan = survey_pickle(bytes(view[pkl.start : pkl.start + pkl.size]))
         for key, nbytes in storage_bytes(scan).items():
             member = members.get(f"{prefix}data/{key}")
             if member is None or member.size != nbytes:
-                raise ValueError(f"storage {key!r} declares {nbytes} bytes but the archive holds "
-                                 f"{'none' if member is None else member.size}")
+                raise ValueError(
+                    f"storage {key!r} declares {nbytes} bytes but the archive holds "
+                    f"{'none' if member is None else member.size}"
+                )
         if scan.allocates > size:
-            raise CheckpointError(path, f"refused: its pickle asks for {scan.allocates:,} bytes (bytearray) from a "
-                                  f"file of {size:,} bytes, a memory bomb (nothing was allocated)",
-                                  "do not load this file; ask for the weights as a state_dict or safetensors file")
+            raise CheckpointError(
+                path,
+                f"refused: its pickle asks for {scan.allocates:,} bytes (bytearray) from a "
+                f"file of {size:,} bytes, a memory bomb (nothing was allocated)",
+                "do not load this file; ask for the weights as a state_dict or safetensors file",
+            )
         archive = TorchZip(path, prefix, members, records, scan)
         problem = crc_problem(path, archive.tensor_members(), view) if check_data_crc else None
         if problem is not None:
             raise ValueError(problem)
         return archive
+
     return _read_zip(path, validate)
 
 
@@ -295,17 +327,20 @@ def check_legacy(path: PathLike) -> PickleScan:
     try:
         pos = 0
         for _ in range(3):  # magic number, protocol version, system info
-            pos = scan_pickle(data, pos).end
-        main = scan_pickle(data, pos)
-        keys = scan_pickle(data, main.end)
+            pos = survey_pickle(data, pos).end
+        main = survey_pickle(data, pos)
+        keys = survey_pickle(data, main.end)
         pos, sizes = keys.end, storage_bytes(main)
-        if scan_pickle(data, 0).allocates or main.allocates > len(data) or sum(sizes.values()) > len(data):
-            raise CheckpointError(path, f"refused: it asks for more memory ({main.allocates + sum(sizes.values()):,} "
-                                  f"bytes) than the file holds ({len(data):,} bytes), a memory bomb",
-                                  "do not load this file")
+        if survey_pickle(data, 0).allocates or main.allocates > len(data) or sum(sizes.values()) > len(data):
+            raise CheckpointError(
+                path,
+                f"refused: it asks for more memory ({main.allocates + sum(sizes.values()):,} "
+                f"bytes) than the file holds ({len(data):,} bytes), a memory bomb",
+                "do not load this file",
+            )
         for key in keys.strings:
             kind, numel = main.storages[key]
-            (count,) = struct.unpack("<q", data[pos:pos + 8])
+            (count,) = struct.unpack("<q", data[pos : pos + 8])
             if count != numel:
                 raise ValueError(f"storage {key!r} holds {count} elements where the pickle says {numel}")
             pos += 8 + sizes[key]
@@ -313,8 +348,9 @@ def check_legacy(path: PathLike) -> PickleScan:
             raise ValueError("its storages do not add up to the file's length")
         return main
     except (ValueError, struct.error, KeyError, IndexError, UnicodeDecodeError) as exc:
-        raise CheckpointError(path, f"is corrupted: {exc} (legacy format: no checksums to say where)",
-                              EARLIER) from None
+        raise CheckpointError(
+            path, f"is corrupted: {exc} (legacy format: no checksums to say where)", EARLIER
+        ) from None
 
 
 def safetensors_header(path: Path) -> dict[str, Any]:
@@ -327,8 +363,11 @@ def safetensors_header(path: Path) -> dict[str, Any]:
             metadata = f.metadata() or {}
             shapes = {k: (f.get_slice(k).get_shape(), f.get_slice(k).get_dtype()) for k in keys}
     except Exception as exc:  # safetensors raises SafetensorError and others; its message is the cause
-        raise CheckpointError(path, f"is not a valid safetensors file ({str(exc).splitlines()[0][:160]})"
-                              + _safetensors_truncated(path), EARLIER) from None
+        raise CheckpointError(
+            path,
+            f"is not a valid safetensors file ({str(exc).splitlines()[0][:160]})" + _safetensors_truncated(path),
+            EARLIER,
+        ) from None
     return {"tensors": shapes, "metadata": metadata}
 
 

@@ -27,7 +27,8 @@ interpreter: ``fork`` after importing system frameworks is unsafe on macOS
 
 The examination (``examine``): ``helper.kinds.sniff`` names the kind, then
 the examine step its ``KINDS`` row names runs, a function of
-``helper.examine_pickles`` (torch.save zips, legacy files, plain pickles, DCP)
+``helper.examine_pickles`` (torch.save zips, legacy files, plain pickles),
+``helper.examine_dcp`` (DCP folders), ``helper.examine_code`` (``.pt2``, TorchScript)
 or ``helper.examine_formats`` (everything else); OK only when the format's
 own loader accepted the file here.
 """
@@ -40,29 +41,37 @@ import os
 import select
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
-from helper import examine_formats, examine_pickles
+from helper import examine_code, examine_dcp, examine_formats, examine_pickles
 from helper.diagnosis import Diagnosis, said
 from helper.formats import EARLIER, KINDS, CheckpointError, shown_path, sniff
 
 Step = Callable[[Diagnosis, Path, "dict[str, Any] | None"], Diagnosis]
 
 
+#: the modules whose functions the KINDS rows name as examine steps
+EXAMINERS = (examine_pickles, examine_dcp, examine_code, examine_formats)
+
+
 def step(kind: str) -> Step:
     """The examine step the ``KINDS`` row of ``kind`` names (a function of one of the two examiner modules)."""
     name = KINDS[kind].examine
-    found = getattr(examine_pickles, name, None) or getattr(examine_formats, name, None)
-    if not callable(found):
-        raise LookupError(f"kind {kind!r} names examine step {name!r}, which neither examiner module defines")
+    found = next((getattr(m, name) for m in EXAMINERS if callable(getattr(m, name, None))), None)
+    if found is None:
+        raise LookupError(f"kind {kind!r} names examine step {name!r}, which no examiner module defines")
     return found
 
 
-def examine(path: str | Path, config: dict[str, Any] | None = None,
-            tell: Callable[[dict[str, Any]], None] = lambda message: None) -> Diagnosis:
+def examine(
+    path: str | Path,
+    config: dict[str, Any] | None = None,
+    tell: Callable[[dict[str, Any]], None] = lambda message: None,
+) -> Diagnosis:
     """Examine ``path`` in this process (the child): the kind (told at once), then the diagnosis.
     ``diagnose`` is what to call; this runs only where a crash costs nothing."""
     path = Path(path)
@@ -82,8 +91,9 @@ def examine(path: str | Path, config: dict[str, Any] | None = None,
         d.facts["memory_error"] = True
         return d.fail("", "")
     except (Exception, RecursionError) as exc:  # never a traceback: say what failed
-        return d.fail(said("failed", detail=f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:160]}"),
-                      EARLIER)
+        return d.fail(
+            said("failed", detail=f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:160]}"), EARLIER
+        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -131,9 +141,11 @@ def set_limits(limits: dict[str, int]) -> None:
         return
     usage = resource.getrusage(resource.RUSAGE_SELF)
     used = int(usage.ru_utime + usage.ru_stime) + 1  # RLIMIT_CPU counts the process's whole life: a worker's too
-    wanted = [(getattr(resource, "RLIMIT_CORE", None), 0),
-              (getattr(resource, "RLIMIT_CPU", None), used + limits["cpu"]),
-              (getattr(resource, "RLIMIT_STACK", None), limits["stack"])]
+    wanted = [
+        (getattr(resource, "RLIMIT_CORE", None), 0),
+        (getattr(resource, "RLIMIT_CPU", None), used + limits["cpu"]),
+        (getattr(resource, "RLIMIT_STACK", None), limits["stack"]),
+    ]
     if _address_space():
         wanted.append((getattr(resource, "RLIMIT_AS", None), _address_space() + limits["memory"]))
     for which, value in wanted:
@@ -154,6 +166,7 @@ _RETIRE_AFTER = 200  # requests a worker answers before it is replaced
 def _child(request: dict[str, Any], out: Any, first_rss: int = 0, served: int = 0) -> bool:
     """In the child: limits, then ``examine``, each message one JSON line on ``out``. True if this worker should
     be replaced after this answer (it grew, or answered enough)."""
+
     def tell(message: dict[str, Any]) -> None:
         out.write(json.dumps(message) + "\n")
         out.flush()
@@ -168,8 +181,11 @@ def _child(request: dict[str, Any], out: Any, first_rss: int = 0, served: int = 
         warnings.simplefilter("ignore")
         d = examine(request["path"], request.get("config"), tell)
     d.facts["inspector"] = {"rss_start": start, "rss_peak": _peak_resident(), "cpu_s": time.process_time() - cpu}
-    retire = (_resident() - (first_rss or start) > _RETIRE_GROWTH or served + 1 >= _RETIRE_AFTER
-              or bool(d.facts.get("memory_error")))
+    retire = (
+        _resident() - (first_rss or start) > _RETIRE_GROWTH
+        or served + 1 >= _RETIRE_AFTER
+        or bool(d.facts.get("memory_error"))
+    )
     tell({"result": d.to_json(), "retire": retire})
     return retire
 
@@ -216,7 +232,7 @@ class _Worker:
             newline = data.find(b"\n", start)
             while newline >= 0:  # every complete line: the result line ends this request's messages
                 if data.startswith(b'{"result": ', start):
-                    output, self.pending = data[:newline + 1], data[newline + 1:]
+                    output, self.pending = data[: newline + 1], data[newline + 1 :]
                     if data[start:newline].endswith(b'"retire": true}'):
                         self.close()
                     return {"output": output.decode("utf-8", "replace"), "exit": 0, "timed_out": False}
@@ -236,8 +252,11 @@ class _Worker:
         self.alive = False
         os.close(self.request_write)
         os.close(self.read)
-        return {"output": data.decode("utf-8", "replace"), "exit": os.waitstatus_to_exitcode(status),
-                "timed_out": timed_out}
+        return {
+            "output": data.decode("utf-8", "replace"),
+            "exit": os.waitstatus_to_exitcode(status),
+            "timed_out": timed_out,
+        }
 
     def close(self) -> None:
         if self.alive:
@@ -252,10 +271,12 @@ def _warm_up() -> None:
     import gc
     import tempfile
 
-    import helper.checkpoint  # noqa: F401 - the fit check
-    import helper.models  # noqa: F401
     import safetensors.torch  # noqa: F401
     import torch.distributed.checkpoint.filesystem  # noqa: F401
+
+    import helper.checkpoint  # noqa: F401 - the fit check
+    import helper.models  # noqa: F401
+
     try:
         import onnx.checker  # noqa: F401
         import onnx.external_data_helper  # noqa: F401

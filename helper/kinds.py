@@ -15,10 +15,11 @@ from __future__ import annotations
 import os
 import struct
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from helper.formats import CheckpointError
@@ -161,10 +162,10 @@ def _pickle(p: Probe) -> bool:
         return True
     if p.size >= 16 << 20 or head[:1] not in _PICKLE_0_STARTS:
         return False
-    from helper.formats import scan_pickle
+    from helper.pickle_guard import survey_pickle
 
     try:
-        return scan_pickle(p.path.read_bytes()).end == p.size
+        return survey_pickle(p.path.read_bytes()).end == p.size
     except Exception:  # not a pickle after all
         return False
 
@@ -194,63 +195,133 @@ def _starts(prefix: bytes) -> Recognise:
     return lambda p: p.head.startswith(prefix)
 
 
-_DCP_FIX = ("load it with torch.distributed.checkpoint.load(state_dict, checkpoint_id=folder), or convert it "
-            "once with torch.distributed.checkpoint.format_utils.dcp_to_torch_save(folder, 'model.pt')")
-_HF_FIX = ("load the folder with transformers' AutoModel.from_pretrained(folder), or each shard with "
-           "safetensors.torch.load_file(shard) (a .bin one: torch.load(shard, weights_only=True)); the index's "
-           "weight_map says which shard holds which key")
+_DCP_FIX = (
+    "load it with torch.distributed.checkpoint.load(state_dict, checkpoint_id=folder), or convert it "
+    "once with torch.distributed.checkpoint.format_utils.dcp_to_torch_save(folder, 'model.pt')"
+)
+_HF_FIX = (
+    "load the folder with transformers' AutoModel.from_pretrained(folder), or each shard with "
+    "safetensors.torch.load_file(shard) (a .bin one: torch.load(shard, weights_only=True)); the index's "
+    "weight_map says which shard holds which key"
+)
 
 # The rows in the order ``sniff`` checks them: the folder and file-system kinds, then by content.
 KINDS: dict[str, Kind] = {
     "missing": Kind("no such file", "check the path, or train and save a checkpoint first", _missing, verb=""),
     "not-a-file": Kind("not a regular file", "pass the path of a checkpoint file", _not_a_file, verb=""),
-    "dcp": Kind("a torch.distributed.checkpoint (DCP) folder, not a torch.save file", _DCP_FIX, _dcp,
-                examine="dcp", other_format=True),
-    "dcp-incomplete": Kind("a DCP folder without its .metadata file: the save never finished (rank 0 writes "
-                           ".metadata last)", "use an earlier checkpoint folder; the shards alone cannot be loaded",
-                           _dcp_incomplete, examine="dcp"),
-    "hf-folder": Kind("a Hugging Face model folder (config.json and its weights), not a torch.save file", _HF_FIX,
-                      _hf_folder, examine="hf", other_format=True),
+    "dcp": Kind(
+        "a torch.distributed.checkpoint (DCP) folder, not a torch.save file",
+        _DCP_FIX,
+        _dcp,
+        examine="dcp",
+        other_format=True,
+    ),
+    "dcp-incomplete": Kind(
+        "a DCP folder without its .metadata file: the save never finished (rank 0 writes .metadata last)",
+        "use an earlier checkpoint folder; the shards alone cannot be loaded",
+        _dcp_incomplete,
+        examine="dcp",
+    ),
+    "hf-folder": Kind(
+        "a Hugging Face model folder (config.json and its weights), not a torch.save file",
+        _HF_FIX,
+        _hf_folder,
+        examine="hf",
+        other_format=True,
+    ),
     "directory": Kind("a folder, not a checkpoint file", "pass the path of a file inside it{listing}", _is_dir),
     "empty": Kind("empty (0 bytes): the save that wrote it never finished", EARLIER, lambda p: p.size == 0),
-    "damaged-zip": Kind("truncated or damaged: a zip archive whose directory (at the end of the file) is missing, "
-                        "as when a save is killed half way or a copy is cut short", EARLIER, _damaged_zip),
-    "torch-export": Kind("a torch.export program (.pt2): a graph and its weights",
-                         "load it with torch.export.load(path), not torch.load, and only if you made it or trust "
-                         "who did: torch.export.load runs code from the file (its guards, pickled constants)",
-                         _torch_export, examine="pt2", other_format=True),
-    "torchscript": Kind("a TorchScript archive (torch.jit.save), not a checkpoint dict",
-                        "load it with torch.jit.load(path) only if you made it or trust who did (it runs code "
-                        "from the file); save training checkpoints with save_checkpoint",
-                        _torchscript, examine="torchscript", other_format=True),
-    "torch-zip": Kind("a torch.save archive", "torch.load(path, map_location='cpu', weights_only=True)", _torch_zip,
-                      examine="torch_zip", other_format=True),
-    "incomplete-torch-zip": Kind("an incomplete torch.save archive: torch.save's bookkeeping records but no "
-                                 "data.pkl, as when torch.save raised part way (a value it could not pickle)",
-                                 EARLIER, _incomplete_torch_zip),
-    "zip": Kind("a zip archive, but not one torch.save wrote (no data.pkl inside)", "check the path",
-                lambda p: p.is_zip),
-    "legacy": Kind("in PyTorch's legacy format (before 1.6, or _use_new_zipfile_serialization=False), which has no "
-                   "checksums", "convert it once: torch.save(torch.load(path, weights_only=True), new_path)",
-                   _starts(_LEGACY_MAGIC), examine="legacy"),
-    "safetensors": Kind("a safetensors file (tensors only), not a torch.save file, whatever its name says",
-                        "load it with safetensors.torch.load_file(path), and name it .safetensors", _safetensors,
-                        examine="safetensors_file", other_format=True),
-    "numpy": Kind("a NumPy .npy file, not a torch.save file", "load it with numpy.load(path)",
-                  _starts(b"\x93NUMPY"), examine="numpy_array", other_format=True),
-    "pickle": Kind("a plain pickle (pickle.dump), not a torch.save file; unpickling it could run code",
-                   "re-create it with torch.save from tensors and plain data", _pickle, examine="plain_pickle"),
-    "onnx": Kind("an ONNX model (a graph for inference runtimes), not a torch.save file",
-                 "run it with onnxruntime.InferenceSession(path); it has no optimizer state to resume from", _onnx,
-                 examine="onnx_model", other_format=True),
-    "onnx-data": Kind("the external-data file of an ONNX model (raw tensor bytes, no structure of its own)",
-                      "keep it next to its .onnx file and open that one (onnxruntime.InferenceSession)", _onnx_data,
-                      examine="onnx_data", other_format=True),
-    "git-lfs-pointer": Kind("a Git LFS pointer (a small text file), not the checkpoint itself",
-                            "fetch the real file: git lfs pull", _starts(b"version https://git-lfs")),
+    "damaged-zip": Kind(
+        "truncated or damaged: a zip archive whose directory (at the end of the file) is missing, "
+        "as when a save is killed half way or a copy is cut short",
+        EARLIER,
+        _damaged_zip,
+    ),
+    "torch-export": Kind(
+        "a torch.export program (.pt2): a graph and its weights",
+        "load it with torch.export.load(path), not torch.load, and only if you made it or trust "
+        "who did: torch.export.load runs code from the file (its guards, pickled constants)",
+        _torch_export,
+        examine="pt2",
+        other_format=True,
+    ),
+    "torchscript": Kind(
+        "a TorchScript archive (torch.jit.save), not a checkpoint dict",
+        "load it with torch.jit.load(path) only if you made it or trust who did (it runs code "
+        "from the file); save training checkpoints with save_checkpoint",
+        _torchscript,
+        examine="torchscript",
+        other_format=True,
+    ),
+    "torch-zip": Kind(
+        "a torch.save archive",
+        "torch.load(path, map_location='cpu', weights_only=True)",
+        _torch_zip,
+        examine="torch_zip",
+        other_format=True,
+    ),
+    "incomplete-torch-zip": Kind(
+        "an incomplete torch.save archive: torch.save's bookkeeping records but no "
+        "data.pkl, as when torch.save raised part way (a value it could not pickle)",
+        EARLIER,
+        _incomplete_torch_zip,
+    ),
+    "zip": Kind(
+        "a zip archive, but not one torch.save wrote (no data.pkl inside)", "check the path", lambda p: p.is_zip
+    ),
+    "legacy": Kind(
+        "in PyTorch's legacy format (before 1.6, or _use_new_zipfile_serialization=False), which has no checksums",
+        "convert it once: torch.save(torch.load(path, weights_only=True), new_path)",
+        _starts(_LEGACY_MAGIC),
+        examine="legacy",
+    ),
+    "safetensors": Kind(
+        "a safetensors file (tensors only), not a torch.save file, whatever its name says",
+        "load it with safetensors.torch.load_file(path), and name it .safetensors",
+        _safetensors,
+        examine="safetensors_file",
+        other_format=True,
+    ),
+    "numpy": Kind(
+        "a NumPy .npy file, not a torch.save file",
+        "load it with numpy.load(path)",
+        _starts(b"\x93NUMPY"),
+        examine="numpy_array",
+        other_format=True,
+    ),
+    "pickle": Kind(
+        "a plain pickle (pickle.dump), not a torch.save file; unpickling it could run code",
+        "re-create it with torch.save from tensors and plain data",
+        _pickle,
+        examine="plain_pickle",
+    ),
+    "onnx": Kind(
+        "an ONNX model (a graph for inference runtimes), not a torch.save file",
+        "run it with onnxruntime.InferenceSession(path); it has no optimizer state to resume from",
+        _onnx,
+        examine="onnx_model",
+        other_format=True,
+    ),
+    "onnx-data": Kind(
+        "the external-data file of an ONNX model (raw tensor bytes, no structure of its own)",
+        "keep it next to its .onnx file and open that one (onnxruntime.InferenceSession)",
+        _onnx_data,
+        examine="onnx_data",
+        other_format=True,
+    ),
+    "git-lfs-pointer": Kind(
+        "a Git LFS pointer (a small text file), not the checkpoint itself",
+        "fetch the real file: git lfs pull",
+        _starts(b"version https://git-lfs"),
+    ),
     "html": Kind("an HTML page (a failed download?), not a checkpoint", "download the file again", _html),
-    "hf-index": Kind("a Hugging Face sharded-weights index (model.safetensors.index.json), not a checkpoint",
-                     _HF_FIX, _hf_index, examine="hf", other_format=True),
+    "hf-index": Kind(
+        "a Hugging Face sharded-weights index (model.safetensors.index.json), not a checkpoint",
+        _HF_FIX,
+        _hf_index,
+        examine="hf",
+        other_format=True,
+    ),
     "text": Kind("a text file, not a checkpoint", "check the path", _text),
     "unknown": Kind("not a torch.save file (unknown format)", "check the path, or " + EARLIER, lambda p: True),
 }

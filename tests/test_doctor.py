@@ -10,7 +10,6 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
-from typing import Tuple
 
 import pytest
 import torch
@@ -168,8 +167,9 @@ def test_main_exit_codes(files, capsys):
 def test_cli_in_a_fresh_process(files):
     """``python -m helper.doctor`` on its own: a problem found is exit status 1 and the PROBLEM line.
     (Every exit status is tested in-process above; lesson 12 runs it fresh on a healthy file: status 0.)"""
-    bad = subprocess.run([sys.executable, "-m", "helper.doctor", str(files["truncated"])], capture_output=True,
-                         text=True, cwd=REPO_ROOT)
+    bad = subprocess.run(
+        [sys.executable, "-m", "helper.doctor", str(files["truncated"])], capture_output=True, text=True, cwd=REPO_ROOT
+    )
     assert bad.returncode == 1 and bad.stdout.splitlines()[-1].startswith("PROBLEM: "), bad.stdout + bad.stderr
 
 
@@ -188,14 +188,22 @@ def safetensors_bytes(header: dict, data: bytes) -> bytes:
     return struct.pack("<Q", len(raw)) + raw + data
 
 
-@pytest.mark.parametrize("header, data", [
-    ({"w": {"dtype": "F32", "shape": [2]}}, bytes(8)),  # no data_offsets
-    ({"w": {"dtype": "F32", "shape": [2**40, 2**40], "data_offsets": [0, 8]}}, bytes(8)),
-    ({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
-      "v": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, bytes(12)),  # overlapping
-    ({"w": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, bytes(8)),  # size disagrees with shape
-    ({"w": {"dtype": "Q99", "shape": [2], "data_offsets": [0, 8]}}, bytes(8)),  # no such dtype
-])
+@pytest.mark.parametrize(
+    "header, data",
+    [
+        ({"w": {"dtype": "F32", "shape": [2]}}, bytes(8)),  # no data_offsets
+        ({"w": {"dtype": "F32", "shape": [2**40, 2**40], "data_offsets": [0, 8]}}, bytes(8)),
+        (
+            {
+                "w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                "v": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]},
+            },
+            bytes(12),
+        ),  # overlapping
+        ({"w": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, bytes(8)),  # size disagrees with shape
+        ({"w": {"dtype": "Q99", "shape": [2], "data_offsets": [0, 8]}}, bytes(8)),  # no such dtype
+    ],
+)
 def test_safetensors_headers_that_safetensors_rejects_are_problems(tmp_path, header, data):
     path = tmp_path / "bad.safetensors"
     path.write_bytes(safetensors_bytes(header, data))
@@ -228,8 +236,11 @@ def test_torch_public_unsafe_globals_answer_where_they_can(tmp_path):
     from helper.examine_pickles import needed_globals
     from helper.formats import open_torch_zip
 
-    made = {"plain": {"w": torch.ones(2)}, "module": torch.nn.Linear(2, 2),
-            "objects": {"w": torch.ones(2), "args": argparse.Namespace(lr=0.1), "od": collections.OrderedDict(a=1)}}
+    made = {
+        "plain": {"w": torch.ones(2)},
+        "module": torch.nn.Linear(2, 2),
+        "objects": {"w": torch.ones(2), "args": argparse.Namespace(lr=0.1), "od": collections.OrderedDict(a=1)},
+    }
     for name, obj in made.items():
         path = tmp_path / f"{name}.pt"
         torch.save(obj, path)
@@ -264,8 +275,9 @@ def hf_folder(root: Path, state: dict) -> Path:
         save_file({k: state[k].contiguous() for k in part}, root / shard)
         weight_map.update({k: shard for k in part})
     total = sum(t.numel() * t.element_size() for t in state.values())
-    (root / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total},
-                                                                    "weight_map": weight_map}))
+    (root / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map})
+    )
     (root / "config.json").write_text(json.dumps({"model_type": "mlp"}))
     return root
 
@@ -304,8 +316,9 @@ def test_hf_folder_examines_what_from_pretrained_loads(tmp_path):
     (folder / "model.safetensors.index.json").rename(folder / "a.index.json")  # read first in sorted order
     zeros = {k: torch.zeros_like(v) for k, v in state.items()}
     torch.save({"x": torch.zeros(1)}, folder / "pytorch_model.bin")
-    (folder / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": dict.fromkeys(state,
-                                                                                                "pytorch_model.bin")}))
+    (folder / "pytorch_model.bin.index.json").write_text(
+        json.dumps({"weight_map": dict.fromkeys(state, "pytorch_model.bin")})
+    )
     d = diagnose(folder)
     assert not d.healthy and "a.index.json" in d.cause and "pytorch_model.bin" in d.cause, d.report()
     (folder / "a.index.json").unlink()
@@ -329,11 +342,20 @@ def test_hf_folder_examines_what_from_pretrained_loads(tmp_path):
 
 
 def lightning_like(path: Path, state: dict) -> Path:
-    torch.save({"epoch": 2, "global_step": 40, "pytorch-lightning_version": "2.5.0",
-                "state_dict": {f"model.{k}": v for k, v in state.items()},
-                "loops": {"fit_loop": {"state_dict": {}}}, "callbacks": {"ModelCheckpoint": {"best_model_score": None}},
-                "optimizer_states": [{"state": {}, "param_groups": [{"lr": 0.1, "params": [0, 1, 2, 3]}]}],
-                "lr_schedulers": [], "hyper_parameters": {"lr": 0.1}}, path)
+    torch.save(
+        {
+            "epoch": 2,
+            "global_step": 40,
+            "pytorch-lightning_version": "2.5.0",
+            "state_dict": {f"model.{k}": v for k, v in state.items()},
+            "loops": {"fit_loop": {"state_dict": {}}},
+            "callbacks": {"ModelCheckpoint": {"best_model_score": None}},
+            "optimizer_states": [{"state": {}, "param_groups": [{"lr": 0.1, "params": [0, 1, 2, 3]}]}],
+            "lr_schedulers": [],
+            "hyper_parameters": {"lr": 0.1},
+        },
+        path,
+    )
     return path
 
 
@@ -356,10 +378,13 @@ def onnx_model(path: Path, external: str | None = None) -> Path:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
-                              [numpy_helper.from_array(np.eye(4, dtype=np.float32), "w")])
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        [numpy_helper.from_array(np.eye(4, dtype=np.float32), "w")],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     if external is None:
         onnx.save(model, path)
@@ -417,11 +442,13 @@ def test_the_printed_fixes_work(files, tmp_path, monkeypatch):
     # safetensors
     assert "safetensors.torch.load_file(path)" in diagnose(files["safetensors"]).fix
     from safetensors.torch import load_file
+
     assert fits(load_file(files["safetensors"]))
     # DCP: convert it once with dcp_to_torch_save
     fix = diagnose(files["dcp"]).fix
     assert "dcp_to_torch_save(folder, 'model.pt')" in fix
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
     monkeypatch.chdir(tmp_path)
     dcp_to_torch_save(files["dcp"], "model.pt")
     assert fits(torch.load(tmp_path / "model.pt", weights_only=True)["model"])
@@ -432,8 +459,13 @@ def test_the_printed_fixes_work(files, tmp_path, monkeypatch):
 # Every payload is harmless: it creates a marker file in tmp_path.
 
 
-def rezip(source: Path, target: Path, replace: dict[str, bytes] | None = None, drop: tuple[str, ...] = (),
-          add: dict[str, bytes] | None = None) -> Path:
+def rezip(
+    source: Path,
+    target: Path,
+    replace: dict[str, bytes] | None = None,
+    drop: tuple[str, ...] = (),
+    add: dict[str, bytes] | None = None,
+) -> Path:
     """``source``'s members, some replaced, dropped or added, written as torch's writers write them (stored,
     no attributes): every CRC-32 valid."""
     with zipfile.ZipFile(source) as z:
@@ -464,8 +496,9 @@ def test_case1_dcp_metadata_cannot_run_code(tmp_path):
     """A dotted STACK_GLOBAL under an allowed module prefix resolved os.system and ran it; then said OK."""
     folder = dcp_folder(tmp_path / "dcp")
     marker = tmp_path / "dcp_payload_ran"
-    (folder / ".metadata").write_bytes(stack_global_call("torch.distributed.checkpoint.filesystem", "os.system",
-                                                         f"touch {marker}"))
+    (folder / ".metadata").write_bytes(
+        stack_global_call("torch.distributed.checkpoint.filesystem", "os.system", f"touch {marker}")
+    )
     d = diagnose(folder)
     assert not marker.exists(), "the doctor ran the .metadata payload"
     assert not d.healthy and "do not load" in d.fix and "os.system" in d.cause, d.report()
@@ -512,8 +545,9 @@ def test_dcp_non_tensor_values_are_held_to_weights_only(tmp_path):
     optimizer = torch.optim.Adam(model.parameters())
     model(torch.rand(1, 2)).sum().backward()
     optimizer.step()
-    dcp.save({"model": model.state_dict(), "optim": optimizer.state_dict(), "epoch": 3},
-             checkpoint_id=tmp_path / "plain")
+    dcp.save(
+        {"model": model.state_dict(), "optim": optimizer.state_dict(), "epoch": 3}, checkpoint_id=tmp_path / "plain"
+    )
     d = diagnose(tmp_path / "plain")
     assert d.healthy and any("weights_only=False" in line for line in d.lines), d.report()
 
@@ -540,8 +574,14 @@ def test_case2_a_module_the_file_names_is_never_imported(tmp_path):
     finally:
         del sys.modules["mycfg"]
     (tmp_path / "mycfg.py").write_text(f"open({str(marker)!r}, 'w').close()\n\nclass Config:\n    pass\n")
-    run = subprocess.run([sys.executable, "-m", "helper.doctor", str(path)], cwd=tmp_path, capture_output=True,
-                         text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    run = subprocess.run(
+        [sys.executable, "-m", "helper.doctor", str(path)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )
     assert not marker.exists(), "the doctor imported mycfg.py from the working folder"
     assert run.returncode == 1 and "mycfg.Config" in run.stdout and "do not load" in run.stdout, run.stdout + run.stderr
 
@@ -568,8 +608,14 @@ def test_case3_a_pt2_is_never_called_safe(tmp_path):
     assert not d.healthy and "guards code" in d.cause and "do not load" in d.fix, d.report()
     prefix = constants[: -len("data/constants/model_constants_config.json")]
     config = {"config": json.dumps({"obj": {"path_name": "opaque_obj_0", "tensor_meta": None}})}
-    d = diagnose(rezip(good, tmp_path / "opaque.pt2", {constants: json.dumps(config).encode()},
-                       add={f"{prefix}data/constants/opaque_obj_0": pickle.dumps(None)}))
+    d = diagnose(
+        rezip(
+            good,
+            tmp_path / "opaque.pt2",
+            {constants: json.dumps(config).encode()},
+            add={f"{prefix}data/constants/opaque_obj_0": pickle.dumps(None)},
+        )
+    )
     assert not d.healthy and "pickled object" in d.cause, d.report()
     assert not marker.exists()
 
@@ -611,13 +657,21 @@ def test_case5_trust_remote_code_folder_is_flagged(tmp_path):
 
 def peak_of_a_fresh_doctor(path: Path) -> dict:
     """diagnose(path) in a fresh process: its verdict, the doctor process's own peak growth and the child's."""
-    code = ("import json, resource, sys; from helper.doctor import diagnose; "
-            "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; d = diagnose(sys.argv[1]); "
-            "print(json.dumps({'verdict': d.verdict(), 'healthy': d.healthy, "
-            "'inspector': getattr(d, 'facts', {}).get('inspector'), "
-            "'parent_growth': (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024}))")
-    run = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=300,
-                         cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    code = (
+        "import json, resource, sys; from helper.doctor import diagnose; "
+        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; d = diagnose(sys.argv[1]); "
+        "print(json.dumps({'verdict': d.verdict(), 'healthy': d.healthy, "
+        "'inspector': getattr(d, 'facts', {}).get('inspector'), "
+        "'parent_growth': (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024}))"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     return json.loads(run.stdout.strip().splitlines()[-1])
 
@@ -657,6 +711,7 @@ def test_case11_a_huge_onnx_file_costs_bounded_memory(tmp_path):
 
 def onnx_junk_graph() -> bytes:
     """A ModelProto whose graph holds a node of bytes protobuf cannot parse (field number 0)."""
+
     def field(number: int, payload: bytes) -> bytes:
         return bytes([number << 3 | 2, len(payload)]) + payload
 
@@ -711,7 +766,7 @@ class SetstateWrites(torch.nn.Module):
         return (self.w, self.training, self.marker)
 
     @torch.jit.export
-    def __setstate__(self, state: Tuple[torch.Tensor, bool, str]):
+    def __setstate__(self, state: tuple[torch.Tensor, bool, str]):
         x = torch.from_file(state[2], shared=True, size=4, dtype=torch.uint8)
         x.fill_(65)
         self.w = state[0] + x.sum().float() * 0
@@ -812,8 +867,15 @@ def test_case14_safe_globals_advice_never_lists_a_function(tmp_path):
             torch.load(path, weights_only=True)
     # the advice now: re-save the arrays as tensors (lesson 06); the state this test saved above, re-saved so
     name, keys, pos, has_gauss, cached = np.random.RandomState(0).get_state()
-    checkpoint = {"numpy_rng": {"name": name, "keys": torch.from_numpy(keys.copy()), "pos": int(pos),
-                                "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}}
+    checkpoint = {
+        "numpy_rng": {
+            "name": name,
+            "keys": torch.from_numpy(keys.copy()),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        }
+    }
     torch.save(checkpoint, tmp_path / "plain.pt")
     assert diagnose(tmp_path / "plain.pt").healthy
 
@@ -828,8 +890,12 @@ def test_a_crash_in_the_inspector_is_a_verdict(files, tmp_path):
     verdict says not to load the file (or the opcode budget refused it before any unpickler ran)."""
     with zipfile.ZipFile(files["good"]) as z:
         pkl_name = next(n for n in z.namelist() if n.endswith("data.pkl"))
-    path = rezip(files["good"], tmp_path / "deep.pt", {pkl_name: nested_key_pickle(1_000_000)},
-                 drop=tuple(n for n in zipfile.ZipFile(files["good"]).namelist() if "/data/" in n))
+    path = rezip(
+        files["good"],
+        tmp_path / "deep.pt",
+        {pkl_name: nested_key_pickle(1_000_000)},
+        drop=tuple(n for n in zipfile.ZipFile(files["good"]).namelist() if "/data/" in n),
+    )
     d = diagnose(path)
     assert not d.healthy and "do not load" in d.verdict(), d.report()
     assert "Traceback" not in d.report()
@@ -841,8 +907,12 @@ def test_limits_are_verdicts(files, tmp_path):
     (tmp_path / "lists.pkl").write_bytes(many_lists)
     with zipfile.ZipFile(files["good"]) as z:
         pkl_name = next(n for n in z.namelist() if n.endswith("data.pkl"))
-    path = rezip(files["good"], tmp_path / "lists.pt", {pkl_name: many_lists},
-                 drop=tuple(n for n in zipfile.ZipFile(files["good"]).namelist() if "/data/" in n))
+    path = rezip(
+        files["good"],
+        tmp_path / "lists.pt",
+        {pkl_name: many_lists},
+        drop=tuple(n for n in zipfile.ZipFile(files["good"]).namelist() if "/data/" in n),
+    )
     d = diagnose(path, limits={"wall": 1, "cpu": 1})
     assert not d.healthy and "do not load" in d.verdict(), d.report()
     big = tmp_path / "big.pt"
@@ -912,8 +982,7 @@ def test_do_not_load_advice_is_right(tmp_path):
     assert marker.exists()
     marker.rmdir()
     folder = dcp_folder(tmp_path / "dcp")
-    (folder / ".metadata").write_bytes(stack_global_call("posix" if os.name == "posix" else "nt", "mkdir",
-                                                         str(marker)))
+    (folder / ".metadata").write_bytes(stack_global_call("posix" if os.name == "posix" else "nt", "mkdir", str(marker)))
     d = diagnose(folder)
     assert not d.healthy and d.fix == "do not load this folder; it can run code", d.report()
     with open(folder / ".metadata", "rb") as f:
@@ -946,8 +1015,9 @@ def test_meta_and_export_advice_followed(tmp_path):
     model = build_model(MLP)
     torch.save(model.to("cpu").state_dict(), tmp_path / "real.pt")  # the fix, followed
     assert diagnose(tmp_path / "real.pt", MLP).healthy
-    (tmp_path / "fake.pt2").write_bytes(rezip(export_program(tmp_path / "src.pt2"), tmp_path / "x.pt2",
-                                              drop=("models/model.json",)).read_bytes())
+    (tmp_path / "fake.pt2").write_bytes(
+        rezip(export_program(tmp_path / "src.pt2"), tmp_path / "x.pt2", drop=("models/model.json",)).read_bytes()
+    )
     d = diagnose(tmp_path / "fake.pt2")
     assert not d.healthy and "torch.export.export and torch.export.save" in d.fix, d.report()
     d = diagnose(export_program(tmp_path / "fake.pt2"))  # exported again

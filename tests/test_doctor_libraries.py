@@ -33,8 +33,11 @@ from helper.quiet import quiet_libraries
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Found, not imported: importing the five takes 4-5 s of CPU, and every pytest-xdist worker collects
 # this module while only one runs it. Each test imports what it uses.
-_MISSING = [name for name in ("lightning", "transformers", "onnx", "onnxruntime", "torchvision")
-            if importlib.util.find_spec(name) is None]
+_MISSING = [
+    name
+    for name in ("lightning", "transformers", "onnx", "onnxruntime", "torchvision")
+    if importlib.util.find_spec(name) is None
+]
 if _MISSING:
     pytest.skip(f"needs {', '.join(_MISSING)} (requirements.txt)", allow_module_level=True)
 
@@ -63,9 +66,17 @@ def _lightning_ckpt(folder: Path, name: str, **hparams) -> Path:
             return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
 
     keep = ModelCheckpoint(dirpath=folder, filename=name)
-    trainer = L.Trainer(max_epochs=1, limit_train_batches=2, accelerator="cpu", devices=1, logger=False,
-                        enable_progress_bar=False, enable_model_summary=False, callbacks=[keep],
-                        default_root_dir=folder)
+    trainer = L.Trainer(
+        max_epochs=1,
+        limit_train_batches=2,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[keep],
+        default_root_dir=folder,
+    )
     loaders = make_loaders(split_digits(), seed=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Lightning's notices about workers and small data: not tested here
@@ -84,8 +95,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
 
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    config = GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=100, n_positions=32,
-                        bos_token_id=0, eos_token_id=0)
+    config = GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=100, n_positions=32, bos_token_id=0, eos_token_id=0)
     made["hf"] = root / "tiny_gpt2"
     GPT2LMHeadModel(config).save_pretrained(made["hf"], max_shard_size="20KB")
     made["hf_index"] = made["hf"] / "model.safetensors.index.json"
@@ -110,8 +120,14 @@ def files(tmp_path_factory) -> dict[str, Path]:
 
     made["onnx"] = root / "digits_mlp.onnx"
     model = build_model(MLP).eval()
-    torch.onnx.export(model, (torch.rand(2, 1, 8, 8),), made["onnx"], input_names=["images"],
-                      dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
+    torch.onnx.export(
+        model,
+        (torch.rand(2, 1, 8, 8),),
+        made["onnx"],
+        input_names=["images"],
+        dynamic_shapes=({0: torch.export.Dim("batch")},),
+        verbose=False,
+    )
     made["onnx_no_data"] = root / "graph_only" / made["onnx"].name  # copied without its .onnx.data
     made["onnx_no_data"].parent.mkdir()
     shutil.copy(made["onnx"], made["onnx_no_data"])
@@ -285,8 +301,10 @@ def test_onnx_without_its_external_data_is_a_problem(files):
 # ---------------------------------------------------------------- the command line
 
 
-@pytest.mark.parametrize("which,code", [("lightning", 0), ("hf", 0), ("torchvision", 0), ("onnx", 0),
-                                        ("hf_missing_shard", 1), ("onnx_cut", 1)])
+@pytest.mark.parametrize(
+    "which,code",
+    [("lightning", 0), ("hf", 0), ("torchvision", 0), ("onnx", 0), ("hf_missing_shard", 1), ("onnx_cut", 1)],
+)
 def test_cli_exit_codes(files, which, code, capsys):
     """``python -m helper.doctor PATH``'s exit code and last line, run in this process (a fresh
     process costs 2-3 s of imports each; the next test runs one)."""
@@ -300,9 +318,14 @@ def test_cli_exit_codes(files, which, code, capsys):
 def test_cli_in_a_fresh_process_without_this_modules_imports(files):
     """This module imported lightning, transformers, onnx and torchvision; a fresh process proves the
     doctor diagnoses a Lightning file (its pickle names lightning's classes) without them."""
-    run = subprocess.run([sys.executable, "-m", "helper.doctor", str(files["lightning"])], cwd=REPO_ROOT,
-                         capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    run = subprocess.run(
+        [sys.executable, "-m", "helper.doctor", str(files["lightning"])],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     assert run.stdout.strip().splitlines()[-1].startswith("OK: "), run.stdout
 
@@ -320,8 +343,16 @@ def test_lightning_without_one_prefix_advice_followed(tmp_path):
 
     module = TwoPartModule(hidden=5)
     path = tmp_path / "two_parts.ckpt"
-    torch.save({"epoch": 0, "global_step": 0, "pytorch-lightning_version": L.__version__,
-                "state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
+    torch.save(
+        {
+            "epoch": 0,
+            "global_step": 0,
+            "pytorch-lightning_version": L.__version__,
+            "state_dict": module.state_dict(),
+            "hyper_parameters": dict(module.hparams),
+        },
+        path,
+    )
     d = diagnose(path)
     assert d.healthy and "load_from_checkpoint(path)" in d.fix, d.report()
     loaded = TwoPartModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)  # the fix, followed

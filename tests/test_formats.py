@@ -10,8 +10,8 @@ import json
 import pickle
 import struct
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
@@ -60,10 +60,13 @@ def _onnx(path: Path, external: bool = False) -> None:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
-                              [numpy_helper.from_array(np.eye(2, dtype=np.float32), "w")])
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
+        [numpy_helper.from_array(np.eye(2, dtype=np.float32), "w")],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     onnx.save(model, path, save_as_external_data=external, location=f"{path.name}.data", size_threshold=0)
 
@@ -89,6 +92,7 @@ def _safetensors(path: Path) -> None:
 def _write(data: bytes | str) -> Callable[[Path], None]:
     def make(path: Path) -> None:
         path.write_bytes(data if isinstance(data, bytes) else data.encode())
+
     return make
 
 
@@ -97,6 +101,7 @@ def _zip_of(names: dict[str, bytes]) -> Callable[[Path], None]:
         with zipfile.ZipFile(path, "w") as out:
             for name, data in names.items():
                 out.writestr(name, data)
+
     return make
 
 
@@ -127,20 +132,21 @@ MAKERS: dict[str, tuple[str, Callable[[Path], None], bool]] = {
     "empty": ("empty.pt", _write(b""), False),
     "damaged-zip": ("cut.pt", lambda p: (_torch_zip(p), p.write_bytes(p.read_bytes()[:200])), False),
     "torch-zip": ("model.pt", _torch_zip, True),
-    "incomplete-torch-zip": ("no_pkl.pt", lambda p: _rezip(p, lambda n: not n.endswith(("data.pkl", "/data/0"))),
-                             False),
+    "incomplete-torch-zip": (
+        "no_pkl.pt",
+        lambda p: _rezip(p, lambda n: not n.endswith(("data.pkl", "/data/0"))),
+        False,
+    ),
     "torch-export": ("model.pt2", _pt2, True),
     "torchscript": ("script.pt", _torchscript, True),
     "zip": ("other.zip", _zip_of({"readme.txt": b"hello"}), False),
-    "legacy": ("legacy.pt", lambda p: torch.save({"w": torch.ones(2)}, p, _use_new_zipfile_serialization=False),
-               True),
+    "legacy": ("legacy.pt", lambda p: torch.save({"w": torch.ones(2)}, p, _use_new_zipfile_serialization=False), True),
     "safetensors": ("model.bin", _safetensors, True),
     "onnx": ("model.onnx", _onnx, True),
     "onnx-data": ("ext.onnx.data", lambda p: _onnx(p.with_name("ext.onnx"), external=True), True),
     "numpy": ("array.npy", _numpy, True),
     "pickle": ("plain.pkl", _write(pickle.dumps({"w": [1.0, 2.0]}, protocol=4)), False),
-    "git-lfs-pointer": ("lfs.pt", _write("version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 1\n"),
-                        False),
+    "git-lfs-pointer": ("lfs.pt", _write("version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 1\n"), False),
     "html": ("page.pt", _write("<!DOCTYPE html><html><body>Not found</body></html>"), False),
     "text": ("notes.pt", _write("these are my notes\n"), False),
     "unknown": ("noise.pt", _write(bytes(range(256)) * 4), False),
@@ -228,7 +234,7 @@ def test_safetensors_header_gives_safetensors_own_dtype_names(tmp_path):
 
 def test_scan_records_dotted_global_names():
     """protocol 4's STACK_GLOBAL resolves 'os.system' under any module: the scan names it as dotted."""
-    from helper.formats import scan_pickle
+    from helper.pickle_guard import survey_pickle as scan_pickle
 
     m, n = b"torch.distributed.checkpoint.filesystem", b"os.system"
     data = b"\x80\x04\x8c%c%s\x8c%c%s\x93\x8c\x04true\x85R." % (len(m), m, len(n), n)
@@ -242,7 +248,7 @@ def _shadowed(src: Path, out: Path, extra: dict[str, bytes]) -> Path:
     archive's folder) written first, as a crafted file would hold them."""
     with zipfile.ZipFile(src) as z:
         prefix = z.namelist()[0].split("/")[0] + "/"
-        records = {i.filename[len(prefix):]: z.read(i) for i in z.infolist()}
+        records = {i.filename[len(prefix) :]: z.read(i) for i in z.infolist()}
     writer = torch._C.PyTorchFileWriter(str(out))
     for name, data in [*extra.items(), *records.items()]:
         if name != ".data/serialization_id":  # the writer adds its own
@@ -269,10 +275,16 @@ def test_members_torch_reads_whatever_their_case_are_refused(tmp_path):
     with zipfile.ZipFile(buffer) as z:
         hostile = z.read(next(n for n in z.namelist() if n.endswith("/data.pkl")))
     bomb = b"\x80\x02}q\x00X\x01\x00\x00\x00xq\x01c__builtin__\nbytearray\nq\x02J\x00F\xc3#\x85q\x03Rq\x04s."
-    casings = [name for name in ("".join(c) for c in itertools.product(*zip("data.pkl", "DATA.PKL")))
-               if name != "data.pkl"]  # every other one: miniz's case-blind binary search lands on one of them
-    cases = {"swap": dict.fromkeys(casings, hostile), "bomb": {"Data.pkl": bomb}, "storage": {"DATA/0": b"\0" * 32},
-             "stray": {"data/0x": b"\0"}, "code": {"code/evil.py": b"print(1)"}}
+    casings = [
+        name for name in ("".join(c) for c in itertools.product(*zip("data.pkl", "DATA.PKL"))) if name != "data.pkl"
+    ]  # every other one: miniz's case-blind binary search lands on one of them
+    cases = {
+        "swap": dict.fromkeys(casings, hostile),
+        "bomb": {"Data.pkl": bomb},
+        "storage": {"DATA/0": b"\0" * 32},
+        "stray": {"data/0x": b"\0"},
+        "code": {"code/evil.py": b"print(1)"},
+    }
     swapped = _shadowed(src, tmp_path / "swap.pt", cases["swap"])
     assert torch.load(swapped, weights_only=True)["epoch"] == 999  # the attack is real: torch reads the shadow
     for number, extra in enumerate(cases.values()):

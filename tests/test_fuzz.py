@@ -223,7 +223,7 @@ def test_every_change_to_the_pickle_itself_is_scanned_or_refused(tmp_path):
     and load_checkpoint raises nothing but CheckpointError on it; the doctor's exit status and verdict agree."""
     import zipfile
 
-    from helper.formats import scan_pickle
+    from helper.pickle_guard import survey_pickle as scan_pickle
 
     original = small_checkpoint(tmp_path)
     with zipfile.ZipFile(original) as z:

@@ -59,8 +59,9 @@ ENV = kernel_env(threads_only=True, PYTHONPATH=os.environ.get("PYTHONPATH") or s
 
 ROOT = Path(tempfile.mkdtemp(prefix="hostile-corpus-"))
 atexit.register(shutil.rmtree, ROOT, True)
-_build = subprocess.run([sys.executable, "-m", "tools.hostile_corpus", str(ROOT / "c")], env=ENV,
-                        capture_output=True, text=True)
+_build = subprocess.run(
+    [sys.executable, "-m", "tools.hostile_corpus", str(ROOT / "c")], env=ENV, capture_output=True, text=True
+)
 assert _build.returncode == 0, _build.stdout + _build.stderr
 CORPUS = ROOT / "c"
 CASES = load_manifest(CORPUS)
@@ -83,7 +84,7 @@ def capped(fn, *, cwd: Path | None = None) -> dict:
             os.setpgid(0, 0)
             os.dup2(out.fileno(), 1)
             os.dup2(out.fileno(), 2)
-            limit = _vm_size() + int(ALLOC_GIB * 2 ** 30)
+            limit = _vm_size() + int(ALLOC_GIB * 2**30)
             resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
             resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
             signal.alarm(SECONDS)
@@ -98,8 +99,13 @@ def capped(fn, *, cwd: Path | None = None) -> dict:
                     os.write(1, buffer.getvalue().encode("utf-8", "replace"))
         except BaseException as exc:  # noqa: BLE001 - reported to the parent as exit code 3 and its text
             import traceback
-            os.write(1, ("Traceback (most recent call last):\n" + "".join(
-                traceback.format_exception(exc))).encode("utf-8", "replace"))
+
+            os.write(
+                1,
+                ("Traceback (most recent call last):\n" + "".join(traceback.format_exception(exc))).encode(
+                    "utf-8", "replace"
+                ),
+            )
             code = 3
         finally:
             os._exit(code)
@@ -114,12 +120,18 @@ def capped(fn, *, cwd: Path | None = None) -> dict:
     text = out.read().decode("utf-8", "replace")
     out.close()
     code = os.waitstatus_to_exitcode(status)
-    return {"code": code if code >= 0 else None, "signal": -code if code < 0 else None, "text": text,
-            "rss": max(usage.ru_maxrss * 1024, tree), "seconds": time.perf_counter() - start}
+    return {
+        "code": code if code >= 0 else None,
+        "signal": -code if code < 0 else None,
+        "text": text,
+        "rss": max(usage.ru_maxrss * 1024, tree),
+        "seconds": time.perf_counter() - start,
+    }
 
 
 def doctor(case: Case) -> dict:
     from helper.doctor import main
+
     return capped(lambda: main([str(CORPUS / case.path)]), cwd=CORPUS / case.cwd if case.cwd else None)
 
 
@@ -131,12 +143,13 @@ def loader(case: Case) -> dict:
             print("CheckpointError:", exc)
             return 1
         return 0
+
     return capped(run, cwd=CORPUS / case.cwd if case.cwd else None)
 
 
 def describe(r: dict) -> str:
-    what = (f"killed by {signal.Signals(r['signal']).name}" if r["signal"] else f"exit {r['code']}")
-    return f"{what}, {r['seconds']:.1f} s, peak RSS {r['rss'] / 2 ** 20:,.0f} MiB: {r['text'][-600:]}"
+    what = f"killed by {signal.Signals(r['signal']).name}" if r["signal"] else f"exit {r['code']}"
+    return f"{what}, {r['seconds']:.1f} s, peak RSS {r['rss'] / 2**20:,.0f} MiB: {r['text'][-600:]}"
 
 
 def assert_sound(r: dict, case: Case, tool: str) -> None:
@@ -148,7 +161,7 @@ def assert_sound(r: dict, case: Case, tool: str) -> None:
     assert r["signal"] is None, f"{tool} on {case.name}: {describe(r)}"
     assert r["code"] in (0, 1), f"{tool} on {case.name}: {describe(r)}"
     assert "Traceback (most recent call last)" not in r["text"], f"{tool} on {case.name}: {describe(r)}"
-    assert r["rss"] <= RSS_GIB * 2 ** 30, f"{tool} on {case.name} over {RSS_GIB} GiB: {describe(r)}"
+    assert r["rss"] <= RSS_GIB * 2**30, f"{tool} on {case.name} over {RSS_GIB} GiB: {describe(r)}"
 
 
 @pytest.mark.parametrize("case", FILES, ids=[c.name for c in FILES])
@@ -182,6 +195,7 @@ def check_advice(case: Case, report: str) -> None:
     names = sorted(set(re.findall(r"'([A-Za-z_][\w]*(?:\.[A-Za-z_]\w*)+)'", report)))
     assert names, f"safe_globals advice without names: {report[-400:]}"
     import importlib
+
     found = []
     for name in names:
         module, _, attr = name.rpartition(".")
@@ -193,14 +207,20 @@ def check_advice(case: Case, report: str) -> None:
         with torch.serialization.safe_globals(found):
             torch.load(CORPUS / case.path, weights_only=True)
         return 0
+
     r = capped(follow)
     assert r["code"] == 0, f"following the advice fails: {describe(r)}"
 
 
 def test_payloads_are_live() -> None:
     """The corpus is hostile for real: each payload case writes its marker through the loader a victim uses."""
-    run = subprocess.run([sys.executable, "-m", "tools.hostile_corpus", str(CORPUS), "--run-payloads"],
-                         env=ENV, capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [sys.executable, "-m", "tools.hostile_corpus", str(CORPUS), "--run-payloads"],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     live = json.loads(run.stdout.strip().splitlines()[-1])
     expected = {c.name for c in CASES if c.payload}
     assert set(live) == expected and all(live.values()), sorted(n for n, ok in live.items() if not ok)
@@ -208,6 +228,7 @@ def test_payloads_are_live() -> None:
 
 # --------------------------------------------------------------------------------------------------
 # The cases that are behaviours, not files
+
 
 def tiny_checkpoint(epoch: int) -> dict:
     torch.manual_seed(0)
@@ -217,8 +238,9 @@ def tiny_checkpoint(epoch: int) -> dict:
 def test_10_truncated_while_read(tmp_path: Path) -> None:
     """Another process truncating the file while it is read: CheckpointError or a verdict, never SIGBUS."""
     from helper.checkpoint import save_checkpoint
+
     checkpoint = tiny_checkpoint(1)
-    checkpoint["extra"] = {"big": torch.zeros(40 * 2 ** 20, dtype=torch.float32)}  # 160 MB
+    checkpoint["extra"] = {"big": torch.zeros(40 * 2**20, dtype=torch.float32)}  # 160 MB
     original = tmp_path / "original.pt"
     save_checkpoint(checkpoint, original)
     path = tmp_path / "victim.pt"
@@ -234,6 +256,7 @@ def test_10_truncated_while_read(tmp_path: Path) -> None:
                 try:
                     if tool == "doctor":
                         from helper.doctor import diagnose
+
                         code = diagnose(path).exit_code
                     else:
                         try:
@@ -252,7 +275,8 @@ def test_10_truncated_while_read(tmp_path: Path) -> None:
             _, status, _ = os.wait4(pid, 0)
             code = os.waitstatus_to_exitcode(status)
             assert code in (0, 1), f"{tool} after truncation at {delay} s: " + (
-                f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit {code}")
+                f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit {code}"
+            )
 
 
 def test_15_rotation_by_number(tmp_path: Path) -> None:
@@ -266,13 +290,15 @@ def test_15_rotation_by_number(tmp_path: Path) -> None:
 def test_16_dead_run_keeps_its_newest(tmp_path: Path) -> None:
     """Run A (its own interpreter, as a real second run) saves 50-52 and is killed; run B's save leaves them."""
     run = tmp_path / "run"
-    snippet = ("import os, signal, torch\n"
-               "from helper.checkpoint import CheckpointFolder, make_checkpoint\n"
-               "from helper.models import build_model\n"
-               f"a = CheckpointFolder({str(run)!r})\n"
-               "for epoch in (50, 51, 52):\n"
-               "    a.save(make_checkpoint(build_model({'arch': 'mlp', 'hidden': [2]}), epoch=epoch, step=epoch))\n"
-               "os.kill(os.getpid(), signal.SIGKILL)\n")
+    snippet = (
+        "import os, signal, torch\n"
+        "from helper.checkpoint import CheckpointFolder, make_checkpoint\n"
+        "from helper.models import build_model\n"
+        f"a = CheckpointFolder({str(run)!r})\n"
+        "for epoch in (50, 51, 52):\n"
+        "    a.save(make_checkpoint(build_model({'arch': 'mlp', 'hidden': [2]}), epoch=epoch, step=epoch))\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
     a = subprocess.run([sys.executable, "-c", snippet], env=ENV, capture_output=True, text=True, timeout=120)
     assert a.returncode == -signal.SIGKILL, a.stderr[-800:]
     assert sorted(p.name for p in run.glob("epoch-*.pt")) == ["epoch-0050.pt", "epoch-0051.pt", "epoch-0052.pt"]
@@ -286,12 +312,25 @@ def _read_only(folder: Path) -> list[str] | None:
     if os.geteuid() != 0:
         folder.chmod(0o555)
         return []
-    probe = subprocess.run(["unshare", "-rm", "sh", "-c", f"mount --bind {folder} {folder} && mount -o remount,bind,ro "
-                            f"{folder} {folder} && ! touch {folder}/.probe"], capture_output=True)
+    probe = subprocess.run(
+        [
+            "unshare",
+            "-rm",
+            "sh",
+            "-c",
+            f"mount --bind {folder} {folder} && mount -o remount,bind,ro {folder} {folder} && ! touch {folder}/.probe",
+        ],
+        capture_output=True,
+    )
     if probe.returncode != 0:
         return None
-    return ["unshare", "-rm", "sh", "-c", f'mount --bind {folder} {folder} && mount -o remount,bind,ro {folder} '
-            f'{folder} && exec "$0" "$@"']
+    return [
+        "unshare",
+        "-rm",
+        "sh",
+        "-c",
+        f'mount --bind {folder} {folder} && mount -o remount,bind,ro {folder} {folder} && exec "$0" "$@"',
+    ]
 
 
 def test_17_read_only_folder(tmp_path: Path) -> None:
@@ -300,17 +339,18 @@ def test_17_read_only_folder(tmp_path: Path) -> None:
     prefix = _read_only(run)
     if prefix is None:
         pytest.skip("no way to make a read-only folder here (root without user namespaces)")
-    snippet = ("import torch, sys\n"
-               "from helper.checkpoint import CheckpointError, CheckpointFolder, make_checkpoint\n"
-               "from helper.models import build_model\n"
-               "try:\n"
-               f"    CheckpointFolder({str(run)!r}).save(make_checkpoint(build_model({{'arch': 'mlp', 'hidden': [2]}}),"
-               " epoch=1))\n"
-               "except CheckpointError as exc:\n"
-               "    print('CheckpointError:', exc); sys.exit(1)\n"
-               "print('saved')\n")
-    r = subprocess.run(prefix + [sys.executable, "-c", snippet], env=ENV, capture_output=True, text=True,
-                       timeout=120)
+    snippet = (
+        "import torch, sys\n"
+        "from helper.checkpoint import CheckpointError, CheckpointFolder, make_checkpoint\n"
+        "from helper.models import build_model\n"
+        "try:\n"
+        f"    CheckpointFolder({str(run)!r}).save(make_checkpoint(build_model({{'arch': 'mlp', 'hidden': [2]}}),"
+        " epoch=1))\n"
+        "except CheckpointError as exc:\n"
+        "    print('CheckpointError:', exc); sys.exit(1)\n"
+        "print('saved')\n"
+    )
+    r = subprocess.run(prefix + [sys.executable, "-c", snippet], env=ENV, capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and "CheckpointError:" in r.stdout, (r.returncode, r.stdout[-500:], r.stderr[-800:])
 
 
@@ -324,8 +364,11 @@ def test_pointer_cannot_reach_outside_the_folder(tmp_path: Path) -> None:
     sneaky = "../../victim.txt"
     kept = "epoch-0003.pt"
     (run / kept).write_bytes(b"a dead run's checkpoint")
-    pointer = {"latest": sneaky, "runs": {"deadbeef": {"latest": sneaky, "best": {"file": str(absolute), "metric": 1}}},
-               "files": {sneaky: "deadbeef", str(absolute): "deadbeef", f"{kept}\n": "deadbeef", kept: "deadbeef"}}
+    pointer = {
+        "latest": sneaky,
+        "runs": {"deadbeef": {"latest": sneaky, "best": {"file": str(absolute), "metric": 1}}},
+        "files": {sneaky: "deadbeef", str(absolute): "deadbeef", f"{kept}\n": "deadbeef", kept: "deadbeef"},
+    }
     (run / CheckpointFolder.POINTER).write_text(json.dumps(pointer))
     folder = CheckpointFolder(run)
     assert folder.latest is None and folder.best is None

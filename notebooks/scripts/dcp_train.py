@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions, get_state_dict, set_state_dict)
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 from torch.nn import functional as F
@@ -43,7 +44,8 @@ def sharded_model(world: int):
     return model, torch.optim.Adam(model.parameters(), lr=1e-2)
 
 
-def train_steps(model, optimizer, steps: int, start: int, rank: int, world: int) -> None:
+def train_steps(model, optimizer, steps: int, start: int, rank: int,
+                world: int) -> None:
     """``steps`` Adam steps; each rank takes a different slice of each
     batch (data parallel)."""
     # scikit-learn: imported only where data is needed
@@ -65,18 +67,22 @@ def same(a, b) -> bool:
     """Nested dicts/lists of tensors and plain values equal, tensors
     bit for bit."""
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and torch.equal(a, b)
+        return (isinstance(a, torch.Tensor)
+                and isinstance(b, torch.Tensor) and torch.equal(a, b))
     if isinstance(a, dict):
-        return isinstance(b, dict) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+        return (isinstance(b, dict) and a.keys() == b.keys()
+                and all(same(a[k], b[k]) for k in a))
     if isinstance(a, (list, tuple)):
-        return type(a) is type(b) and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+        return (type(a) is type(b) and len(a) == len(b)
+                and all(same(x, y) for x, y in zip(a, b)))
     return a == b
 
 
 def train(out: Path, rank: int, world: int) -> None:
     model, optimizer = sharded_model(world)
     train_steps(model, optimizer, 20, 0, rank, world)
-    local = {k: tuple(v.to_local().shape) for k, v in model.state_dict().items()}
+    local = {k: tuple(v.to_local().shape)
+             for k, v in model.state_dict().items()}
     shapes = [None] * world
     dist.all_gather_object(shapes, local)  # each rank's piece
     if rank == 0:
@@ -89,18 +95,23 @@ def train(out: Path, rank: int, world: int) -> None:
     state = {"model": model_sd, "optim": optim_sd}
     dcp.save(state, checkpoint_id=out / "ckpt")  # each rank: its part
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    full_model, full_optim = get_state_dict(model, optimizer, options=options)
+    full_model, full_optim = get_state_dict(model, optimizer,
+                                            options=options)
     if rank == 0:  # the other ranks got empty dicts
-        torch.save({"model": full_model, "optim": full_optim}, out / "full.pt")
-    save_async(state, out / "ckpt_async", model, optimizer, rank, world)
+        torch.save({"model": full_model, "optim": full_optim},
+                   out / "full.pt")
+    save_async(state, out / "ckpt_async", model, optimizer, rank,
+               world)
 
 
-def save_async(state, folder: Path, model, optimizer, rank, world) -> None:
+def save_async(state, folder: Path, model, optimizer, rank,
+               world) -> None:
     # Its own process group: the saver thread's collectives must not
     # mix with the training step's on one gloo group (they hang).
     group = dist.new_group(backend="gloo")
     before = state["model"]["1.weight"].to_local().clone()
-    future = dcp.async_save(state, checkpoint_id=folder, process_group=group)
+    future = dcp.async_save(state, checkpoint_id=folder,
+                            process_group=group)
     # async_save has copied ("staged") the tensors to CPU memory and
     # returned; a thread writes the files from that copy. Change a
     # weight in place now (state["model"] shares its memory):
@@ -111,7 +122,8 @@ def save_async(state, folder: Path, model, optimizer, rank, world) -> None:
     train_steps(model, optimizer, 5, 20, rank, world)  # goes on
     future.result()  # wait for the files before the process ends
     if rank == 0:
-        print("state given to async_save changed right after it returned:", changed)
+        print("state given to async_save changed right after it"
+              " returned:", changed)
         done = (folder / ".metadata").exists()
         print("async checkpoint committed (.metadata written):", done)
 
@@ -122,17 +134,21 @@ def load(out: Path, rank: int, world: int) -> None:
     state = {"model": model_sd, "optim": optim_sd}
     # in place; each rank reads its slices
     dcp.load(state, checkpoint_id=out / "ckpt")
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    set_state_dict(model, optimizer, model_state_dict=state["model"],
+                   optim_state_dict=state["optim"])
     shapes = [None] * world
     piece = tuple(model[1].weight.to_local().shape)
     dist.all_gather_object(shapes, piece)
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    full_model, full_optim = get_state_dict(model, optimizer, options=options)
+    full_model, full_optim = get_state_dict(model, optimizer,
+                                            options=options)
     if rank == 0:
         print(f"{world} processes, 1.weight per rank: {shapes}")
         saved = torch.load(out / "full.pt", weights_only=True)
-        print("model tensors equal the saved run:", same(full_model, saved["model"]))
-        print("optimizer state equal the saved run:", same(full_optim, saved["optim"]))
+        print("model tensors equal the saved run:",
+              same(full_model, saved["model"]))
+        print("optimizer state equal the saved run:",
+              same(full_optim, saved["optim"]))
 
 
 if __name__ == "__main__":
