@@ -68,7 +68,7 @@ def _check(folder: Path, item: Any) -> None:
 
 
 def check_saved_bytes(data: bytes) -> None:
-    """``CheckpointError`` unless ``data`` (bytes that a reader hands to ``torch.load(..., weights_only=False)``:
+    """``CheckpointError`` unless ``data`` (bytes that a reader hands to ``torch.load`` with ``weights_only=False``:
     a DCP value, a ``.pt2``'s sample inputs) is a torch.save zip whose pickle weights_only=True accepts."""
     from helper.examine_pickles import guard
 
