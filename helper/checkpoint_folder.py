@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from helper.atomic_save import _FAULT_FIX, _atomic_write, _err, _lock, save_checkpoint
-from helper.formats import CheckpointError, shown_path
+from helper.formats import CheckpointError
+from helper.paths import display_path
 
 __all__ = ["CheckpointFolder", "Resumed", "CheckpointFallback"]
 
@@ -327,9 +328,10 @@ class CheckpointFolder:
             except CheckpointError as exc:
                 skipped.append((path, exc.cause))
                 continue
+            shown = display_path(path, full_outside=True)
             for bad, why in skipped:
                 warnings.warn(
-                    f"skipped {shown_path(bad)} ({why}); resuming from {shown_path(path)}",
+                    f"skipped {display_path(bad, full_outside=True)} ({why}); resuming from {shown}",
                     CheckpointFallback,
                     stacklevel=2,
                 )

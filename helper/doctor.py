@@ -288,14 +288,14 @@ def _examine_in_child(path: Path, config: dict[str, Any] | None, limits: dict[st
         if isinstance(message, dict):
             kind = message.get("kind", kind) if isinstance(message.get("kind"), str) else kind
             result = message.get("result", result)
-    from helper.formats import shown_path
+    from helper.paths import display_path
 
     if isinstance(result, dict):
         d = Diagnosis.from_json(result)
         if d.facts.pop("memory_error", False):
             return d.fail(said("memory", limit=_mib(memory)), said("hostile-fix"))
         return d
-    return _crash(Diagnosis(shown_path(path), kind), reply, limits, memory)
+    return _crash(Diagnosis(display_path(path, full_outside=True), kind), reply, limits, memory)
 
 
 def diagnose(

@@ -1,7 +1,7 @@
 """Whether a checkpoint file's bytes can be trusted, decided before anything is unpickled.
 
 The table of file kinds and ``sniff`` live in ``helper.kinds`` (re-exported
-here, with ``CheckpointError`` and ``shown_path``). For ``torch.save`` files,
+here, with ``CheckpointError``). For ``torch.save`` files,
 ``open_torch_zip`` validates the archive more strictly than ``torch.load``
 (no compressed or directory members, local headers that agree with the
 central directory, sizes that agree with the pickle, a ``version`` record,
@@ -23,22 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from helper.kinds import EARLIER, KINDS, RECORDS, Kind, PathLike, Probe, kind_error, sniff  # noqa: F401 (re-exported)
-from helper.paths import REPO_ROOT
+from helper.paths import display_path
 from helper.pickle_guard import PickleScan, storage_bytes, survey_pickle
 
 try:  # ISA-L's CRC-32: same polynomial as zlib's, about 7x faster (make benchmark); optional
     from isal.isal_zlib import crc32 as _crc32
 except ImportError:
     from zlib import crc32 as _crc32
-
-
-def shown_path(path: PathLike) -> str:
-    """``path`` relative to the repository when inside it, else the full absolute path."""
-    p = Path(path).absolute()
-    try:
-        return p.relative_to(REPO_ROOT).as_posix()
-    except ValueError:
-        return str(p)
 
 
 class CheckpointError(Exception):
@@ -49,7 +40,7 @@ class CheckpointError(Exception):
 
     def __init__(self, path: PathLike | None, cause: str, fix: str, *, kind: str = ""):
         self.path, self.cause, self.fix, self.kind = (None if path is None else Path(path)), cause, fix, kind
-        where = "the checkpoint" if path is None else shown_path(path)
+        where = "the checkpoint" if path is None else display_path(path, full_outside=True)
         super().__init__(f"{where}: {cause}. Fix: {fix}")
 
 

@@ -49,7 +49,8 @@ import torch
 
 from helper import examine_code, examine_dcp, examine_formats, examine_pickles
 from helper.diagnosis import Diagnosis, said
-from helper.formats import EARLIER, KINDS, CheckpointError, shown_path, sniff
+from helper.formats import EARLIER, KINDS, CheckpointError, sniff
+from helper.paths import display_path
 
 Step = Callable[[Diagnosis, Path, "dict[str, Any] | None"], Diagnosis]
 
@@ -77,7 +78,7 @@ def examine(
     path = Path(path)
     kind = sniff(path)
     tell({"kind": kind})
-    d = Diagnosis(shown_path(path), kind)
+    d = Diagnosis(display_path(path, full_outside=True), kind)
     try:
         return step(kind)(d, path, config)
     except CheckpointError as exc:

@@ -49,10 +49,15 @@ def artifact_dir(lesson: str, *, clean: bool = True) -> Path:
     return path
 
 
-def display_path(path: str | os.PathLike[str]) -> str:
-    """``path`` relative to the repository (POSIX style) when it lies inside it."""
-    p = Path(path).resolve()
+def display_path(path: str | os.PathLike[str], *, full_outside: bool = False) -> str:
+    """``path`` relative to the repository (POSIX style) when it lies inside it; the one path renderer.
+
+    Outside the repository: the file's name only (a notebook's stored output must not show a
+    machine's folders), or with ``full_outside=True`` the absolute path as given, symlinks not
+    followed (an error message or a doctor's report: the reader must be able to find the file).
+    """
+    p = Path(path).absolute() if full_outside else Path(path).resolve()
     try:
         return p.relative_to(REPO_ROOT).as_posix()
     except ValueError:
-        return p.name
+        return str(p) if full_outside else p.name

@@ -13,7 +13,6 @@ import json
 import subprocess
 import sys
 import zipfile
-import zlib
 from pathlib import Path
 
 import pytest

@@ -21,6 +21,11 @@ def test_artifact_dir_refuses_paths(bad):
 def test_display_path_is_relative_to_the_repository(tmp_path):
     assert paths.display_path(paths.DATA_DIR / "manifest.json") == "data/manifest.json"
     assert paths.display_path(tmp_path / "x.pt") == "x.pt"  # outside: the name only
+    # for error messages: the full path outside, as given (a symlink is not followed)
+    link = tmp_path / "link.pt"
+    link.symlink_to(paths.DATA_DIR / "manifest.json")
+    assert paths.display_path(link, full_outside=True) == str(link)
+    assert paths.display_path(paths.DATA_DIR / "manifest.json", full_outside=True) == "data/manifest.json"
 
 
 def test_repo_root_holds_the_course():

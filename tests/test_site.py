@@ -14,10 +14,7 @@ import nbformat
 import pytest
 
 from helper.paths import REPO_ROOT
-
-spec = importlib.util.spec_from_file_location("course_site", REPO_ROOT / "tools" / "course_site.py")
-course_site = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(course_site)
+from tools import course_site
 
 LESSONS = sorted((REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 

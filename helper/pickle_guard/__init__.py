@@ -104,8 +104,14 @@ opcode handlers by family), ``calls`` (the rule for each allowed callable),
 from __future__ import annotations
 
 from helper.pickle_guard.allowlist import torch_allowed_globals
-from helper.pickle_guard.budget import (KIND_BUDGET, KIND_HOSTILE, KIND_MALFORMED, KIND_TRUNCATED, PickleBudget,
-                                        PickleReport)
+from helper.pickle_guard.budget import (
+                                        KIND_BUDGET,
+                                        KIND_HOSTILE,
+                                        KIND_MALFORMED,
+                                        KIND_TRUNCATED,
+                                        PickleBudget,
+                                        PickleReport,
+)
 from helper.pickle_guard.survey import PickleScan, storage_bytes, survey_pickle
 from helper.pickle_guard.walk import scan_pickle
 
