@@ -16,7 +16,7 @@ SITE   := $(VENV)/.installed-site
 # JupyterLab refuses to start as root (containers) unless told
 LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: setup run test quick mutations fuzz test-portable lab slides site chromium refresh benchmark clean
+.PHONY: setup run lint test quick mutations fuzz test-portable lab slides site chromium refresh benchmark clean
 
 setup: $(STAMP)
 
@@ -40,10 +40,15 @@ $(SITE): $(SLIDES) requirements-site.txt  ## the course site: Sphinx, myst-nb, s
 run: $(STAMP)  ## execute every notebook headlessly, print a time table (tracked files untouched)
 	$(PY) -m tools.run_notebooks
 
-test: $(DEV) $(SLIDES) $(SITE)  ## unit tests for helper + strict nbval over every notebook + slide check (2 workers)
+lint: $(DEV)  ## ruff (a small rule set, pyproject.toml) and its format check; mypy on helper/
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy helper
+
+test: $(DEV) $(SLIDES) $(SITE) lint  ## unit tests for helper + strict nbval over every notebook + slide check (2 workers)
 	$(PY) -m pytest
 
-quick: $(DEV) $(SLIDES)  ## make test less the slow tests (browser checks of slides and site, crash, bombs): the fast loop
+quick: $(DEV) $(SLIDES) lint  ## make test less the slow tests (browser checks of slides and site, crash, bombs): the fast loop
 	$(PY) -m pytest -m "not mutation and not slow"
 
 mutations: $(DEV)  ## break each lesson's guarded lines (tests/mutations/NN.toml): the checking cell must fail
