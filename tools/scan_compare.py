@@ -345,6 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--render", type=Path, help="print the tables of a --json file (with --corpus), run nothing")
     args = parser.parse_args(argv)
+    args.scan_venv = Path(args.scan_venv).absolute()  # the tools run in a neutral working folder
     tools = args.tools.split(",")
     if args.render:
         earlier = json.loads(args.render.read_text())
