@@ -33,6 +33,7 @@ from helper.atomic_save import _err
 from helper.crc_tap import CrcTap as _CrcTap  # a module global: tests replace it here
 from helper.digest_record import digest_problem
 from helper.formats import EARLIER, CheckpointError, crc_problem, kind_error, open_torch_zip, sniff
+from helper.kinds import META_CAUSE, META_FIX, PLAIN_DATA_FIX, PLAIN_DATA_SAVE_FIX
 from helper.pickle_guard import (
     KIND_HOSTILE,
     KIND_MALFORMED,
@@ -90,15 +91,14 @@ def _refuse_unsafe(path: Path, archive: Any, allowed: frozenset[str] | None = No
         raise _err(
             path,
             f"refused by weights_only=True: it pickles {', '.join(needed)}, not plain data (nothing in it was run)",
-            "store only tensors and plain data (dict, list, str, int, float); save_checkpoint refuses "
-            "such objects at save time",
+            PLAIN_DATA_SAVE_FIX,
             kind="hostile-pickle",
         )
     if archive.scan.meta:
         raise _err(
             path,
-            "holds tensors on the meta device: shapes without data",
-            "save the real weights (model.to('cpu').state_dict()), or " + EARLIER,
+            META_CAUSE,
+            META_FIX,
             kind="not-a-checkpoint",
         )
 
@@ -271,8 +271,7 @@ def _prescan(path: Path, f: Any, infos: list[zipfile.ZipInfo] | None, allowed: f
             raise _err(
                 path,
                 f"refused by weights_only=True: it pickles {', '.join(names)}, not plain data (nothing in it was run)",
-                "store only tensors and plain data (dict, list, str, int, float); "
-                "save_checkpoint refuses such objects at save time",
+                PLAIN_DATA_SAVE_FIX,
                 kind=KIND_HOSTILE,
             ) from None
         raise _err(path, exc.cause, exc.fix, kind=kind) from None
@@ -354,7 +353,7 @@ def _load(path: Path, f: Any, map_location: Any, verify: bool, accept: Callable[
         raise _err(
             path,
             f"refused by weights_only=True ({str(error).splitlines()[-1][:200]}), nothing in it was run",
-            "store only tensors and plain data (dict, list, str, int, float)",
+            PLAIN_DATA_FIX,
             kind="hostile-pickle",
         ) from None
     if error is not None:

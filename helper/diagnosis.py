@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from helper.kinds import EARLIER, KINDS
+from helper.kinds import KINDS, META_CAUSE, META_FIX
 
 Said = tuple[str, dict[str, Any]]  # a MESSAGES key and the values its sentence takes
 
@@ -68,8 +68,8 @@ MESSAGES: dict[str, str] = {
     "NumPy functions",
     "numpy-fix": "if you made the file, load it once with weights_only=False and re-save the arrays as tensors "
     "(torch.from_numpy) or plain numbers (lesson 06); from anyone else, ask for such a file",
-    "meta": "it holds tensors on the meta device: shapes without data, nothing to load",
-    "meta-fix": f"save the real weights (model.to('cpu').state_dict()), or {EARLIER}",
+    "meta": f"it {META_CAUSE}, nothing to load",
+    "meta-fix": META_FIX,
     "refused": "refused by weights_only=True ({detail})",
     "load-failed": "torch.load(weights_only=True) failed: {detail}",
     "loads": "loads with weights_only=True{where}",

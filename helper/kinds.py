@@ -25,6 +25,11 @@ if TYPE_CHECKING:
     from helper.formats import CheckpointError
 
 EARLIER = "use an earlier checkpoint (CheckpointFolder.resume picks the newest good one)"
+# Sentences both load_checkpoint and the doctor say (each once, here)
+META_CAUSE = "holds tensors on the meta device: shapes without data"
+META_FIX = f"save the real weights (model.to('cpu').state_dict()), or {EARLIER}"
+PLAIN_DATA_FIX = "store only tensors and plain data (dict, list, str, int, float)"
+PLAIN_DATA_SAVE_FIX = f"{PLAIN_DATA_FIX}; save_checkpoint refuses such objects at save time"
 PathLike = str | os.PathLike[str]
 
 _LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19."  # pickle of torch's legacy MAGIC_NUMBER
