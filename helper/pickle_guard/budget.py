@@ -43,7 +43,7 @@ class PickleBudget:
         n = max(0, int(nbytes))
         return cls(max_containers=min((1 << 16) + n // 4, 1 << 20), max_memo=min((1 << 16) + n // 4, 1 << 20),
                    max_memory=min((32 << 20) + 64 * n, 1 << 30), max_alloc=(1 << 20) + n,
-                   max_expanded=min((1 << 20) + 4 * n, 1 << 26), max_hashed=min((1 << 20) + n, 1 << 25))
+                   max_expanded=min((1 << 20) + 16 * n, 1 << 26), max_hashed=min((1 << 20) + 2 * n, 1 << 25))
 
     @classmethod
     def unlimited(cls) -> PickleBudget:

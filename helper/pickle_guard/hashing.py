@@ -6,16 +6,20 @@ to a huge tree, which ``hash`` walks in full (tuples do not cache their hash); a
 of one hash, which make each insert compare with all the earlier ones (quadratic). ``Scan`` bounds
 the first with each object's expanded size (``Obj.size``); this module finds the second.
 
-``key_hash(obj)`` is the hash the key will have, when it can be *planned*: ``None`` when it cannot
-collide by design (ints and integral floats below 2**61 - 1 hash to themselves, so two of them share
-a hash only when equal; str and bytes hashes are keyed per process while ``sys.flags.hash_randomization``
-is on; globals, tensors and other objects hash by address; lists, dicts and sets are unhashable, so
-the unpickler fails at once), the hash itself for other literals and tuples or ``complex``/``torch.Size``/
-``tuple``/``frozenset`` calls of literals (ints past 2**61 - 1 and -1, non-integral floats, tuples),
-and ``OPAQUE`` for a value-hashed key the scanner cannot compute (a huge int it did not keep, a
-frozenset, a tuple past its first ``KEEP`` items, ``tuple()``/``torch.Size()`` of a list). A key of
-planned hash collides with another only if both are planned, so ``Keys`` counts, per container, the
-planned keys whose hash an earlier key had, plus every opaque key: ``clash``.
+``plain(obj)``: a key that cannot take part in a planned pile-up, so it is not tracked. An int of
+magnitude below P = 2**61 - 1 hashes to itself: two such share a hash only when equal (or -1 and -2).
+A float hashes to its 53-bit mantissa times a power of two modulo P, the exponent taken modulo 61, so
+only the floats m * 2**(r + 61 j) of a few residues r share a hash: a few hundred at most, each compared
+in O(1). str and bytes hashes are keyed per process while ``sys.flags.hash_randomization`` is on (no
+file can plan them); globals, tensors and storages hash by address; lists, dicts and sets are
+unhashable (the unpickler fails at once). ``key_hash(obj)`` of any other key: the hash it will have
+when it can be planned and computed (ints past P, tuples, ``complex``/``torch.Size``/``tuple``/
+``frozenset`` calls of literals), ``None`` when no one can plan it (a tuple holding a tensor), or
+``OPAQUE`` for a value-hashed key the scanner cannot compute (an int past 64 bytes, whose value it did
+not keep; a frozenset; a tuple past its first ``KEEP`` items; ``tuple()``/``torch.Size()`` of a list).
+``Keys`` counts, per container, the tracked keys whose hash an earlier one had, plus every opaque
+key: ``clash``. A plain key meets at most one plain key of its hash (an equal one), so only tracked
+keys can pile up.
 """
 
 from __future__ import annotations
@@ -73,10 +77,10 @@ def plain(obj: Obj) -> bool:
     v = obj.value
     t = type(v)
     if t is int:
-        return -P < v < P and v != -1 and v is not HUGE
+        return -P < v < P
     if t is str or t is bytes or t is Sized:
         return SALTED
-    return v is None or t is bool or t is float and v.is_integer() and -P < v < P
+    return t is float or v is None or t is bool
 
 
 def key_hash(obj: Obj) -> Any:
@@ -95,8 +99,10 @@ def _value(obj: Obj) -> Any:
     """The value ``obj`` stands for, as far as its hash goes (``_Opaque``/``_Unplanned`` when unknown)."""
     kind = obj.kind
     if kind == "lit":
-        if obj.value is HUGE or type(obj.value) is Sized:
+        if obj.value is HUGE or type(obj.value) is Sized and not SALTED:
             raise _Opaque
+        if type(obj.value) is Sized:  # bytes whose hash is keyed per process (an _codecs.encode result)
+            raise _Unplanned
         return obj.value
     if kind == "tuple":
         return tuple(_values(obj.items, obj.n))
