@@ -151,12 +151,14 @@ class HashRules:
 
     def hash_keys(self, target: Obj, keys: list[Obj]) -> None:
         """``keys`` hashed into ``target`` (dict keys, set members): their expanded sizes, their planned hashes."""
-        budget, stats = self.budget, getattr(target, "keys", None)
+        budget, stats, hashed = self.budget, getattr(target, "keys", None), 0
         for key in keys:
             size = key.size
-            self.hashed += size
-            if size == 1 and plain(key):  # a string (salted), a small int...: the common key, tested first
-                continue
+            hashed += size
+            if size == 1:  # the common key first: a string (salted), an int below P, a float
+                t = type(key.value)  # only a literal's value is a str, int or float
+                if t is str and SALTED or t is float or t is int and -P < key.value < P or plain(key):
+                    continue
             if size > self.largest_key:
                 self.largest_key = size
                 if size > budget.max_key:
@@ -167,6 +169,7 @@ class HashRules:
                 if stats is None:
                     stats = target.keys = Keys()
                 self.clashed(stats.note(h))
+        self.hashed += hashed
         if self.hashed > budget.max_hashed:
             raise self.over("dict keys and set members whose expanded sizes sum to this many objects (each is "
                             "hashed)", self.hashed, budget.max_hashed, "max_hashed")
@@ -186,8 +189,10 @@ class HashRules:
         stats = getattr(target, "keys", None)
         for item in items:
             size = item.size
-            if size == 1 and plain(item):  # the common item, tested first
-                continue
+            if size == 1:  # the common item first, as in hash_keys
+                t = type(item.value)
+                if t is float or t is int and -P < item.value < P or t is str and SALTED or plain(item):
+                    continue
             if stats is None:
                 stats = target.keys = Keys()
             if size > stats.big:

@@ -227,8 +227,7 @@ class Scan(HashRules):
     def build(self, kind: str, items: list[Obj], nbytes: int) -> Obj:
         """A container built at once from ``items`` (``TUPLE``, ``LIST``, ``DICT``, ``FROZENSET``)."""
         obj = self.container(kind, nbytes)
-        for item in items:
-            self.place(obj, item)
+        self.place_all(obj, items)
         obj.n = len(items) // 2 if kind == "dict" else len(items)
         if kind == "tuple":
             obj.items = items[:KEEP]
@@ -246,9 +245,8 @@ class Scan(HashRules):
     def add(self, target: Obj, items: list[Obj], op: str, each: int) -> None:
         """``items`` added to an existing container (``APPEND``, ``SETITEMS``...), ``each`` bytes apiece."""
         self.mutate(target, op)
-        for item in items:
-            self.place(target, item)
-        if op.startswith("SETITEM"):
+        self.place_all(target, items)
+        if op == "SETITEMS" or op == "SETITEM":
             self.hash_keys(target, items[::2])
         elif op == "ADDITEMS":
             self.hash_keys(target, items)
@@ -259,18 +257,28 @@ class Scan(HashRules):
         target.n += len(items)
         self.cost(each * len(items))
 
-    def place(self, parent: Obj, child: Obj) -> None:
-        """``child`` goes inside ``parent``: sealed from now on, and ``parent`` is at least one deeper."""
-        if child is parent:
-            raise self.hostile("a container is placed inside itself (a cycle; torch.save never writes one)")
-        child.sealed = True
-        if child.depth + 1 > parent.depth:
-            parent.depth = child.depth + 1
-            self.deep(parent.depth)
-        size = parent.size = parent.size + child.size  # never past max_expanded + a child's: no need to saturate
+    def place_all(self, parent: Obj, items: list[Obj]) -> None:
+        """``place`` for each of ``items`` (inlined: this is the walker's hottest loop)."""
+        depth, size = parent.depth, parent.size
+        for child in items:
+            if child is parent:
+                raise self.hostile("a container is placed inside itself (a cycle; torch.save never writes one)")
+            child.sealed = True
+            if child.depth >= depth:
+                depth = child.depth + 1
+            size += child.size
+        if depth > parent.depth:
+            parent.depth = depth
+            self.deep(depth)
+        parent.size = size
         if size > self.max_expanded:
             raise self.over("an object that expands to this many objects through memo references (hashing, "
                             "comparing or printing it walks every one)", size, self.max_expanded, "max_expanded")
+
+    def place(self, parent: Obj, child: Obj) -> None:
+        """``child`` goes inside ``parent``: sealed from now on, ``parent`` at least one deeper and as much bigger
+        as ``child`` expands to (a container is never bigger than max_expanded plus a child: no need to saturate)."""
+        self.place_all(parent, [child])
 
     def mutate(self, target: Obj, op: str) -> None:
         """Refuse changing a sealed container, or something that is not a mutable container."""
