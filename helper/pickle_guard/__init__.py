@@ -68,6 +68,30 @@ first opcode that breaks a rule:
                                                            for (``load_checkpoint`` allows 1 MiB +
                                                            the file's size: tensor data lives in
                                                            the archive's members, not the pickle).
+  ``max_expanded``    1M + 16 n, at most 64M               any object's expanded size: 1 + its
+                                                           items' expanded sizes, a memo
+                                                           reference counting its whole tree. A
+                                                           tuple t_i = (t_{i-1}, t_{i-1}) through
+                                                           the memo, 64 levels (66 containers,
+                                                           332 bytes) expands to 2**64: hashing,
+                                                           comparing or printing it never ends.
+  ``max_key``         1,024, any size                      the expanded size of a dict key or set
+                                                           member (or an item ``set()``,
+                                                           ``frozenset()``, ``Counter()`` hash,
+                                                           or a pair's key for ``dict()``,
+                                                           ``OrderedDict()``): hashing a tuple
+                                                           walks it (tuples cache no hash).
+  ``max_hashed``      1M + 2 n, at most 32M                those expanded sizes summed over every
+                                                           key hashed: one 1,000-object key used
+                                                           in 1M dicts is 1e9 hash steps.
+  ``max_clashes``     32 per container, any size           keys of one container whose hash the
+                                                           pickle can plan and that equal an
+                                                           earlier key's, plus those whose hash
+                                                           the scanner cannot know (``hashing``
+                                                           says which): each insert compares a
+                                                           key with every earlier key of its
+                                                           hash. 200k ints k * (2**61 - 1), all of
+                                                           hash 0 (2.8 MB), gave 2e10 probes.
   ==================  ===================================  ======================================
 
   How they were chosen: the same counts on real pickles (``torch.save`` data.pkl, this machine,
@@ -85,6 +109,21 @@ first opcode that breaks a rule:
   dict or set, the first 32 of a tuple, and turns the cyclic garbage collector off while it runs:
   its objects form no cycles); 20M MARKs at the 101st; a 1M-deep tuple at depth 101; 29 chained
   ``_codecs.encode`` at the second.
+
+  The hash limits (attack findings F4, F7), measured the same way on 103 real ``torch.save`` files
+  (the course's artifacts and a 400 MB checkpoint): expanded size at most 0.29 per byte of pickle
+  (55x under 16), keys hashed 0.05 per byte; no key larger than one object, no clash. Dense real
+  shapes: a list of 100k references to one tensor expands 8.5 per byte (the densest torch.save
+  writes: a 2-byte memo reference to a 17-object tensor), a set of 200k ints hashes 0.23 per byte,
+  a dict of 100k tuple keys 0.2 per byte (3 objects a key), with no clash. Ints below 2**61 - 1 hash
+  to themselves, a few hundred floats at most share a hash, str and bytes hashes are keyed per process
+  (``sys.flags.hash_randomization``), and tensors, globals and other objects hash by address
+  (``hashing`` says more), so no real file clashes; 32 clashes cost at most 32 * 32 / 2 comparisons of
+  keys of at most 1,024 objects per container. The F4 file is
+  refused at its 19th level (``max_expanded``), 12 levels at the key (``max_key``), the F7 file at its
+  33rd key (``max_clashes``), each in milliseconds. A global the caller allows (``add_safe_globals``;
+  the doctor's DCP metadata classes) hashes as its class says: its objects are counted as keys whose
+  hash no one can plan (the caller vouches for the class; the doctor runs under a time limit).
 
 ``allowed=None`` is the set torch's ``weights_only`` unpickler allows on this
 torch (``torch_allowed_globals()``: torch's default set, read in one place,

@@ -18,7 +18,8 @@ FIX_DAMAGED = "use an earlier checkpoint (CheckpointFolder.resume picks the newe
 C_SLOT, C_INT, C_FLOAT, C_LIST, C_DICT, C_SET, C_TUPLE = 8, 32, 24, 56, 64, 216, 40
 C_ITEM_LIST, C_ITEM_DICT, C_ITEM_SET, C_MEMO, C_MARK, C_CALL, C_TENSOR = 9, 48, 64, 100, 64, 128, 400
 
-LIMITS = ("max_depth", "max_marks", "max_containers", "max_memo", "max_memory", "max_alloc")
+LIMITS = ("max_depth", "max_marks", "max_containers", "max_memo", "max_memory", "max_alloc", "max_expanded",
+          "max_hashed", "max_key", "max_clashes")
 
 
 @dataclass(frozen=True)
@@ -31,19 +32,25 @@ class PickleBudget:
     max_memo: int = 1 << 16
     max_memory: int = 32 << 20
     max_alloc: int = 1 << 20
+    max_expanded: int = 1 << 20
+    max_hashed: int = 1 << 20
+    max_key: int = 1024
+    max_clashes: int = 32
 
     @classmethod
     def for_size(cls, nbytes: int) -> PickleBudget:
         """The budget for a pickle of ``nbytes`` bytes (the package docstring says how each figure was chosen)."""
         n = max(0, int(nbytes))
         return cls(max_containers=min((1 << 16) + n // 4, 1 << 20), max_memo=min((1 << 16) + n // 4, 1 << 20),
-                   max_memory=min((32 << 20) + 64 * n, 1 << 30), max_alloc=(1 << 20) + n)
+                   max_memory=min((32 << 20) + 64 * n, 1 << 30), max_alloc=(1 << 20) + n,
+                   max_expanded=min((1 << 20) + 16 * n, 1 << 26), max_hashed=min((1 << 20) + 2 * n, 1 << 25))
 
     @classmethod
     def unlimited(cls) -> PickleBudget:
         """No limit at all: for a survey of a pickle the guard has already passed (or that is only listed)."""
         big = 1 << 62
-        return cls(max_depth=big, max_marks=big, max_containers=big, max_memo=big, max_memory=big, max_alloc=big)
+        return cls(max_depth=big, max_marks=big, max_containers=big, max_memo=big, max_memory=big, max_alloc=big,
+                   max_expanded=big, max_hashed=big, max_key=big, max_clashes=big)
 
 
 @dataclass(frozen=True)
@@ -60,6 +67,10 @@ class PickleReport:
     protocol: int
     end: int  # offset just after STOP
     calls: tuple[str, ...] = field(default=())  # the globals called (REDUCE, NEWOBJ), sorted
+    expanded: int = 0  # the value's expanded size (memo references counted in full)
+    hashed: int = 0    # expanded sizes of every key hashed, summed
+    largest_key: int = 0  # the largest expanded size of a key
+    clashes: int = 0   # the most keys of one container that clashed (equal planned hash, or opaque)
 
 
 def pickle_error(name: str, kind: str, cause: str, fix: str) -> Exception:

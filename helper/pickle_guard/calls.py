@@ -22,6 +22,9 @@ _SIZED_REBUILDS = ("torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_ten
 _PARAMETERS = ("torch._utils._rebuild_parameter", "torch._utils._rebuild_parameter_with_state")
 _SHORT_LITERALS = ("torch.nn.parameter.Parameter", "torch.device", "torch.serialization._get_layout",
                    "builtins.complex")
+_HASHING = frozenset({"builtins.set", "builtins.frozenset", "collections.Counter", "collections.OrderedDict",
+                      "builtins.dict"})  # they hash their argument's items (or its pairs' keys)
+_BY_VALUE = frozenset({"builtins.complex", "torch.Size", "builtins.tuple", "builtins.frozenset"})  # hashed by value
 
 
 class _Call:
@@ -85,6 +88,10 @@ def _container(c: _Call) -> None:
             and (c.name != "torch.Size" or items[0].kind in ("list", "tuple")):
         c.s.cost(b.C_SET + b.C_ITEM_SET * items[0].n)
         c.result.n = items[0].n
+        if c.name in _HASHING:
+            c.s.rehash(items[0])
+        if c.name in _BY_VALUE:
+            c.result.items = items  # its hash is its argument's (hashing.key_hash)
         return None
     raise c.refuse("of something other than a list, tuple, dict or set the pickle built (a string or a tensor "
                    "would be expanded item by item)")
@@ -133,6 +140,8 @@ def _short_literals(c: _Call) -> None:
     if items is not None and (c.name == "torch.nn.parameter.Parameter" or short):
         if c.name == "torch.nn.parameter.Parameter" and items:
             c.result.numel = items[0].numel
+        if c.name in _BY_VALUE:
+            c.result.items = items  # complex(): its hash is its value's (hashing.key_hash)
         return
     raise c.refuse("with arguments that are not short literals")
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from helper.pickle_guard import budget as b
 from helper.pickle_guard.state import Handler, Scan, register
-from helper.pickle_guard.values import F64, I32, NONE, U16, U32, U64, Obj, Sized
+from helper.pickle_guard.values import F64, HUGE, I32, NONE, U16, U32, U64, Obj, Sized
 
 HANDLERS: dict[int, Handler] = {}
 _op = partial(register, HANDLERS)
@@ -53,7 +53,7 @@ def long(s: Scan) -> None:
     if n < 0:
         raise s.malformed("LONG4 with a negative length")
     raw = s.take(n)
-    s.stack.append(s.lit(int.from_bytes(raw, "little", signed=True) if n <= 64 else 1 << 600, 28 + n))
+    s.stack.append(s.lit(int.from_bytes(raw, "little", signed=True) if n <= 64 else HUGE, 28 + n))
 
 
 @_op(b"G")

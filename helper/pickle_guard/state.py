@@ -12,16 +12,18 @@ from typing import Any
 
 from helper.pickle_guard import budget as b
 from helper.pickle_guard.budget import PickleBudget, pickle_error
+from helper.pickle_guard.hashing import HashRules
 from helper.pickle_guard.values import IDENT, KEEP, NAME, Obj
 
 
-class Scan:
+class Scan(HashRules):
     """One walk over one pickle: position, stack, memo, what was named and called, and the budget's counters."""
 
     def __init__(self, data: bytes, start: int, allowed: frozenset[str], budget: PickleBudget, name: str,
                  torch_default: frozenset[str]) -> None:
         self.data, self.pos, self.here, self.allowed, self.budget, self.name = data, start, start, allowed, budget, name
         self.torch_default = torch_default
+        self.max_expanded = budget.max_expanded  # read on every item placed
         self.size, self.nbytes = len(data), len(data) - start
         self.stack: list[Obj] = []
         self.metastack: list[list[Obj]] = []
@@ -30,6 +32,7 @@ class Scan:
         self.calls: set[str] = set()
         self.refused: set[str] = set()  # globals outside the allowlist
         self.containers = self.memory = self.alloc = self.max_depth = self.ops = 0
+        self.expanded = self.hashed = self.largest_key = self.clashes = 0
         self.proto = 0
 
     # -- failures
@@ -38,10 +41,11 @@ class Scan:
         return pickle_error(self.name, b.KIND_HOSTILE, f"refused before unpickling: {cause} (nothing in it was run)",
                             b.FIX_HOSTILE)
 
-    def over(self, what: str, value: int, limit: int) -> Exception:
+    def over(self, what: str, value: int, limit: int, which: str = "") -> Exception:
         """The error for a budget limit passed (``err.limit`` names it)."""
-        which = next(f for f in b.LIMITS if getattr(self.budget, f) == limit)  # which limit was hit
-        bomb = ", a memory bomb" if which in ("max_memory", "max_alloc") else ""
+        which = which or next(f for f in b.LIMITS if getattr(self.budget, f) == limit)  # which limit was hit
+        bomb = ", a memory bomb" if which in ("max_memory", "max_alloc") else ", a hash bomb" if which in (
+            "max_expanded", "max_hashed", "max_key", "max_clashes") else ""
         err = pickle_error(self.name, b.KIND_BUDGET, f"refused before unpickling: it would build {what} ({value:,}, "
                            f"the budget for a pickle of {self.nbytes:,} bytes is {limit:,}){bomb}; nothing was built",
                            b.FIX_BUDGET)
@@ -223,29 +227,58 @@ class Scan:
     def build(self, kind: str, items: list[Obj], nbytes: int) -> Obj:
         """A container built at once from ``items`` (``TUPLE``, ``LIST``, ``DICT``, ``FROZENSET``)."""
         obj = self.container(kind, nbytes)
-        for item in items:
-            self.place(obj, item)
+        self.place_all(obj, items)
         obj.n = len(items) // 2 if kind == "dict" else len(items)
         if kind == "tuple":
             obj.items = items[:KEEP]
+            if len(items) > KEEP:  # a short tuple keeps its items: noted only if a call hashes them (rehash)
+                self.listed(obj, items)
+        elif kind == "dict":
+            self.hash_keys(obj, items[::2])
+        elif kind == "frozenset":
+            self.hash_keys(obj, items)
+        elif items:  # a list keeps its first item (a pair's key, should the list be a pair)
+            obj.value = items[0]
+            self.listed(obj, items)
         return obj
 
     def add(self, target: Obj, items: list[Obj], op: str, each: int) -> None:
         """``items`` added to an existing container (``APPEND``, ``SETITEMS``...), ``each`` bytes apiece."""
         self.mutate(target, op)
-        for item in items:
-            self.place(target, item)
+        self.place_all(target, items)
+        if op == "SETITEMS" or op == "SETITEM":
+            self.hash_keys(target, items[::2])
+        elif op == "ADDITEMS":
+            self.hash_keys(target, items)
+        elif items:
+            if target.n == 0 and target.kind == "list":
+                target.value = items[0]
+            self.listed(target, items)
         target.n += len(items)
         self.cost(each * len(items))
 
+    def place_all(self, parent: Obj, items: list[Obj]) -> None:
+        """``place`` for each of ``items`` (inlined: this is the walker's hottest loop)."""
+        depth, size = parent.depth, parent.size
+        for child in items:
+            if child is parent:
+                raise self.hostile("a container is placed inside itself (a cycle; torch.save never writes one)")
+            child.sealed = True
+            if child.depth >= depth:
+                depth = child.depth + 1
+            size += child.size
+        if depth > parent.depth:
+            parent.depth = depth
+            self.deep(depth)
+        parent.size = size
+        if size > self.max_expanded:
+            raise self.over("an object that expands to this many objects through memo references (hashing, "
+                            "comparing or printing it walks every one)", size, self.max_expanded, "max_expanded")
+
     def place(self, parent: Obj, child: Obj) -> None:
-        """``child`` goes inside ``parent``: sealed from now on, and ``parent`` is at least one deeper."""
-        if child is parent:
-            raise self.hostile("a container is placed inside itself (a cycle; torch.save never writes one)")
-        child.sealed = True
-        if child.depth + 1 > parent.depth:
-            parent.depth = child.depth + 1
-            self.deep(parent.depth)
+        """``child`` goes inside ``parent``: sealed from now on, ``parent`` at least one deeper and as much bigger
+        as ``child`` expands to (a container is never bigger than max_expanded plus a child: no need to saturate)."""
+        self.place_all(parent, [child])
 
     def mutate(self, target: Obj, op: str) -> None:
         """Refuse changing a sealed container, or something that is not a mutable container."""
@@ -339,7 +372,7 @@ class Scan:
 
     def stop(self) -> None:
         """``STOP``: the pickle's value is on the stack."""
-        self.pop()
+        self.expanded = self.pop().size
 
 
 Handler = Callable[[Scan], None]

@@ -12,12 +12,13 @@ NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 ENCODINGS = frozenset({"latin1", "latin-1", "latin_1", "iso-8859-1", "iso8859-1", "l1", "utf-8", "utf8", "utf_8",
                        "ascii"})
 U8, U16, I32, U32, U64, F64 = (struct.Struct(f).unpack_from for f in ("<B", "<H", "<i", "<I", "<Q", ">d"))
+HUGE = 1 << 600  # stands for an int of more than 64 bytes, whose value is not kept (tested by identity)
 
 
 class Obj:
     """Something the unpickler would build: its kind, nesting depth, whether it is sealed (placed elsewhere)."""
 
-    __slots__ = ("depth", "items", "kind", "n", "name", "numel", "sealed", "value")
+    __slots__ = ("depth", "items", "keys", "kind", "n", "name", "numel", "sealed", "size", "value")
 
     def __init__(self, kind: str, depth: int = 0, value: Any = None) -> None:
         self.kind = kind        # "lit" (str/bytes/int/float/bool/None), "list", "dict", "set", "tuple",
@@ -28,6 +29,9 @@ class Obj:
         self.n = 0              # items in a container
         self.name = ""          # a global's "module.name"; a call result: the callable's
         self.numel: int | None = None  # a tensor's element count, when its size is literal
+        self.size = 1           # expanded size: 1 + its items' expanded sizes (a memo reference counts in full)
+        # self.keys: hashing.Keys of its keys (a dict, a set) or items (a list, a tuple), set when there are
+        # any worth noting; unset until then (read with getattr: one attribute fewer to set on every object)
 
 
 NONE = Obj("lit", 0, None)

@@ -92,4 +92,5 @@ def scan_pickle(data: bytes | bytearray | memoryview, *, allowed: frozenset[str]
         raise s.refused_globals()
     return PickleReport(globals=tuple(sorted(s.globals)), opcodes=s.ops, max_depth=s.max_depth,
                         containers=s.containers, memo=len(s.memo), memory=s.memory, alloc=s.alloc, protocol=s.proto,
-                        end=s.pos, calls=tuple(sorted(s.calls)))
+                        end=s.pos, calls=tuple(sorted(s.calls)), expanded=s.expanded, hashed=s.hashed,
+                        largest_key=s.largest_key, clashes=s.clashes)
