@@ -80,8 +80,10 @@ def long1(n: int) -> bytes:
 
 def bytearray_bomb(*sizes: int) -> bytes:
     """A protocol-2 pickle of {"a": bytearray(n), ...}: weights_only=True allows builtins.bytearray."""
-    body = b"".join(b"X\x01\x00\x00\x00" + bytes([97 + i]) + b"cbuiltins\nbytearray\n" + long1(n) + b"\x85R"
-                    for i, n in enumerate(sizes))
+    body = b"".join(
+        b"X\x01\x00\x00\x00" + bytes([97 + i]) + b"cbuiltins\nbytearray\n" + long1(n) + b"\x85R"
+        for i, n in enumerate(sizes)
+    )
     return b"\x80\x02}(" + body + b"u."
 
 
@@ -103,8 +105,9 @@ def bombs(tmp_path_factory) -> dict[str, Path]:
     return {
         "control (rezipped, unchanged)": rezip(good, root / "control.pt", {}),
         "bytearray 2 GB": rezip(good, root / "bytearray.pt", {pkl_name: bytearray_bomb(2 << 30)}),
-        "two bytearrays of 2.2 GB": rezip(good, root / "two.pt", {pkl_name: bytearray_bomb(2_200_000_000,
-                                                                                        2_200_000_000)}),
+        "two bytearrays of 2.2 GB": rezip(
+            good, root / "two.pt", {pkl_name: bytearray_bomb(2_200_000_000, 2_200_000_000)}
+        ),
         "bytearray 2**50": rezip(good, root / "petabyte.pt", {pkl_name: bytearray_bomb(1 << 50)}),
         "inflating data.pkl (512 MB)": rezip(good, root / "inflating.pt", {}, deflate_pkl_pad=INFLATED),
         "storage declares 2**40 floats": rezip(good, root / "huge_storage.pt", {pkl_name: huge}),
@@ -113,8 +116,14 @@ def bombs(tmp_path_factory) -> dict[str, Path]:
 
 
 def run_child(code: str, *paths: Path) -> list[str]:
-    done = subprocess.run([sys.executable, "-c", code, *map(str, paths)], capture_output=True, text=True,
-                          cwd=REPO_ROOT, timeout=600, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    done = subprocess.run(
+        [sys.executable, "-c", code, *map(str, paths)],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=600,
+        env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"},
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout.strip().splitlines()
 
@@ -140,8 +149,11 @@ def test_bombs_are_refused_with_little_memory(bombs, capsys):
         for name, result in results.items():
             print(f"  {name}: {result['peak_mb']:.0f} MB | {result['cause'][:100]}")
     for name, result in results.items():
-        assert result["peak_mb"] - base < GROWTH_MB and result["peak_mb"] < max(LIMIT_MB, base + GROWTH_MB), (name, base,
-                                                                                                        result)
+        assert result["peak_mb"] - base < GROWTH_MB and result["peak_mb"] < max(LIMIT_MB, base + GROWTH_MB), (
+            name,
+            base,
+            result,
+        )
         assert EXPECTED[name] in result["cause"], (name, result)
         if name.startswith("control"):
             assert result["healthy"], result
@@ -191,9 +203,17 @@ def refused(data: bytes, kind: str, words: str, **kwargs) -> float:
     return time.perf_counter() - start
 
 
-PLAIN_DATA = {"a": [1, 2.5, "x", b"y", None, True], "b": (1, (2, (3,))), "c": {3, 4}, "d": bytearray(b"ab"),
-              "e": 1j, "f": collections.OrderedDict(k=1), "g": collections.Counter("aab"), "h": 2 ** 100,
-              "i": frozenset({1})}
+PLAIN_DATA = {
+    "a": [1, 2.5, "x", b"y", None, True],
+    "b": (1, (2, (3,))),
+    "c": {3, 4},
+    "d": bytearray(b"ab"),
+    "e": 1j,
+    "f": collections.OrderedDict(k=1),
+    "g": collections.Counter("aab"),
+    "h": 2**100,
+    "i": frozenset({1}),
+}
 
 
 @pytest.mark.parametrize("protocol", [1, 2, 3, 4, 5])
@@ -202,8 +222,11 @@ def test_torch_save_files_pass_in_every_protocol(protocol):
     optimizer = torch.optim.Adam(model.parameters())
     model(torch.randn(2, 3)).sum().backward()
     optimizer.step()
-    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-             **{k: v for k, v in PLAIN_DATA.items() if k != "i" or protocol >= 4}}
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        **{k: v for k, v in PLAIN_DATA.items() if k != "i" or protocol >= 4},
+    }
     report = scan_pickle(data_pkl(state, pickle_protocol=protocol))
     assert "torch._utils._rebuild_tensor_v2" in report.calls and 3 <= report.max_depth <= 8
     assert set(report.globals) <= torch_allowed_globals()
@@ -218,15 +241,22 @@ def test_every_kind_of_tensor_torch_saves_passes():
     tagged.note = "x"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # quantized and nested tensors warn that they are deprecated or beta
-        kinds = {"parameter": torch.nn.Parameter(torch.ones(3)), "attributes": tagged,
-                 "sparse": torch.eye(3).to_sparse(), "csr": torch.eye(3).to_sparse_csr(),
-                 "quantized": torch.quantize_per_tensor(torch.randn(4), 0.1, 10, torch.quint8),
-                 "per channel": torch.quantize_per_channel(torch.randn(2, 3), torch.tensor([0.1, 0.2]),
-                                                          torch.tensor([1, 2]), 0, torch.qint8),
-                 "meta": torch.empty(3, device="meta"), "view": torch.arange(10)[2:5],
-                 "nested": torch.nested.nested_tensor([torch.ones(2), torch.ones(3)]),
-                 "dtypes": [torch.ones(2, dtype=d) for d in (torch.bfloat16, torch.complex64, torch.uint16,
-                                                              torch.float8_e4m3fn)]}
+        kinds = {
+            "parameter": torch.nn.Parameter(torch.ones(3)),
+            "attributes": tagged,
+            "sparse": torch.eye(3).to_sparse(),
+            "csr": torch.eye(3).to_sparse_csr(),
+            "quantized": torch.quantize_per_tensor(torch.randn(4), 0.1, 10, torch.quint8),
+            "per channel": torch.quantize_per_channel(
+                torch.randn(2, 3), torch.tensor([0.1, 0.2]), torch.tensor([1, 2]), 0, torch.qint8
+            ),
+            "meta": torch.empty(3, device="meta"),
+            "view": torch.arange(10)[2:5],
+            "nested": torch.nested.nested_tensor([torch.ones(2), torch.ones(3)]),
+            "dtypes": [
+                torch.ones(2, dtype=d) for d in (torch.bfloat16, torch.complex64, torch.uint16, torch.float8_e4m3fn)
+            ],
+        }
         for name, value in kinds.items():
             report = scan_pickle(data_pkl({name: value}))
             assert any(call.startswith("torch._") for call in report.calls), (name, report)
@@ -234,10 +264,20 @@ def test_every_kind_of_tensor_torch_saves_passes():
 
 @pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
 def test_plain_pickles_pass_in_every_protocol(protocol):
-    report = scan_pickle(pickle.dumps(PLAIN_DATA, protocol=protocol),
-                         allowed=frozenset({"builtins.set", "builtins.frozenset", "builtins.bytearray",
-                                            "builtins.complex", "collections.OrderedDict", "collections.Counter",
-                                            "_codecs.encode"}))
+    report = scan_pickle(
+        pickle.dumps(PLAIN_DATA, protocol=protocol),
+        allowed=frozenset(
+            {
+                "builtins.set",
+                "builtins.frozenset",
+                "builtins.bytearray",
+                "builtins.complex",
+                "collections.OrderedDict",
+                "collections.Counter",
+                "_codecs.encode",
+            }
+        ),
+    )
     assert report.opcodes > 20 and report.end == len(pickle.dumps(PLAIN_DATA, protocol=protocol))
 
 
@@ -281,11 +321,16 @@ def test_bombs_are_refused_quickly_with_little_memory():
     n = 1_000_000
     took = {
         "tuple key nested 1M deep": refused(b"\x80\x02}(" + b")" + b"\x85" * n + b"K\x01u.", "budget", "nested"),
-        "format_version nested 200k deep": refused(b"\x80\x02}X\x0e\x00\x00\x00format_version" + b"]" * 200_000
-                                                   + b"a" * 199_999 + b"s.", "budget", "would build"),
-        "29 chained _codecs.encode": refused(b"\x80\x02" + b"c_codecs\nencode\n" * 29 + b"X\x01\x00\x00\x00a"
-                                             + b"X\x03\x00\x00\x00hex\x86R" * 29 + b".", "hostile-pickle",
-                                             "_codecs.encode"),
+        "format_version nested 200k deep": refused(
+            b"\x80\x02}X\x0e\x00\x00\x00format_version" + b"]" * 200_000 + b"a" * 199_999 + b"s.",
+            "budget",
+            "would build",
+        ),
+        "29 chained _codecs.encode": refused(
+            b"\x80\x02" + b"c_codecs\nencode\n" * 29 + b"X\x01\x00\x00\x00a" + b"X\x03\x00\x00\x00hex\x86R" * 29 + b".",
+            "hostile-pickle",
+            "_codecs.encode",
+        ),
         "5M empty sets": refused(b"\x80\x04(" + b"\x8f" * 5_000_000 + b"l.", "budget", "containers"),
         "20M MARKs": refused(b"\x80\x02" + b"(" * 20_000_000 + b"N.", "budget", "MARKs"),
         "30M empty lists": refused(b"\x80\x02(" + b"]" * 30_000_000 + b"l.", "budget", "containers"),
@@ -304,8 +349,7 @@ def test_allocating_calls_take_only_small_literals():
     refused(b"\x80\x02ctorch\nFloatTensor\nJ\x00\x00\x00\x7f\x85R.", "hostile-pickle", "allocate")
     refused(b"\x80\x02cbuiltins\nset\nX\x03\x00\x00\x00abc\x85R.", "hostile-pickle", "list, tuple")
     refused(b"\x80\x02ctorch\nfloat32\n)R.", "hostile-pickle", "never calls")
-    refused(b"\x80\x02c_codecs\nencode\nX\x01\x00\x00\x00aX\x06\x00\x00\x00utf-32\x86R.", "hostile-pickle",
-            "encoding")
+    refused(b"\x80\x02c_codecs\nencode\nX\x01\x00\x00\x00aX\x06\x00\x00\x00utf-32\x86R.", "hostile-pickle", "encoding")
 
 
 def test_changed_pickles_raise_nothing_but_checkpoint_error():
@@ -322,18 +366,23 @@ def test_changed_pickles_raise_nothing_but_checkpoint_error():
         how = rng.choice(("overwrite", "insert", "delete"))
         chunk = bytes(rng.randrange(256) for _ in range(rng.randint(1, 8)))
         if how == "overwrite":
-            data[where:where + len(chunk)] = chunk
+            data[where : where + len(chunk)] = chunk
         elif how == "insert":
             data[where:where] = chunk
         else:
-            del data[where:where + len(chunk)]
+            del data[where : where + len(chunk)]
         try:
             scan_pickle(bytes(data))
             kinds["passed"] += 1
         except CheckpointError as exc:
             kinds[exc.kind] += 1
     assert kinds["malformed-pickle"] + kinds["truncated"] > 1000 and set(kinds) <= {
-        "passed", "malformed-pickle", "truncated", "hostile-pickle", "budget"}, kinds
+        "passed",
+        "malformed-pickle",
+        "truncated",
+        "hostile-pickle",
+        "budget",
+    }, kinds
 
 
 def test_cycles_and_late_changes_are_refused():
@@ -395,8 +444,15 @@ class Wrap:
         return self.func, self.args
 
 
-def hostile_checkpoint(folder: Path, name: str, *, key: bytes | None = None, value: bytes | None = None,
-                       version: bytes | None = None, extra: object = None) -> Path:
+def hostile_checkpoint(
+    folder: Path,
+    name: str,
+    *,
+    key: bytes | None = None,
+    value: bytes | None = None,
+    version: bytes | None = None,
+    extra: object = None,
+) -> Path:
     """A torch.save file with the keys make_checkpoint writes, one key or value replaced by raw opcodes."""
     from helper.checkpoint import make_checkpoint
     from helper.models import build_model
@@ -410,8 +466,11 @@ def hostile_checkpoint(folder: Path, name: str, *, key: bytes | None = None, val
     with zipfile.ZipFile(plain) as z:
         pkl_name = next(n for n in z.namelist() if n.endswith("data.pkl"))
         pkl = z.read(pkl_name)
-    for placeholder, raw in ((b"KEY_PLACEHOLDER", key), (b"VALUE_PLACEHOLDER", value),
-                             (b"VERSION_PLACEHOLDER", version)):
+    for placeholder, raw in (
+        (b"KEY_PLACEHOLDER", key),
+        (b"VALUE_PLACEHOLDER", value),
+        (b"VERSION_PLACEHOLDER", version),
+    ):
         if raw is not None:
             literal = b"X" + len(placeholder).to_bytes(4, "little") + placeholder
             assert pkl.count(literal) == 1
@@ -421,10 +480,14 @@ def hostile_checkpoint(folder: Path, name: str, *, key: bytes | None = None, val
 
 HOSTILE = {  # name: (how it is made, the kinds load_checkpoint may name)
     "case 6: a dict key nested 1M deep": (dict(key=b")" + b"\x85" * 1_000_000), "budget"),
-    "case 7: bytearray of a 0-dim tensor": (dict(extra=Wrap(bytearray, torch.tensor(2 ** 31))), "hostile-pickle"),
-    "case 8: 29 chained _codecs.encode": (dict(value=b"c_codecs\nencode\n" * 29 + b"X\x03\x00\x00\x00aaa"
-                                               b"X\x06\x00\x00\x00latin1\x86R" + b"X\x03\x00\x00\x00hex\x86R" * 28),
-                                          "hostile-pickle"),
+    "case 7: bytearray of a 0-dim tensor": (dict(extra=Wrap(bytearray, torch.tensor(2**31))), "hostile-pickle"),
+    "case 8: 29 chained _codecs.encode": (
+        dict(
+            value=b"c_codecs\nencode\n" * 29 + b"X\x03\x00\x00\x00aaa"
+            b"X\x06\x00\x00\x00latin1\x86R" + b"X\x03\x00\x00\x00hex\x86R" * 28
+        ),
+        "hostile-pickle",
+    ),
     "case 8: 5M empty sets": (dict(value=b"](" + b"\x8f" * 5_000_000 + b"e"), "budget"),
     "case 8: 20M MARKs": (dict(value=b"(" * 20_000_000 + b"N"), "budget"),
     "case 8: 30M empty lists": (dict(value=b"](" + b"]" * 30_000_000 + b"e"), "budget"),
@@ -438,15 +501,23 @@ def test_hostile_files_are_refused_before_torch_unpickles_them(tmp_path, capsys)
     little memory, in one child limited to 1 GiB of address space above its imports and 120 s of CPU (its
     ru_maxrss only grows, so each figure bounds every file before it too)."""
     paths = [hostile_checkpoint(tmp_path, f"hostile{i}", **how) for i, (how, _) in enumerate(HOSTILE.values())]
-    done = subprocess.run([sys.executable, "-c", LIMITED_CHILD, *map(str, paths)], capture_output=True, text=True,
-                          cwd=REPO_ROOT, timeout=600, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    done = subprocess.run(
+        [sys.executable, "-c", LIMITED_CHILD, *map(str, paths)],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=600,
+        env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"},
+    )
     assert done.returncode == 0, (done.returncode, done.stdout, done.stderr[-2000:])  # -11 was SIGSEGV
     results = dict(zip(HOSTILE, map(json.loads, done.stdout.strip().splitlines())))
     with capsys.disabled():
         print("\nhostile files (issue 24): load_checkpoint's verdict, time, peak memory added")
         for name, result in results.items():
-            print(f"  {name}: {result['kind']} in {result['seconds']:.1f} s, +{result['growth_mb']:.0f} MB | "
-                  f"{result['cause'][:90]}")
+            print(
+                f"  {name}: {result['kind']} in {result['seconds']:.1f} s, +{result['growth_mb']:.0f} MB | "
+                f"{result['cause'][:90]}"
+            )
     assert list(results) == list(HOSTILE), done.stdout
     for name, result in results.items():
         assert result["kind"] == HOSTILE[name][1] and "refused before unpickling" in result["cause"], (name, result)

@@ -64,8 +64,10 @@ def refusal(data: bytes, **kwargs) -> CheckpointError:
     return info.value
 
 
-BOMBS = {"F4: a tuple DAG 64 levels deep as a dict key": lambda: dag_key(64),
-         "F7: 200k int keys of one hash": lambda: colliding_dict(200_000)}
+BOMBS = {
+    "F4: a tuple DAG 64 levels deep as a dict key": lambda: dag_key(64),
+    "F7: 200k int keys of one hash": lambda: colliding_dict(200_000),
+}
 CHILD = """
 import json, sys, time
 from helper.checkpoint import CheckpointError, load_checkpoint
@@ -84,8 +86,9 @@ def test_load_checkpoint_refuses_a_hash_bomb_at_once(name, tmp_path):
     budget error before torch's unpickler runs. Run in a child, so a regression fails the test instead of hanging it."""
     path = torch_file(tmp_path / "bomb.pt", BOMBS[name]())
     try:
-        done = subprocess.run([sys.executable, "-c", CHILD, str(path)], capture_output=True, text=True, cwd=REPO_ROOT,
-                              timeout=60)
+        done = subprocess.run(
+            [sys.executable, "-c", CHILD, str(path)], capture_output=True, text=True, cwd=REPO_ROOT, timeout=60
+        )
     except subprocess.TimeoutExpired:
         pytest.fail(f"{name}: load_checkpoint gave no answer in 60 s")
     result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -120,16 +123,20 @@ def protocol2(obj: object) -> bytes:
     return pickle.dumps(obj, protocol=2)
 
 
-@pytest.mark.parametrize("make", [
-    lambda: {k * P: 0 for k in range(1, 100)},  # F7's keys, few
-    lambda: {-(k * P): 0 for k in range(1, 99)},
-    lambda: set(k * P for k in range(1, 100)),  # protocol 2: set([...]), hashed by the call
-    lambda: frozenset(k * P for k in range(1, 100)),
-    lambda: collections.Counter({k * P: 1 for k in range(1, 100)}),
-    lambda: {(k * P, 0): 0 for k in range(1, 100)},  # tuples of one hash
-    lambda: {complex(1000003.0 * k, -k): 0 for k in range(2, 100)},  # complex() calls of one hash
-    lambda: {torch.Size([k * P]): 0 for k in range(1, 100)},
-], ids=["ints", "negative ints", "set", "frozenset", "Counter", "tuples", "complex", "torch.Size"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: {k * P: 0 for k in range(1, 100)},  # F7's keys, few
+        lambda: {-(k * P): 0 for k in range(1, 99)},
+        lambda: set(k * P for k in range(1, 100)),  # protocol 2: set([...]), hashed by the call
+        lambda: frozenset(k * P for k in range(1, 100)),
+        lambda: collections.Counter({k * P: 1 for k in range(1, 100)}),
+        lambda: {(k * P, 0): 0 for k in range(1, 100)},  # tuples of one hash
+        lambda: {complex(1000003.0 * k, -k): 0 for k in range(2, 100)},  # complex() calls of one hash
+        lambda: {torch.Size([k * P]): 0 for k in range(1, 100)},
+    ],
+    ids=["ints", "negative ints", "set", "frozenset", "Counter", "tuples", "complex", "torch.Size"],
+)
 def test_keys_of_one_hash_are_refused_in_every_container(make):
     """Whatever the container and however the keys are made, 33 keys of one planned hash are refused
     (``builtins.frozenset`` allowed too: torch's set lacks it, so the allowlist refuses it before the budget)."""
@@ -166,11 +173,18 @@ def test_real_files_with_many_distinct_keys_pass(protocol, tmp_path):
     model(torch.ones(1, 4)).sum().backward()
     opt.step()
     shared = torch.ones(3)
-    value = {"state": opt.state_dict(), "model": model.state_dict(), "ints": {k: k for k in range(-5000, 5000)},
-             "floats": {k + 0.5: 0 for k in range(5000)}, "pairs": {(k, str(k)): 0 for k in range(2000)},
-             "set": set(range(3000)) | {-1, -2, 0.25}, "floatset": {k / 7 for k in range(2000)},
-             "sizes": {torch.Size([k, 2]): k for k in range(200)}, "tied": [shared] * 500,
-             "checkpoint": make_checkpoint(build_model({"arch": "mlp", "hidden": [8]}), epoch=3)}
+    value = {
+        "state": opt.state_dict(),
+        "model": model.state_dict(),
+        "ints": {k: k for k in range(-5000, 5000)},
+        "floats": {k + 0.5: 0 for k in range(5000)},
+        "pairs": {(k, str(k)): 0 for k in range(2000)},
+        "set": set(range(3000)) | {-1, -2, 0.25},
+        "floatset": {k / 7 for k in range(2000)},
+        "sizes": {torch.Size([k, 2]): k for k in range(200)},
+        "tied": [shared] * 500,
+        "checkpoint": make_checkpoint(build_model({"arch": "mlp", "hidden": [8]}), epoch=3),
+    }
     buf = io.BytesIO()
     torch.save(value, buf, pickle_protocol=protocol)
     with zipfile.ZipFile(buf) as z:

@@ -22,9 +22,31 @@ FLIPS = (1, 2, 4, 8, 16, 32, 64, 128, 255)
 def _real_pickles() -> list[bytes]:
     """data.pkl of torch.save zips (protocols 2-5), legacy files (pickles in a row), plain pickles (0-5)."""
     state = build_model({"arch": "cnn"}).state_dict()
-    samples = [pickle.dumps({"é": "ü\u20ac", "n": [1, 300, 70000, -5, 2**70, 1.5, None, True, b"x" * 300, "s" * 300,
-                                                  (1, 2, 3), {4}, frozenset({5}), bytearray(3)]}, protocol=p)
-               for p in range(6)]
+    samples = [
+        pickle.dumps(
+            {
+                "é": "ü\u20ac",
+                "n": [
+                    1,
+                    300,
+                    70000,
+                    -5,
+                    2**70,
+                    1.5,
+                    None,
+                    True,
+                    b"x" * 300,
+                    "s" * 300,
+                    (1, 2, 3),
+                    {4},
+                    frozenset({5}),
+                    bytearray(3),
+                ],
+            },
+            protocol=p,
+        )
+        for p in range(6)
+    ]
     for protocol in (2, 3, 4, 5):
         buffer = io.BytesIO()
         torch.save(state, buffer, pickle_protocol=protocol)
@@ -40,7 +62,7 @@ def _genops_end(data: bytes) -> int | None:
     """Where pickletools says the first pickle in ``data`` ends (after STOP), or None where it cannot read it."""
     try:
         end = None
-        for op, _, pos in pickletools.genops(io.BytesIO(data)):
+        for _op, _, pos in pickletools.genops(io.BytesIO(data)):
             end = pos + 1
         return end
     except Exception:  # noqa: BLE001 - any failure of pickletools' reader is "cannot read it"
@@ -85,8 +107,12 @@ def test_survey_lists_a_torch_save_pickle():
     with zipfile.ZipFile(io.BytesIO(buffer.getvalue())) as z:
         data = z.read(next(n for n in z.namelist() if n.endswith("data.pkl")))
     scan = survey_pickle(data)
-    assert scan.globals == {"collections.OrderedDict", "torch._utils._rebuild_tensor_v2", "torch.FloatStorage",
-                            "torch.LongStorage"}
+    assert scan.globals == {
+        "collections.OrderedDict",
+        "torch._utils._rebuild_tensor_v2",
+        "torch.FloatStorage",
+        "torch.LongStorage",
+    }
     assert scan.storages == {"0": ("FloatStorage", 3), "1": ("LongStorage", 2)}
     assert storage_bytes(scan) == {"0": 12, "1": 16}
     assert scan.end == len(data) and not scan.dotted and not scan.meta and scan.allocates == 0

@@ -144,15 +144,26 @@ from __future__ import annotations
 
 from helper.pickle_guard.allowlist import torch_allowed_globals
 from helper.pickle_guard.budget import (
-                                        KIND_BUDGET,
-                                        KIND_HOSTILE,
-                                        KIND_MALFORMED,
-                                        KIND_TRUNCATED,
-                                        PickleBudget,
-                                        PickleReport,
+    KIND_BUDGET,
+    KIND_HOSTILE,
+    KIND_MALFORMED,
+    KIND_TRUNCATED,
+    PickleBudget,
+    PickleReport,
 )
 from helper.pickle_guard.survey import PickleScan, storage_bytes, survey_pickle
 from helper.pickle_guard.walk import scan_pickle
 
-__all__ = ["KIND_BUDGET", "KIND_HOSTILE", "KIND_MALFORMED", "KIND_TRUNCATED", "PickleBudget", "PickleReport",
-           "PickleScan", "scan_pickle", "storage_bytes", "survey_pickle", "torch_allowed_globals"]
+__all__ = [
+    "KIND_BUDGET",
+    "KIND_HOSTILE",
+    "KIND_MALFORMED",
+    "KIND_TRUNCATED",
+    "PickleBudget",
+    "PickleReport",
+    "PickleScan",
+    "scan_pickle",
+    "storage_bytes",
+    "survey_pickle",
+    "torch_allowed_globals",
+]

@@ -12,13 +12,35 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-REBUILD = frozenset(f"torch._utils.{n}" for n in (
-    "_rebuild_parameter", "_rebuild_parameter_with_state", "_rebuild_qtensor", "_rebuild_tensor",
-    "_rebuild_tensor_v2", "_rebuild_tensor_v3", "_rebuild_sparse_tensor", "_rebuild_meta_tensor_no_storage",
-    "_rebuild_nested_tensor", "_rebuild_wrapper_subclass", "_rebuild_device_tensor_from_numpy",
-    "_rebuild_device_tensor_from_cpu_tensor"))
-CONTAINER_CALLS = frozenset({"builtins.set", "builtins.frozenset", "collections.OrderedDict", "collections.Counter",
-                             "torch.Size", "builtins.list", "builtins.tuple", "builtins.dict"})
+REBUILD = frozenset(
+    f"torch._utils.{n}"
+    for n in (
+        "_rebuild_parameter",
+        "_rebuild_parameter_with_state",
+        "_rebuild_qtensor",
+        "_rebuild_tensor",
+        "_rebuild_tensor_v2",
+        "_rebuild_tensor_v3",
+        "_rebuild_sparse_tensor",
+        "_rebuild_meta_tensor_no_storage",
+        "_rebuild_nested_tensor",
+        "_rebuild_wrapper_subclass",
+        "_rebuild_device_tensor_from_numpy",
+        "_rebuild_device_tensor_from_cpu_tensor",
+    )
+)
+CONTAINER_CALLS = frozenset(
+    {
+        "builtins.set",
+        "builtins.frozenset",
+        "collections.OrderedDict",
+        "collections.Counter",
+        "torch.Size",
+        "builtins.list",
+        "builtins.tuple",
+        "builtins.dict",
+    }
+)
 
 
 def torch_default_globals() -> frozenset[str]:

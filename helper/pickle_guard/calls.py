@@ -17,13 +17,22 @@ from helper.pickle_guard.values import ENCODINGS, Obj, Sized, literal, numel
 if TYPE_CHECKING:
     from helper.pickle_guard.state import Scan
 
-_SIZED_REBUILDS = ("torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_tensor", "torch._utils._rebuild_tensor_v3",
-                   "torch._utils._rebuild_qtensor")
+_SIZED_REBUILDS = (
+    "torch._utils._rebuild_tensor_v2",
+    "torch._utils._rebuild_tensor",
+    "torch._utils._rebuild_tensor_v3",
+    "torch._utils._rebuild_qtensor",
+)
 _PARAMETERS = ("torch._utils._rebuild_parameter", "torch._utils._rebuild_parameter_with_state")
-_SHORT_LITERALS = ("torch.nn.parameter.Parameter", "torch.device", "torch.serialization._get_layout",
-                   "builtins.complex")
-_HASHING = frozenset({"builtins.set", "builtins.frozenset", "collections.Counter", "collections.OrderedDict",
-                      "builtins.dict"})  # they hash their argument's items (or its pairs' keys)
+_SHORT_LITERALS = (
+    "torch.nn.parameter.Parameter",
+    "torch.device",
+    "torch.serialization._get_layout",
+    "builtins.complex",
+)
+_HASHING = frozenset(
+    {"builtins.set", "builtins.frozenset", "collections.Counter", "collections.OrderedDict", "builtins.dict"}
+)  # they hash their argument's items (or its pairs' keys)
 _BY_VALUE = frozenset({"builtins.complex", "torch.Size", "builtins.tuple", "builtins.frozenset"})  # hashed by value
 
 
@@ -50,8 +59,12 @@ class _Call:
     def text_and_encoding(self) -> bool:
         """The arguments are a literal string and a literal latin-1/utf-8/ascii encoding (and errors)."""
         n = self.args.n
-        return n in (2, 3) and self.lit(0, (str,)) is not None and all(self.lit(i, (str,)) for i in range(1, n)) \
+        return (
+            n in (2, 3)
+            and self.lit(0, (str,)) is not None
+            and all(self.lit(i, (str,)) for i in range(1, n))
             and self.value(1).lower() in ENCODINGS
+        )
 
 
 def _bytearray(c: _Call) -> None:
@@ -64,15 +77,19 @@ def _bytearray(c: _Call) -> None:
         return c.s.allocate(c.value(0), "bytearray(N)")
     if c.text_and_encoding():
         return c.s.allocate(4 * len(c.value(0)), "bytearray")
-    raise c.refuse("of something other than bytes, a literal string or a literal size (a tensor or a computed value "
-                   "could ask for any amount of memory)")
+    raise c.refuse(
+        "of something other than bytes, a literal string or a literal size (a tensor or a computed value "
+        "could ask for any amount of memory)"
+    )
 
 
 def _encode(c: _Call) -> None:
     """``_codecs.encode`` of a literal string: its result is bytes of a known length, never encoded again."""
     if not c.text_and_encoding():
-        raise c.refuse("on something other than a literal string and a latin-1/utf-8/ascii encoding (chained "
-                       "encodes grow without bound)")
+        raise c.refuse(
+            "on something other than a literal string and a latin-1/utf-8/ascii encoding (chained "
+            "encodes grow without bound)"
+        )
     text, encoding = c.value(0), c.value(1).lower()
     size = 4 * len(text) if encoding.startswith("utf") else len(text)
     c.s.allocate(size, "_codecs.encode")
@@ -84,8 +101,12 @@ def _container(c: _Call) -> None:
     if c.args.n == 0:
         return c.s.cost(b.C_SET)
     items = c.items
-    if c.args.n == 1 and items is not None and items[0].kind in ("list", "tuple", "dict", "set", "frozenset") \
-            and (c.name != "torch.Size" or items[0].kind in ("list", "tuple")):
+    if (
+        c.args.n == 1
+        and items is not None
+        and items[0].kind in ("list", "tuple", "dict", "set", "frozenset")
+        and (c.name != "torch.Size" or items[0].kind in ("list", "tuple"))
+    ):
         c.s.cost(b.C_SET + b.C_ITEM_SET * items[0].n)
         c.result.n = items[0].n
         if c.name in _HASHING:
@@ -93,8 +114,10 @@ def _container(c: _Call) -> None:
         if c.name in _BY_VALUE:
             c.result.items = items  # its hash is its argument's (hashing.key_hash)
         return None
-    raise c.refuse("of something other than a list, tuple, dict or set the pickle built (a string or a tensor "
-                   "would be expanded item by item)")
+    raise c.refuse(
+        "of something other than a list, tuple, dict or set the pickle built (a string or a tensor "
+        "would be expanded item by item)"
+    )
 
 
 def _constructor(c: _Call) -> None:
@@ -107,8 +130,14 @@ def _constructor(c: _Call) -> None:
 def _from_type(c: _Call) -> None:
     """``_rebuild_from_type_v2``: one of torch's tensor rebuild functions, checked by its own rule."""
     items = c.items
-    if items is None or c.args.n != 4 or items[0].kind != "global" or items[0].name not in REBUILD \
-            or items[1].kind != "global" or items[2].kind != "tuple":
+    if (
+        items is None
+        or c.args.n != 4
+        or items[0].kind != "global"
+        or items[0].name not in REBUILD
+        or items[1].kind != "global"
+        or items[2].kind != "tuple"
+    ):
         raise c.refuse("with something other than one of torch's tensor rebuild functions and a tuple")
     check_call(c.s, items[0].name, items[2], c.result, f"{c.op} (through _rebuild_from_type_v2)")
 
@@ -135,8 +164,11 @@ def _short_literals(c: _Call) -> None:
     """``Parameter`` (of anything built), ``torch.device`` and the like (of short literals only)."""
     items = c.items
     short = items is not None and all(
-        it.kind == "lit" and (it.value is None or isinstance(it.value, (str, int, float)))
-        and (not isinstance(it.value, str) or len(it.value) <= 64) for it in items)
+        it.kind == "lit"
+        and (it.value is None or isinstance(it.value, (str, int, float)))
+        and (not isinstance(it.value, str) or len(it.value) <= 64)
+        for it in items
+    )
     if items is not None and (c.name == "torch.nn.parameter.Parameter" or short):
         if c.name == "torch.nn.parameter.Parameter" and items:
             c.result.numel = items[0].numel
@@ -146,8 +178,11 @@ def _short_literals(c: _Call) -> None:
     raise c.refuse("with arguments that are not short literals")
 
 
-_RULES: dict[str, Callable[[_Call], None]] = {"builtins.bytearray": _bytearray, "_codecs.encode": _encode,
-                                              "torch._tensor._rebuild_from_type_v2": _from_type}
+_RULES: dict[str, Callable[[_Call], None]] = {
+    "builtins.bytearray": _bytearray,
+    "_codecs.encode": _encode,
+    "torch._tensor._rebuild_from_type_v2": _from_type,
+}
 _RULES.update({name: _container for name in CONTAINER_CALLS})
 _RULES.update({name: _rebuild for name in REBUILD})
 _RULES.update({name: _short_literals for name in _SHORT_LITERALS})

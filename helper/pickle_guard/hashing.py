@@ -162,8 +162,12 @@ class HashRules:
             if size > self.largest_key:
                 self.largest_key = size
                 if size > budget.max_key:
-                    raise self.over("a dict key or set member that expands to this many objects (hashing it walks "
-                                    "every one)", size, budget.max_key, "max_key")
+                    raise self.over(
+                        "a dict key or set member that expands to this many objects (hashing it walks every one)",
+                        size,
+                        budget.max_key,
+                        "max_key",
+                    )
             h = key_hash(key)
             if h is not None:
                 if stats is None:
@@ -171,19 +175,27 @@ class HashRules:
                 self.clashed(stats.note(h))
         self.hashed += hashed
         if self.hashed > budget.max_hashed:
-            raise self.over("dict keys and set members whose expanded sizes sum to this many objects (each is "
-                            "hashed)", self.hashed, budget.max_hashed, "max_hashed")
+            raise self.over(
+                "dict keys and set members whose expanded sizes sum to this many objects (each is hashed)",
+                self.hashed,
+                budget.max_hashed,
+                "max_hashed",
+            )
 
     def clashed(self, n: int) -> None:
         """A container now holds ``n`` clashing keys (equal planned hash, or unknown), against ``max_clashes``."""
         if n > self.clashes:
             self.clashes = n
             if n > self.budget.max_clashes:
-                raise self.over("this many keys in one dict or set that hash alike or whose hash it cannot know "
-                                "(each insert compares a key with every earlier one of its hash)", n,
-                                self.budget.max_clashes, "max_clashes")
+                raise self.over(
+                    "this many keys in one dict or set that hash alike or whose hash it cannot know "
+                    "(each insert compares a key with every earlier one of its hash)",
+                    n,
+                    self.budget.max_clashes,
+                    "max_clashes",
+                )
 
-    def listed(self, target: Obj, items: list[Obj]) -> None:
+    def note_items(self, target: Obj, items: list[Obj]) -> None:
         """``items`` of a list or tuple, noted as ``hash_keys`` would (in case ``set()`` or ``dict()`` hashes
         them, or the keys of the pairs they are), but not checked yet."""
         stats = getattr(target, "keys", None)
@@ -200,8 +212,9 @@ class HashRules:
             h = key_hash(item)
             if h is not None:
                 stats.note(h)
-            first = item.value if item.kind == "list" else item.items[0] if item.kind == "tuple" and item.items \
-                else None
+            first = (
+                item.value if item.kind == "list" else item.items[0] if item.kind == "tuple" and item.items else None
+            )
             if first is not None and not plain(first):
                 h = key_hash(first)
                 if h is not None:
@@ -210,16 +223,28 @@ class HashRules:
     def rehash(self, arg: Obj) -> None:
         """A call that hashes ``arg``'s items (``set``, ``frozenset``, ``Counter``) or the keys of its pairs or of
         a mapping (``dict``, ``OrderedDict``): the items' sizes and planned hashes, as ``hash_keys`` checks."""
-        if arg.kind == "tuple" and getattr(arg, "keys", None) is None and arg.items is not None \
-                and len(arg.items) == arg.n:
-            self.listed(arg, arg.items)
+        if (
+            arg.kind == "tuple"
+            and getattr(arg, "keys", None) is None
+            and arg.items is not None
+            and len(arg.items) == arg.n
+        ):
+            self.note_items(arg, arg.items)
         stats: Keys | None = getattr(arg, "keys", None)
         if arg.kind in ("list", "tuple") and stats is not None:
             if stats.big > self.budget.max_key:
-                raise self.over("a dict key or set member that expands to this many objects (hashing it walks "
-                                "every one)", stats.big, self.budget.max_key, "max_key")
+                raise self.over(
+                    "a dict key or set member that expands to this many objects (hashing it walks every one)",
+                    stats.big,
+                    self.budget.max_key,
+                    "max_key",
+                )
             self.clashed(stats.clash)
         self.hashed += arg.size  # a mapping's keys were checked as it was built; hashing them again costs as much
         if self.hashed > self.budget.max_hashed:
-            raise self.over("dict keys and set members whose expanded sizes sum to this many objects (each is "
-                            "hashed)", self.hashed, self.budget.max_hashed, "max_hashed")
+            raise self.over(
+                "dict keys and set members whose expanded sizes sum to this many objects (each is hashed)",
+                self.hashed,
+                self.budget.max_hashed,
+                "max_hashed",
+            )

@@ -10,8 +10,11 @@ from helper.pickle_guard.values import Obj
 
 HANDLERS: dict[int, Handler] = {}
 _op = partial(register, HANDLERS)
-_FROM_MARK = {0x6C: ("list", b.C_LIST, b.C_ITEM_LIST), 0x64: ("dict", b.C_DICT, b.C_ITEM_DICT // 2),
-              0x91: ("frozenset", b.C_SET, b.C_ITEM_SET)}
+_FROM_MARK = {
+    0x6C: ("list", b.C_LIST, b.C_ITEM_LIST),
+    0x64: ("dict", b.C_DICT, b.C_ITEM_DICT // 2),
+    0x91: ("frozenset", b.C_SET, b.C_ITEM_SET),
+}
 
 
 @_op(b")")

@@ -13,14 +13,22 @@ from typing import Any
 from helper.pickle_guard import budget as b
 from helper.pickle_guard.budget import PickleBudget, pickle_error
 from helper.pickle_guard.hashing import HashRules
+from helper.pickle_guard.reading import Reading
 from helper.pickle_guard.values import IDENT, KEEP, NAME, Obj
 
 
-class Scan(HashRules):
+class Scan(HashRules, Reading):
     """One walk over one pickle: position, stack, memo, what was named and called, and the budget's counters."""
 
-    def __init__(self, data: bytes, start: int, allowed: frozenset[str], budget: PickleBudget, name: str,
-                 torch_default: frozenset[str]) -> None:
+    def __init__(
+        self,
+        data: bytes,
+        start: int,
+        allowed: frozenset[str],
+        budget: PickleBudget,
+        name: str,
+        torch_default: frozenset[str],
+    ) -> None:
         self.data, self.pos, self.here, self.allowed, self.budget, self.name = data, start, start, allowed, budget, name
         self.torch_default = torch_default
         self.max_expanded = budget.max_expanded  # read on every item placed
@@ -38,25 +46,37 @@ class Scan(HashRules):
     # -- failures
     def hostile(self, cause: str) -> Exception:
         """The error for something ``weights_only=True`` must never reach."""
-        return pickle_error(self.name, b.KIND_HOSTILE, f"refused before unpickling: {cause} (nothing in it was run)",
-                            b.FIX_HOSTILE)
+        return pickle_error(
+            self.name, b.KIND_HOSTILE, f"refused before unpickling: {cause} (nothing in it was run)", b.FIX_HOSTILE
+        )
 
     def over(self, what: str, value: int, limit: int, which: str = "") -> Exception:
         """The error for a budget limit passed (``err.limit`` names it)."""
         which = which or next(f for f in b.LIMITS if getattr(self.budget, f) == limit)  # which limit was hit
-        bomb = ", a memory bomb" if which in ("max_memory", "max_alloc") else ", a hash bomb" if which in (
-            "max_expanded", "max_hashed", "max_key", "max_clashes") else ""
-        err = pickle_error(self.name, b.KIND_BUDGET, f"refused before unpickling: it would build {what} ({value:,}, "
-                           f"the budget for a pickle of {self.nbytes:,} bytes is {limit:,}){bomb}; nothing was built",
-                           b.FIX_BUDGET)
+        bomb = (
+            ", a memory bomb"
+            if which in ("max_memory", "max_alloc")
+            else ", a hash bomb"
+            if which in ("max_expanded", "max_hashed", "max_key", "max_clashes")
+            else ""
+        )
+        err = pickle_error(
+            self.name,
+            b.KIND_BUDGET,
+            f"refused before unpickling: it would build {what} ({value:,}, "
+            f"the budget for a pickle of {self.nbytes:,} bytes is {limit:,}){bomb}; nothing was built",
+            b.FIX_BUDGET,
+        )
         err.limit = which  # type: ignore[attr-defined]
         return err
 
     def refused_globals(self) -> Exception:
         """The error naming every global outside the allowlist (``err.refused_globals``)."""
         names = sorted(self.refused)
-        err = self.hostile(f"it names {', '.join(names)}, which {'is' if len(names) == 1 else 'are'} not on the "
-                           "allowlist of weights_only=True (exact module.name)")
+        err = self.hostile(
+            f"it names {', '.join(names)}, which {'is' if len(names) == 1 else 'are'} not on the "
+            "allowlist of weights_only=True (exact module.name)"
+        )
         err.refused_globals = tuple(names)  # type: ignore[attr-defined]
         return err
 
@@ -66,8 +86,12 @@ class Scan(HashRules):
 
     def truncated(self) -> Exception:
         """The error for a pickle that ends inside an opcode (before STOP)."""
-        return pickle_error(self.name, b.KIND_TRUNCATED, f"is cut short: its pickle ends inside an opcode at byte "
-                            f"{self.here} (before STOP)", b.FIX_DAMAGED)
+        return pickle_error(
+            self.name,
+            b.KIND_TRUNCATED,
+            f"is cut short: its pickle ends inside an opcode at byte {self.here} (before STOP)",
+            b.FIX_DAMAGED,
+        )
 
     # -- accounting
     def cost(self, nbytes: int) -> None:
@@ -80,8 +104,11 @@ class Scan(HashRules):
         """A new container (or call result, or storage), counted against ``max_containers``."""
         self.containers += 1
         if self.containers > self.budget.max_containers:
-            raise self.over("this many containers (lists, dicts, sets, tuples, objects)", self.containers,
-                            self.budget.max_containers)
+            raise self.over(
+                "this many containers (lists, dicts, sets, tuples, objects)",
+                self.containers,
+                self.budget.max_containers,
+            )
         self.cost(nbytes)
         self.deep(depth)
         return Obj(kind, depth)
@@ -157,53 +184,6 @@ class Scan(HashRules):
         self.memo[i] = top
 
     # -- reading arguments
-    def fixed(self, n: int, unpack: Callable[[bytes, int], tuple[Any, ...]]) -> Any:
-        """A fixed-size argument of ``n`` bytes, decoded by ``unpack``."""
-        if self.pos + n > self.size:
-            raise self.truncated()
-        value = unpack(self.data, self.pos)[0]
-        self.pos += n
-        return value
-
-    def byte(self) -> int:
-        """A one-byte argument (the commonest: ``BININT1``, ``BINPUT``, ``BINGET``, short lengths)."""
-        pos = self.pos
-        if pos >= self.size:
-            raise self.truncated()
-        self.pos = pos + 1
-        return self.data[pos]
-
-    def take(self, n: int) -> bytes:
-        """The next ``n`` bytes."""
-        if self.pos + n > self.size:
-            raise self.truncated()
-        raw = self.data[self.pos:self.pos + n]
-        self.pos += n
-        return raw
-
-    def line(self) -> bytes:
-        """The bytes up to the next newline (which is skipped)."""
-        end = self.data.find(b"\n", self.pos)
-        if end < 0:
-            raise self.truncated()
-        raw = self.data[self.pos:end]
-        self.pos = end + 1
-        return raw
-
-    def text_line(self) -> str:
-        """A line naming a module or a global (``GLOBAL``, ``INST``)."""
-        try:
-            return self.line().decode("utf-8")
-        except UnicodeDecodeError:
-            raise self.hostile(f"GLOBAL at byte {self.here} names a global that is not UTF-8") from None
-
-    def text_int(self) -> int:
-        """A line holding a memo index (``GET``, ``PUT``)."""
-        try:
-            return int(self.line())
-        except ValueError:
-            raise self.malformed(f"a memo index at byte {self.here} does not parse") from None
-
     # -- literals
     def lit(self, value: Any, nbytes: int = b.C_INT) -> Obj:
         """A number, counted as ``nbytes`` plus its stack slot."""
@@ -232,14 +212,14 @@ class Scan(HashRules):
         if kind == "tuple":
             obj.items = items[:KEEP]
             if len(items) > KEEP:  # a short tuple keeps its items: noted only if a call hashes them (rehash)
-                self.listed(obj, items)
+                self.note_items(obj, items)
         elif kind == "dict":
             self.hash_keys(obj, items[::2])
         elif kind == "frozenset":
             self.hash_keys(obj, items)
         elif items:  # a list keeps its first item (a pair's key, should the list be a pair)
             obj.value = items[0]
-            self.listed(obj, items)
+            self.note_items(obj, items)
         return obj
 
     def add(self, target: Obj, items: list[Obj], op: str, each: int) -> None:
@@ -253,7 +233,7 @@ class Scan(HashRules):
         elif items:
             if target.n == 0 and target.kind == "list":
                 target.value = items[0]
-            self.listed(target, items)
+            self.note_items(target, items)
         target.n += len(items)
         self.cost(each * len(items))
 
@@ -272,8 +252,13 @@ class Scan(HashRules):
             self.deep(depth)
         parent.size = size
         if size > self.max_expanded:
-            raise self.over("an object that expands to this many objects through memo references (hashing, "
-                            "comparing or printing it walks every one)", size, self.max_expanded, "max_expanded")
+            raise self.over(
+                "an object that expands to this many objects through memo references (hashing, "
+                "comparing or printing it walks every one)",
+                size,
+                self.max_expanded,
+                "max_expanded",
+            )
 
     def place(self, parent: Obj, child: Obj) -> None:
         """``child`` goes inside ``parent``: sealed from now on, ``parent`` at least one deeper and as much bigger
@@ -283,8 +268,10 @@ class Scan(HashRules):
     def mutate(self, target: Obj, op: str) -> None:
         """Refuse changing a sealed container, or something that is not a mutable container."""
         if target.sealed:
-            raise self.hostile(f"{op} at byte {self.here} changes a container after it was placed inside another "
-                               "(pickle.dump and torch.save never do; it would hide how deep the objects nest)")
+            raise self.hostile(
+                f"{op} at byte {self.here} changes a container after it was placed inside another "
+                "(pickle.dump and torch.save never do; it would hide how deep the objects nest)"
+            )
         if target.kind in ("lit", "tuple", "global", "frozenset", "storage"):
             raise self.malformed(f"{op} at byte {self.here} targets a {target.kind}")
 
@@ -303,8 +290,9 @@ class Scan(HashRules):
     def global_(self, module: Any, qual: Any) -> Obj:
         """A global named by ``GLOBAL`` or ``STACK_GLOBAL``: exact names, refused ones collected."""
         if not (isinstance(module, str) and isinstance(qual, str)):
-            raise self.hostile(f"STACK_GLOBAL at byte {self.here} names a global computed at load time, not two "
-                               "literal strings")
+            raise self.hostile(
+                f"STACK_GLOBAL at byte {self.here} names a global computed at load time, not two literal strings"
+            )
         if self.proto < 3:
             if (module, qual) in _compat_pickle.NAME_MAPPING:
                 module, qual = _compat_pickle.NAME_MAPPING[(module, qual)]
@@ -314,8 +302,10 @@ class Scan(HashRules):
         shown = full if len(full) <= 120 else full[:117] + "..."
         self.globals.add(shown)
         if not NAME.match(qual):
-            raise self.hostile(f"it names the global {shown!r}: a name with a dot or odd characters (an attribute "
-                               "path, which protocol 4 follows from an allowed module to anything)")
+            raise self.hostile(
+                f"it names the global {shown!r}: a name with a dot or odd characters (an attribute "
+                "path, which protocol 4 follows from an allowed module to anything)"
+            )
         if not IDENT.match(module):
             raise self.hostile(f"it names the global {shown!r}, whose module is not a plain dotted name")
         if full not in self.allowed:  # collected: the error names them all, once the scan has ended
@@ -328,8 +318,9 @@ class Scan(HashRules):
     def stack_global(self, module: Obj, qual: Obj) -> Obj:
         """``STACK_GLOBAL``: both operands must be literal strings the pickle pushed."""
         if module.kind != "lit" or qual.kind != "lit":
-            raise self.hostile(f"STACK_GLOBAL at byte {self.here} names a global computed at load time, not two "
-                               "literal strings")
+            raise self.hostile(
+                f"STACK_GLOBAL at byte {self.here} names a global computed at load time, not two literal strings"
+            )
         return self.global_(module.value, qual.value)
 
     def call(self, func: Obj, args: Obj, op: str) -> Obj:
@@ -380,8 +371,10 @@ Handler = Callable[[Scan], None]
 
 def register(table: dict[int, Handler], *codes: bytes) -> Callable[[Handler], Handler]:
     """A decorator that files a handler in ``table`` under each opcode byte of ``codes``."""
+
     def file(fn: Handler) -> Handler:
         for code in codes:
             table[code[0]] = fn
         return fn
+
     return file

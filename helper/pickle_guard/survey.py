@@ -220,8 +220,12 @@ class Survey(Scan):
     def persistent(self, pid: Obj) -> Obj:
         """``BINPERSID`` must be torch's storage reference: ``('storage', <storage class>, key, location, numel)``."""
         items = pid.items if pid.kind == "tuple" and pid.n >= 5 else None
-        if items is None or not (_literal(items[0], str) == "storage" and items[1].kind == "global"
-                                 and isinstance(_literal(items[2], str), str) and _literal(items[4], int) is not None):
+        if items is None or not (
+            _literal(items[0], str) == "storage"
+            and items[1].kind == "global"
+            and isinstance(_literal(items[2], str), str)
+            and _literal(items[4], int) is not None
+        ):
             raise self.malformed("a persistent id that is not a torch storage reference")
         self.found.storages[items[2].value] = (items[1].name.rpartition(".")[2], items[4].value)
         return self.container("storage", 200)

@@ -9,8 +9,9 @@ from typing import Any
 KEEP = 32  # a tuple keeps its first KEEP items (enough for every call rule and torch's persistent ids)
 IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-ENCODINGS = frozenset({"latin1", "latin-1", "latin_1", "iso-8859-1", "iso8859-1", "l1", "utf-8", "utf8", "utf_8",
-                       "ascii"})
+ENCODINGS = frozenset(
+    {"latin1", "latin-1", "latin_1", "iso-8859-1", "iso8859-1", "l1", "utf-8", "utf8", "utf_8", "ascii"}
+)
 U8, U16, I32, U32, U64, F64 = (struct.Struct(f).unpack_from for f in ("<B", "<H", "<i", "<I", "<Q", ">d"))
 HUGE = 1 << 600  # stands for an int of more than 64 bytes, whose value is not kept (tested by identity)
 
@@ -19,17 +20,18 @@ class Obj:
     """Something the unpickler would build: its kind, nesting depth, whether it is sealed (placed elsewhere)."""
 
     __slots__ = ("depth", "items", "keys", "kind", "n", "name", "numel", "sealed", "size", "value")
+    keys: Any  # hashing.Keys, set only on the objects that need one (see below)
 
     def __init__(self, kind: str, depth: int = 0, value: Any = None) -> None:
-        self.kind = kind        # "lit" (str/bytes/int/float/bool/None), "list", "dict", "set", "tuple",
-        self.depth = depth      # "frozenset", "global", "call", "storage"
+        self.kind = kind  # "lit" (str/bytes/int/float/bool/None), "list", "dict", "set", "tuple",
+        self.depth = depth  # "frozenset", "global", "call", "storage"
         self.sealed = False
-        self.value = value      # a literal's value (bytes: only when short, else a Sized)
+        self.value = value  # a literal's value (bytes: only when short, else a Sized)
         self.items: list[Obj] | None = None  # a tuple's first items (up to KEEP)
-        self.n = 0              # items in a container
-        self.name = ""          # a global's "module.name"; a call result: the callable's
+        self.n = 0  # items in a container
+        self.name = ""  # a global's "module.name"; a call result: the callable's
         self.numel: int | None = None  # a tensor's element count, when its size is literal
-        self.size = 1           # expanded size: 1 + its items' expanded sizes (a memo reference counts in full)
+        self.size = 1  # expanded size: 1 + its items' expanded sizes (a memo reference counts in full)
         # self.keys: hashing.Keys of its keys (a dict, a set) or items (a list, a tuple), set when there are
         # any worth noting; unset until then (read with getattr: one attribute fewer to set on every object)
 
@@ -63,7 +65,13 @@ def numel(size: Obj) -> int | None:
 
 def literal(items: list[Obj] | None, i: int, kinds: tuple[type, ...]) -> Any:
     """``items[i]``'s value when it is a literal of one of ``kinds`` (a bool only if ``bool`` is named), else None."""
-    if items is None or i >= len(items) or items[i].kind != "lit" or not isinstance(items[i].value, kinds) \
-            or isinstance(items[i].value, bool) and bool not in kinds:
+    if (
+        items is None
+        or i >= len(items)
+        or items[i].kind != "lit"
+        or not isinstance(items[i].value, kinds)
+        or isinstance(items[i].value, bool)
+        and bool not in kinds
+    ):
         return None
     return items[i].value

@@ -11,10 +11,23 @@ from helper.pickle_guard.allowlist import torch_allowed_globals, torch_default_g
 from helper.pickle_guard.budget import KIND_BUDGET, KIND_HOSTILE, PickleBudget, PickleReport
 from helper.pickle_guard.state import Handler, Scan
 
-HANDLERS: dict[int, Handler] = {**ops_literals.HANDLERS, **ops_containers.HANDLERS, **ops_control.HANDLERS,
-                                **ops_objects.HANDLERS}  # every opcode of protocols 0-5 but STOP
-_UNFORESEEN = (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError, struct.error, UnicodeError,
-               RecursionError)
+HANDLERS: dict[int, Handler] = {
+    **ops_literals.HANDLERS,
+    **ops_containers.HANDLERS,
+    **ops_control.HANDLERS,
+    **ops_objects.HANDLERS,
+}  # every opcode of protocols 0-5 but STOP
+_UNFORESEEN = (
+    ValueError,
+    TypeError,
+    KeyError,
+    IndexError,
+    AttributeError,
+    OverflowError,
+    struct.error,
+    UnicodeError,
+    RecursionError,
+)
 S = TypeVar("S", bound=Scan)
 
 
@@ -62,8 +75,14 @@ def _run(s: Scan) -> None:
         handler(s)
 
 
-def scan_pickle(data: bytes | bytearray | memoryview, *, allowed: frozenset[str] | None = None,
-                budget: PickleBudget | None = None, name: str = "data.pkl", start: int = 0) -> PickleReport:
+def scan_pickle(
+    data: bytes | bytearray | memoryview,
+    *,
+    allowed: frozenset[str] | None = None,
+    budget: PickleBudget | None = None,
+    name: str = "data.pkl",
+    start: int = 0,
+) -> PickleReport:
     """Check the pickle at ``data[start:]`` before any unpickler sees it; ``CheckpointError`` at the first problem.
 
     ``allowed``: exact ``module.name`` strings (``None``: what ``torch.load(weights_only=True)`` accepts on this
@@ -90,7 +109,19 @@ def scan_pickle(data: bytes | bytearray | memoryview, *, allowed: frozenset[str]
         raise
     if s.refused:
         raise s.refused_globals()
-    return PickleReport(globals=tuple(sorted(s.globals)), opcodes=s.ops, max_depth=s.max_depth,
-                        containers=s.containers, memo=len(s.memo), memory=s.memory, alloc=s.alloc, protocol=s.proto,
-                        end=s.pos, calls=tuple(sorted(s.calls)), expanded=s.expanded, hashed=s.hashed,
-                        largest_key=s.largest_key, clashes=s.clashes)
+    return PickleReport(
+        globals=tuple(sorted(s.globals)),
+        opcodes=s.ops,
+        max_depth=s.max_depth,
+        containers=s.containers,
+        memo=len(s.memo),
+        memory=s.memory,
+        alloc=s.alloc,
+        protocol=s.proto,
+        end=s.pos,
+        calls=tuple(sorted(s.calls)),
+        expanded=s.expanded,
+        hashed=s.hashed,
+        largest_key=s.largest_key,
+        clashes=s.clashes,
+    )
