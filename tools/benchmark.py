@@ -262,7 +262,7 @@ def io(log: Log, mb: int = IO_MB, rounds: int = IO_ROUNDS) -> dict[str, dict[str
             print(f"  {name:<40} {summary(values):>22} s  {noise_note(times[busy][name])}")
         for name, values in ratio.items():
             target = {
-                "load_checkpoint / torch.load": " (target <= 1.05)",
+                "load_checkpoint / torch.load": " (target <= 1.03)",
                 "save_checkpoint / (torch.save + fsync)": " (target <= 1.1)",
             }.get(name, "")
             print(f"  {name:<40} {summary(values):>22} x{target}")
