@@ -303,7 +303,7 @@ def _atomic_write(path: Path, write: Callable[[Any], None], check: Callable[[Pat
         fix = _FAULT_FIX.get(err.errno or 0, "check the disk and the folder {folder}, then save again")
         raise _err(
             path,
-            f"not saved: {err.strerror} ({name}); the previous file is intact",
+            f"not saved: {err.strerror} ({name}); the previous file, if any, is intact",
             fix.format(folder=path.parent, target=path),
             kind="not-saved",
         ) from exc
