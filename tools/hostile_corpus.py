@@ -1061,35 +1061,27 @@ def protocol_matrix(c: Corpus) -> None:
             )
     folder = c.root / "hostile" / "torchzip"
     folder.mkdir(parents=True, exist_ok=True)
-    for technique in TECHNIQUE_NOTES:  # inside a torch.save zip, with make_checkpoint's keys (protocol 2)
-        name = f"torchzip-{technique}"
-        proto = 4 if technique == "dotted" else 2  # a dotted name resolves from protocol 4
+    # inside a torch.save zip, with make_checkpoint's keys: every technique (protocol 2, or 4 for a dotted
+    # name, which resolves from protocol 4), then STACK_GLOBAL as torch.save(pickle_protocol=4/5) writes it
+    spliced = [
+        (f"torchzip-{t}", 4 if t == "dotted" else 2, t, f"torch.save zip, checkpoint keys: {TECHNIQUE_NOTES[t]}")
+        for t in TECHNIQUE_NOTES
+    ]
+    spliced += [
+        (
+            f"torchzip-p{p}-STACK_GLOBAL",
+            p,
+            "STACK_GLOBAL",
+            f"torch.save(pickle_protocol={p}) zip: {TECHNIQUE_NOTES['STACK_GLOBAL']}",
+        )
+        for p in (4, 5)
+    ]
+    for name, proto, technique, attack in spliced:
         body = technique_bodies(c, name, proto)[technique]
         splice_save(folder / f"{name}.pt", plain_checkpoint(extra=Sentinel("p")), {"p": body}, proto=proto)
         c.add(
             Case(
-                name,
-                "hostile",
-                f"hostile/torchzip/{name}.pt",
-                kind="torch-zip",
-                payload=True,
-                load=True,
-                attack=f"torch.save zip, checkpoint keys: {TECHNIQUE_NOTES[technique]}",
-            )
-        )
-    for proto in (4, 5):  # torch.save(pickle_protocol=4/5) writes FRAME and STACK_GLOBAL itself
-        name = f"torchzip-p{proto}-STACK_GLOBAL"
-        body = technique_bodies(c, name, proto)["STACK_GLOBAL"]
-        splice_save(folder / f"{name}.pt", plain_checkpoint(extra=Sentinel("p")), {"p": body}, proto=proto)
-        c.add(
-            Case(
-                name,
-                "hostile",
-                f"hostile/torchzip/{name}.pt",
-                kind="torch-zip",
-                payload=True,
-                load=True,
-                attack=f"torch.save(pickle_protocol={proto}) zip: {TECHNIQUE_NOTES['STACK_GLOBAL']}",
+                name, "hostile", f"hostile/torchzip/{name}.pt", kind="torch-zip", payload=True, load=True, attack=attack
             )
         )
 
