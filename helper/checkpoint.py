@@ -168,7 +168,7 @@ def load_checkpoint(path: PathLike, *, map_location: Any = "cpu", verify: bool =
     Before anything is unpickled: ``sniff`` must find a ``torch.save`` zip
     (anything else is named for what it is), ``open_torch_zip`` validates
     it (structure, records, ``data.pkl``'s CRC-32 and opcodes, storage sizes, a
-    memory budget) on a private copy of everything but the tensor data (never a
+    memory budget) on one read of everything but the tensor data (never a
     shared mapping another process could truncate), the digest record
     ``save_checkpoint`` writes is compared with the members (a renamed or swapped
     member is refused), and ``helper.pickle_guard.scan_pickle`` checks every

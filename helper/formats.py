@@ -13,8 +13,11 @@ protocol), the storages it declares and the memory it would ask for
 
 from __future__ import annotations
 
+import bisect
+import contextlib
 import json
 import mmap
+import os
 import struct
 import zipfile
 from collections.abc import Callable
@@ -156,7 +159,132 @@ def case_twins(names: Any) -> str | None:
     return None
 
 
-def _read_zip(path: Path, validate: Callable[[memoryview, int, dict[str, Member]], Any]) -> Any:
+def read_directory(path: Path, f: Any = None) -> tuple[list[zipfile.ZipInfo], int]:
+    """The zip directory of ``path`` (read from the open file ``f`` if given) and where it starts.
+
+    ``CheckpointError`` (the ``damaged-zip`` cause) if ``zipfile`` cannot read it."""
+    try:
+        with zipfile.ZipFile(path if f is None else f) as z:
+            return z.infolist(), z.start_dir
+    except Exception as exc:  # zipfile raises many kinds on a damaged directory
+        raise CheckpointError(path, KINDS["damaged-zip"].cause + f" ({type(exc).__name__}: {exc})", EARLIER) from None
+
+
+_HOLE_FROM = 4096  # tensor members larger than this are not read into a Snapshot
+_EXTRA_GUESS = 128  # torch.save's extra field pads each member's data to 64 bytes: under 128 bytes
+
+
+class Sparse:
+    """Bytes of a file at their offsets, read in pieces (``segments``); the bytes between them read as zeros.
+
+    Sliced like the ``memoryview`` of a mapped file (``view[a:b]``, ``len(view)``): a slice inside one
+    piece is a view of it, one across pieces or holes is assembled."""
+
+    def __init__(self, segments: list[tuple[int, bytes]], size: int) -> None:
+        self.segments, self.size = sorted(segments, key=lambda s: s[0]), size
+        self.starts = [start for start, _ in self.segments]
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, key: slice) -> memoryview | bytes:
+        start, stop, _ = key.indices(self.size)
+        if stop <= start:
+            return b""
+        i = bisect.bisect_right(self.starts, start) - 1
+        if i >= 0:
+            first, data = self.segments[i]
+            if stop <= first + len(data):
+                return memoryview(data)[start - first : stop - first]
+        out = bytearray(stop - start)
+        for first, data in self.segments[max(i, 0) :]:
+            if first >= stop:
+                break
+            lo, hi = max(start, first), min(stop, first + len(data))
+            if lo < hi:
+                out[lo - start : hi - start] = data[lo - first : hi - first]
+        return bytes(out)
+
+    def release(self) -> None:
+        """Nothing to release (a ``memoryview`` of a mapped file has to be)."""
+
+
+@dataclass
+class Snapshot:
+    """Every byte of an open zip file but its large tensor members' data, read once into memory.
+
+    ``Snapshot.read`` reads the file, open already, with ``pread``, never through a mapping of the file:
+    another process truncating the file (``open(path, "wb")``) meanwhile gives short reads, which the
+    checks name, not a SIGBUS. The large tensor members' data (larger than ``_HOLE_FROM`` bytes) is not
+    read: it reads as zeros, and only CRC-32s taken elsewhere vouch for it. ``load_checkpoint``'s guard
+    and ``open_torch_zip`` then check the same bytes.
+    """
+
+    view: Sparse
+    size: int  # of the file when it was read
+    infos: list[zipfile.ZipInfo]  # its directory, as zipfile read it
+    start_dir: int
+
+    @classmethod
+    def read(cls, f: Any, infos: list[zipfile.ZipInfo], start_dir: int) -> Snapshot:
+        """The snapshot of the open file ``f``, whose directory ``zipfile`` read as ``infos``.
+
+        One read per large tensor member (from the end of the last one to just past its local header)
+        and one for the rest of the file: about 100 small reads for a 384 MB checkpoint."""
+        size = os.fstat(f.fileno()).st_size
+        segments: list[tuple[int, bytes]] = []
+        pos = 0
+        for info in sorted(infos, key=lambda i: i.header_offset):
+            at = info.header_offset
+            if info.file_size <= _HOLE_FROM or not info.filename.partition("/")[2].startswith("data/"):
+                continue
+            if at < pos or at + 30 > size:
+                continue  # overlapping or outside the file: the checks name it
+            end = min(at + 30 + len(info.orig_filename.encode("utf-8")) + _EXTRA_GUESS, size)
+            segments.append((pos, _pread(f, end - pos, pos)))
+            start = _data_start(segments[-1][1][at - pos : at - pos + 30], at)
+            if start is None:
+                pos = end
+                continue  # not a local header: the checks name it
+            if start > end:  # a longer extra field than torch.save writes
+                segments.append((end, _pread(f, min(start, size) - end, end)))
+            pos = max(min(start + info.file_size, size), end)
+        segments.append((pos, _pread(f, size - pos, pos)))
+        return cls(Sparse(segments, size), size, infos, start_dir)
+
+    def member(self, info: zipfile.ZipInfo) -> bytes | None:
+        """A small member's bytes, where its local header says they start (``None`` if it is not a header)."""
+        start = _data_start(bytes(self.view[info.header_offset : info.header_offset + 30]), info.header_offset)
+        return None if start is None else bytes(self.view[start : start + info.file_size])
+
+
+def _pread(f: Any, n: int, offset: int) -> bytes:
+    """``n`` bytes of ``f`` from ``offset`` (fewer where the file ends), without using the file's position."""
+    if n <= 0:
+        return b""
+    if hasattr(os, "pread"):
+        parts, got = [], 0
+        while got < n:
+            part = os.pread(f.fileno(), n - got, offset + got)
+            if not part:
+                break  # cut short meanwhile: the checks say so
+            parts.append(part)
+            got += len(part)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+    f.seek(offset)  # Windows
+    return f.read(n)
+
+
+def _data_start(header: bytes, offset: int) -> int | None:
+    """Where a member's data starts, from its 30-byte local header at ``offset`` (``None`` if it is not one)."""
+    if len(header) != 30 or header[:4] != b"PK\x03\x04":
+        return None
+    return offset + 30 + int.from_bytes(header[26:28], "little") + int.from_bytes(header[28:30], "little")
+
+
+def _read_zip(
+    path: Path, validate: Callable[[memoryview, int, dict[str, Member]], Any], snapshot: Snapshot | None = None
+) -> Any:
     """Check a zip's end records and every member against its local header, then call ``validate``.
 
     Members must be stored (not compressed), carry no directory, attribute
@@ -164,14 +292,17 @@ def _read_zip(path: Path, validate: Callable[[memoryview, int, dict[str, Member]
     directory, lie inside the file without overlapping, and have names that
     differ in more than letter case (torch's reader, miniz, finds a record by
     its name in any case: of ``data.pkl`` and ``DATA.PKL`` it may read either).
+    Without ``snapshot`` the file at ``path`` is mapped; with one, its bytes are read there.
     """
-    try:
-        with zipfile.ZipFile(path) as z:
-            infos, start_dir = z.infolist(), z.start_dir
-    except Exception as exc:  # zipfile raises many kinds on a damaged directory
-        raise CheckpointError(path, KINDS["damaged-zip"].cause + f" ({type(exc).__name__}: {exc})", EARLIER) from None
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-        view, size = memoryview(mm), len(mm)
+    infos, start_dir = (snapshot.infos, snapshot.start_dir) if snapshot is not None else read_directory(path)
+    with contextlib.ExitStack() as stack:
+        view: Any
+        if snapshot is not None:
+            view, size = snapshot.view, snapshot.size
+        else:
+            f = stack.enter_context(open(path, "rb"))
+            view = memoryview(stack.enter_context(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)))
+            size = len(view)
         try:
             cd_offset = _central_directory(view, size)
             if cd_offset != start_dir:
@@ -246,7 +377,12 @@ def _saved_name(name: str, prefix: str) -> bool:
 
 
 def open_torch_zip(
-    path: PathLike, *, check_data_crc: bool = True, on_tensor_members: Callable[[list[Member]], None] | None = None
+    path: PathLike,
+    *,
+    check_data_crc: bool = True,
+    on_tensor_members: Callable[[list[Member]], None] | None = None,
+    snapshot: Snapshot | None = None,
+    scan: PickleScan | None = None,
 ) -> TorchZip:
     """Validate a ``torch.save`` archive before unpickling it; ``CheckpointError`` names the first problem.
 
@@ -257,8 +393,14 @@ def open_torch_zip(
     memory asked for than the file holds) and, with ``check_data_crc``, the
     CRC-32 of every tensor's bytes. ``on_tensor_members`` is called with the tensor
     members as soon as the zip structure is known to be sound, before the pickle is
-    scanned (``load_checkpoint`` starts its CRC-32 thread there).
+    scanned (``load_checkpoint`` starts its CRC-32 thread there). ``snapshot``: the
+    file's bytes, read already (``Snapshot``; ``check_data_crc`` must then be False:
+    it lacks the large tensors' bytes). ``scan``: the survey of this very ``data.pkl``
+    where the caller has one (``survey_of`` the guard's report), so it is not walked
+    twice.
     """
+    if snapshot is not None and check_data_crc:
+        raise ValueError("a Snapshot lacks the large tensors' bytes: check them with check_data_crc=False")
     path = Path(path)
 
     def validate(view: memoryview, size: int, members: dict[str, Member]) -> TorchZip:
@@ -282,28 +424,28 @@ def open_torch_zip(
             if n[len(prefix) :] in RECORDS
         }
         pkl = members[prefix + "data.pkl"]
-        scan = survey_pickle(bytes(view[pkl.start : pkl.start + pkl.size]))
-        for key, nbytes in storage_bytes(scan).items():
+        survey = scan if scan is not None else survey_pickle(bytes(view[pkl.start : pkl.start + pkl.size]))
+        for key, nbytes in storage_bytes(survey).items():
             member = members.get(f"{prefix}data/{key}")
             if member is None or member.size != nbytes:
                 raise ValueError(
                     f"storage {key!r} declares {nbytes} bytes but the archive holds "
                     f"{'none' if member is None else member.size}"
                 )
-        if scan.allocates > size:
+        if survey.allocates > size:
             raise CheckpointError(
                 path,
-                f"refused: its pickle asks for {scan.allocates:,} bytes (bytearray) from a "
+                f"refused: its pickle asks for {survey.allocates:,} bytes (bytearray) from a "
                 f"file of {size:,} bytes, a memory bomb (nothing was allocated)",
                 "do not load this file; ask for the weights as a state_dict or safetensors file",
             )
-        archive = TorchZip(path, prefix, members, records, scan)
+        archive = TorchZip(path, prefix, members, records, survey)
         problem = crc_problem(path, archive.tensor_members(), view) if check_data_crc else None
         if problem is not None:
             raise ValueError(problem)
         return archive
 
-    return _read_zip(path, validate)
+    return _read_zip(path, validate, snapshot)
 
 
 def check_legacy(path: PathLike) -> PickleScan:

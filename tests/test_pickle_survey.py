@@ -13,7 +13,14 @@ import pytest
 import torch
 
 from helper.models import build_model
-from helper.pickle_guard import PickleScan, storage_bytes, survey_pickle, torch_allowed_globals
+from helper.pickle_guard import (
+    PickleScan,
+    scan_pickle,
+    storage_bytes,
+    survey_of,
+    survey_pickle,
+    torch_allowed_globals,
+)
 from helper.pickle_guard.allowlist import torch_default_globals
 
 FLIPS = (1, 2, 4, 8, 16, 32, 64, 128, 255)
@@ -137,6 +144,53 @@ def test_survey_lists_what_the_guard_refuses():
             survey_pickle(bad)
     with pytest.raises(ValueError, match="unknown type"):
         storage_bytes(PickleScan(storages={"k": ("NoSuchStorage", 1)}))
+
+
+def _guard_and_survey_samples() -> list[bytes]:
+    """data.pkl of torch.save files with every kind of storage reference the guard lets through."""
+    from helper.checkpoint import make_checkpoint
+
+    base = torch.arange(12.0)
+    objects = [
+        make_checkpoint(build_model({"arch": "cnn"}), epoch=2, step=7, config={"lr": 0.1}),
+        {"view": base[3:], "again": base, "set": {torch.ones(2)}, "key": {torch.zeros(3): 1}},
+        {"dtypes": [torch.zeros(2, dtype=d) for d in (torch.float16, torch.bfloat16, torch.int8, torch.bool)]},
+        {
+            "empty": torch.empty(0),
+            "meta": torch.empty(3, device="meta"),
+            "q": torch.quantize_per_tensor(base, 0.1, 0, torch.qint8),
+        },
+        {"bytes": bytearray(7), "n": 3},
+    ]
+    samples = []
+    for obj in objects:
+        for protocol in (2, 3, 4, 5):
+            buffer = io.BytesIO()
+            torch.save(obj, buffer, pickle_protocol=protocol)
+            with zipfile.ZipFile(io.BytesIO(buffer.getvalue())) as z:
+                samples.append(z.read(next(n for n in z.namelist() if n.endswith("data.pkl"))))
+    return samples
+
+
+def test_the_guard_surveys_what_the_survey_walker_does():
+    """load_checkpoint walks data.pkl once: the guard's report gives the survey (``survey_of``). On every
+    pickle the guard passes, it says what ``survey_pickle`` says: storages and their sizes, globals,
+    bytearray(N), meta tensors, where it ends."""
+    allowed = torch_allowed_globals()
+    for data in _guard_and_survey_samples():
+        ours, reference = survey_of(scan_pickle(data, allowed=allowed)), survey_pickle(data)
+        assert ours.storages == reference.storages, data
+        assert ours.globals == reference.globals and ours.end == reference.end == len(data)
+        assert (ours.meta, ours.allocates) == (reference.meta, reference.allocates)
+    surveys = [survey_of(scan_pickle(d, allowed=allowed)) for d in _guard_and_survey_samples()]
+    assert any(s.meta for s in surveys) and sum(len(s.storages) for s in surveys) >= 100
+    asked = b"\x80\x02c__builtin__\nbytearray\nK\x07\x85R."
+    assert survey_of(scan_pickle(asked, allowed=allowed)).allocates == survey_pickle(asked).allocates == 7
+    foreign = b"\x80\x02K\x05Q."  # a persistent id that is not torch's storage reference
+    with pytest.raises(ValueError, match="not a torch storage reference"):
+        survey_of(scan_pickle(foreign, allowed=allowed))
+    with pytest.raises(ValueError, match="a malformed pickle"):
+        survey_pickle(foreign)
 
 
 def test_formats_has_no_walker_of_its_own():

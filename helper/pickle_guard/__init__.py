@@ -151,7 +151,7 @@ from helper.pickle_guard.budget import (
     PickleBudget,
     PickleReport,
 )
-from helper.pickle_guard.survey import PickleScan, storage_bytes, survey_pickle
+from helper.pickle_guard.survey import PickleScan, storage_bytes, survey_of, survey_pickle
 from helper.pickle_guard.walk import scan_pickle
 
 __all__ = [
@@ -164,6 +164,7 @@ __all__ = [
     "PickleScan",
     "scan_pickle",
     "storage_bytes",
+    "survey_of",
     "survey_pickle",
     "torch_allowed_globals",
 ]

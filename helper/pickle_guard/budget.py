@@ -98,6 +98,9 @@ class PickleReport:
     hashed: int = 0  # expanded sizes of every key hashed, summed
     largest_key: int = 0  # the largest expanded size of a key
     clashes: int = 0  # the most keys of one container that clashed (equal planned hash, or opaque)
+    storages: dict[str, tuple[str, int]] = field(default_factory=dict, compare=False)  # key -> (type, numel)
+    foreign_ids: int = 0  # persistent ids that are not torch's storage references
+    bytearrays: int = 0  # bytes asked for by bytearray(N) of a literal N
 
 
 def pickle_error(name: str, kind: str, cause: str, fix: str) -> Exception:

@@ -74,6 +74,7 @@ def _bytearray(c: _Call) -> None:
     if c.args.n == 1 and c.lit(0, (bytes, Sized)) is not None:
         return c.s.allocate(len(c.value(0)), "bytearray")
     if c.args.n == 1 and c.lit(0, (int,)) is not None and 0 <= c.value(0):
+        c.s.bytearrays += c.value(0)
         return c.s.allocate(c.value(0), "bytearray(N)")
     if c.text_and_encoding():
         return c.s.allocate(4 * len(c.value(0)), "bytearray")

@@ -18,12 +18,13 @@ from typing import Any
 
 from helper.pickle_guard import budget as b
 from helper.pickle_guard.allowlist import storage_itemsizes
-from helper.pickle_guard.budget import PickleBudget
+from helper.pickle_guard.budget import PickleBudget, PickleReport
 from helper.pickle_guard.state import Scan
-from helper.pickle_guard.values import KEEP, Obj
+from helper.pickle_guard.values import KEEP, Obj, storage_ref
 from helper.pickle_guard.walk import as_bytes, walk
 
 _META = "torch._utils._rebuild_meta_tensor_no_storage"
+FOREIGN_ID = "a persistent id that is not a torch storage reference"
 _SHARED: dict[str, Obj] = {}  # the survey's one list, one dict, one call result...: it never changes them
 _SMALL = [Obj("lit", 0, i) for i in range(256)]  # one value per small int: it never changes a literal either
 _EMPTY_FRAME: list[Obj] = []  # stands for an empty frame below a MARK; never the current frame, never changed
@@ -53,6 +54,8 @@ def global_name(module: Any, qual: Any) -> str:
 
 class Survey(Scan):
     """``Scan`` without the guard's rules: every global is listed (none refused), any call is read, no budget."""
+
+    __slots__ = ("found",)
 
     def __init__(self, data: bytes, start: int) -> None:
         super().__init__(data, start, frozenset(), PickleBudget.unlimited(), "pickle", frozenset())
@@ -219,21 +222,12 @@ class Survey(Scan):
 
     def persistent(self, pid: Obj) -> Obj:
         """``BINPERSID`` must be torch's storage reference: ``('storage', <storage class>, key, location, numel)``."""
-        items = pid.items if pid.kind == "tuple" and pid.n >= 5 else None
-        if items is None or not (
-            _literal(items[0], str) == "storage"
-            and items[1].kind == "global"
-            and isinstance(_literal(items[2], str), str)
-            and _literal(items[4], int) is not None
-        ):
-            raise self.malformed("a persistent id that is not a torch storage reference")
-        self.found.storages[items[2].value] = (items[1].name.rpartition(".")[2], items[4].value)
+        ref = storage_ref(pid)
+        if ref is None:
+            raise self.malformed(FOREIGN_ID)
+        key, kind, numel = ref
+        self.found.storages[key] = (kind, numel)
         return self.container("storage", 200)
-
-
-def _literal(obj: Obj, kind: type) -> Any:
-    """``obj``'s value when it is a literal of ``kind`` (bools count as ints, as ``isinstance`` says), else None."""
-    return obj.value if obj.kind == "lit" and isinstance(obj.value, kind) else None
 
 
 def survey_pickle(data: bytes | bytearray | memoryview, start: int = 0) -> PickleScan:
@@ -244,6 +238,26 @@ def survey_pickle(data: bytes | bytearray | memoryview, start: int = 0) -> Pickl
     s = walk(Survey(as_bytes(data), start))
     s.found.end = s.pos
     return s.found
+
+
+def survey_of(report: PickleReport) -> PickleScan:
+    """The survey of a pickle ``scan_pickle`` has passed, from the guard's own walk: no second walk.
+
+    ``load_checkpoint`` needs both the guard's verdict and the survey's facts of one ``data.pkl``; the
+    guard notes the storages it meets and what ``bytearray(N)`` asks for, so the survey's facts come from
+    the same walk. (Its ``globals`` are all allowed ones, by then; ``strings`` are left empty: only a
+    legacy file's storage keys need them.) ``ValueError`` where the survey would raise it: a persistent id
+    that is not torch's storage reference.
+    """
+    if report.foreign_ids:
+        raise ValueError(f"a malformed pickle ({FOREIGN_ID})")
+    return PickleScan(
+        globals=set(report.globals),
+        storages=dict(report.storages),
+        allocates=report.bytearrays,
+        meta=_META in report.calls,
+        end=report.end,
+    )
 
 
 def storage_bytes(scan: PickleScan) -> dict[str, int]:

@@ -63,6 +63,23 @@ def numel(size: Obj) -> int | None:
     return total
 
 
+def storage_ref(pid: Obj) -> tuple[str, str, int] | None:
+    """``(key, storage type, numel)`` when ``pid`` is torch's storage reference,
+    ``('storage', <storage class>, key, location, numel)`` with literal key and count, else ``None``."""
+    items = pid.items if pid.kind == "tuple" and pid.n >= 5 else None
+    if items is None or not (
+        items[0].kind == "lit"
+        and items[0].value == "storage"
+        and items[1].kind == "global"
+        and items[2].kind == "lit"
+        and isinstance(items[2].value, str)
+        and items[4].kind == "lit"
+        and isinstance(items[4].value, int)
+    ):
+        return None
+    return items[2].value, items[1].name.rpartition(".")[2], items[4].value
+
+
 def literal(items: list[Obj] | None, i: int, kinds: tuple[type, ...]) -> Any:
     """``items[i]``'s value when it is a literal of one of ``kinds`` (a bool only if ``bool`` is named), else None."""
     if (
