@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import os
 import pickle
 import struct
 import zipfile
@@ -296,3 +297,52 @@ def test_members_torch_reads_whatever_their_case_are_refused(tmp_path):
         d = diagnose(path)
         assert not d.healthy and d.cause.startswith(cause), d.report()
     assert load_checkpoint(src)["epoch"] == 3 and diagnose(src).healthy
+
+
+def test_sparse_reads_pieces_and_zeros_between_them():
+    """formats.Sparse, the snapshot's view: a slice inside a piece is a view of it, one across pieces or
+    holes is assembled, holes read as zeros, and nothing past the end is invented."""
+    from helper.formats import Sparse
+
+    view = Sparse([(10, b"world"), (0, b"hello")], 20)
+    assert len(view) == 20 and bytes(view[0:5]) == b"hello" and bytes(view[11:14]) == b"orl"
+    assert bytes(view[3:12]) == b"lo\0\0\0\0\0wo" and bytes(view[15:20]) == b"\0" * 5
+    assert bytes(view[18:40]) == b"\0\0" and view[7:7] == b"" and bytes(view[-3:]) == b"\0" * 3
+
+
+def test_the_snapshot_reads_what_the_mapped_file_holds(tmp_path):
+    """load_checkpoint validates a Snapshot (pread, no mapping) where the doctor maps the file: on a real
+    checkpoint and on one whose tensor members have a longer extra field than the snapshot reads past a
+    header, both see the same members, records and storages, and the file loads."""
+    from helper import formats
+    from helper.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
+    from helper.formats import Snapshot, open_torch_zip, read_directory
+    from helper.models import build_model
+
+    good = save_checkpoint(make_checkpoint(build_model({"arch": "cnn"}), epoch=4), tmp_path / "good.pt")
+    long_extra = tmp_path / "long_extra.pt"
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(long_extra, "w", zipfile.ZIP_STORED) as out:
+        for info in src.infolist():
+            data = src.read(info)
+            copy = zipfile.ZipInfo(info.filename, date_time=info.date_time)
+            if info.file_size > 4096 and "/data/" in info.filename:
+                copy.extra = struct.pack("<HH", 0xCAFE, 400) + bytes(400)  # a private extra field, 404 bytes
+            out.writestr(copy, data)
+    raw = bytearray(long_extra.read_bytes())
+    with zipfile.ZipFile(long_extra) as z:
+        at = z.start_dir
+    while raw[at : at + 4] == b"PK\x01\x02":  # zipfile always writes file attributes; torch.save writes none
+        raw[at + 38 : at + 42] = bytes(4)
+        at += 46 + sum(struct.unpack("<HHH", raw[at + 28 : at + 34]))
+    long_extra.write_bytes(raw)
+    for path in (good, long_extra):
+        mapped = open_torch_zip(path, check_data_crc=True)
+        with open(path, "rb") as f:
+            snapshot = Snapshot.read(f, *read_directory(path, f))
+        read = open_torch_zip(path, check_data_crc=False, snapshot=snapshot)
+        assert read.members == mapped.members and read.records == mapped.records
+        assert read.scan.storages == mapped.scan.storages and len(read.tensor_members()) >= 4
+        assert load_checkpoint(path)["epoch"] == 4
+    with zipfile.ZipFile(long_extra) as z, open(long_extra, "rb") as f:
+        extras = [struct.unpack("<H", os.pread(f.fileno(), 2, i.header_offset + 28))[0] for i in z.infolist()]
+    assert max(extras) == 404 > formats._EXTRA_GUESS  # past what the snapshot reads of a header

@@ -134,7 +134,9 @@ names them. Python 2 names (``__builtin__.set``) are mapped as torch maps them.
 ``survey_pickle(data, start)`` runs the same walker with these rules relaxed
 (``survey.py``) and lists what a pickle names and asks for: every global, where
 it ends, its storages and their sizes (``storage_bytes``), its strings, what
-``bytearray(N)`` asks for. The modules: ``walk`` (the loop, ``scan_pickle``),
+``bytearray(N)`` asks for. ``survey_of(report)`` gives the same facts from the
+guard's own walk, for a pickle the guard has passed (``load_checkpoint`` walks
+``data.pkl`` once; a test holds the two to the same answers). The modules: ``walk`` (the loop, ``scan_pickle``),
 ``state`` (stack, memo, budget counters, the shared rules), ``ops_*`` (the
 opcode handlers by family), ``calls`` (the rule for each allowed callable),
 ``allowlist``, ``budget``, ``values``, ``survey``.
