@@ -26,7 +26,7 @@ import zipfile
 import zlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 import torch
 
@@ -68,7 +68,7 @@ def verify_zip(path: PathLike) -> str | None:
             snapshot = _snapshot(Path(path), f)
             scan = _prescan(Path(path), snapshot, allowed)
             archive = _validated(Path(path), f, snapshot, scan, check_data_crc=True)
-            problem = digest_problem(archive, f.fileno())
+            problem = digest_problem(archive, snapshot)
             if problem is not None:
                 return f"is corrupted: {problem}"
             _refuse_unsafe(Path(path), archive, allowed)
@@ -246,7 +246,7 @@ def _load(path: Path, f: Any, map_location: Any, verify: bool, accept: Callable[
     snapshot = _snapshot(path, f)  # one read of the directory and of every byte but the tensors'
     scan = _prescan(path, snapshot, allowed)
     archive = _validated(path, f, snapshot, scan)
-    problem = digest_problem(archive, f.fileno())
+    problem = digest_problem(archive, snapshot)
     if problem is not None:
         raise _err(
             path,
@@ -259,8 +259,8 @@ def _load(path: Path, f: Any, map_location: Any, verify: bool, accept: Callable[
     tap = _CrcTap(map_location) if verify and not _meta(map_location) else None
     checkpoint, error, problem = None, None, None
     try:
-        f.seek(0)
-        checkpoint = torch.load(f, map_location=map_location if tap is None else tap, weights_only=True)
+        checked = cast(IO[bytes], snapshot.reader(f))  # torch.load reads the bytes the checks read (tensors': f's)
+        checkpoint = torch.load(checked, map_location=map_location if tap is None else tap, weights_only=True)
     except (Exception, RecursionError, MemoryError) as exc:  # judged below, once the CRCs are known
         error = exc
     finally:

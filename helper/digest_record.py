@@ -9,7 +9,6 @@ taken from the zip's own directory (nothing is read back), so a member renamed o
 from __future__ import annotations
 
 import json
-import os
 import zipfile
 import zlib
 from typing import Any
@@ -45,20 +44,22 @@ def append_digests(f: Any) -> None:
         z.filelist[-1].create_system = 0
 
 
-def digest_problem(archive: Any, fd: int | None = None) -> str | None:
+def digest_problem(archive: Any, snapshot: Any = None) -> str | None:
     """The first disagreement between the digest record (if the file has one) and the zip's members, or ``None``.
 
-    ``fd``: the descriptor the caller loads from (so the record read is that file's, even if the path was
-    replaced meanwhile)."""
+    ``snapshot``: the ``formats.Snapshot`` the caller checked and loads from (the record is read there, so
+    it is that file's, even if the path was replaced meanwhile); ``None``: read the record from the path."""
     record_member = archive.members.get(archive.prefix + DIGEST_RECORD)
     if record_member is None:
         return None
     try:
-        if fd is None:
+        start, end = record_member.start, record_member.start + record_member.size
+        if snapshot is None:
             with open(archive.path, "rb") as f:
-                raw = os.pread(f.fileno(), record_member.size, record_member.start)
+                f.seek(start)
+                raw = f.read(record_member.size)
         else:
-            raw = os.pread(fd, record_member.size, record_member.start)
+            raw = bytes(snapshot.view[start:end])
         if zlib.crc32(raw) != record_member.crc:
             return f"its digest record {DIGEST_RECORD!r} fails its CRC-32 check"
         record = json.loads(raw)

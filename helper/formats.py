@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import io
 import json
 import mmap
 import os
@@ -208,6 +209,21 @@ class Sparse:
     def release(self) -> None:
         """Nothing to release (a ``memoryview`` of a mapped file has to be)."""
 
+    def piece(self, at: int, n: int) -> memoryview | None:
+        """The bytes from ``at`` (at most ``n``) that one segment holds, or ``None`` where ``at`` is in a hole."""
+        i = bisect.bisect_right(self.starts, at) - 1
+        if i < 0:
+            return None
+        first, data = self.segments[i]
+        if at >= first + len(data):
+            return None
+        return memoryview(data)[at - first : min(at - first + n, len(data))]
+
+    def next_start(self, at: int) -> int:
+        """Where the next segment after ``at`` starts (the end of the file if none does)."""
+        i = bisect.bisect_right(self.starts, at)
+        return self.starts[i] if i < len(self.starts) else self.size
+
 
 @dataclass
 class Snapshot:
@@ -242,14 +258,14 @@ class Snapshot:
             if at < pos or at + 30 > size:
                 continue  # overlapping or outside the file: the checks name it
             end = min(at + 30 + len(info.orig_filename.encode("utf-8")) + _EXTRA_GUESS, size)
-            segments.append((pos, _pread(f, end - pos, pos)))
+            segments.append((pos, _read_at(f, end - pos, pos)))
             start = _data_start(segments[-1][1][at - pos : at - pos + 30], at)
             if start is None:
                 pos = end
                 continue  # not a local header: the checks name it
             # a longer extra field than torch.save writes (start > end) is left unread: no check reads its bytes
             pos = max(min(start + info.file_size, size), end)
-        segments.append((pos, _pread(f, size - pos, pos)))
+        segments.append((pos, _read_at(f, size - pos, pos)))
         return cls(Sparse(segments, size), size, infos, start_dir)
 
     def member(self, info: zipfile.ZipInfo) -> bytes | None:
@@ -257,22 +273,97 @@ class Snapshot:
         start = _data_start(bytes(self.view[info.header_offset : info.header_offset + 30]), info.header_offset)
         return None if start is None else bytes(self.view[start : start + info.file_size])
 
+    def reader(self, f: Any) -> SnapshotReader:
+        """A file object for ``torch.load``: the snapshot's bytes where it has them, ``f``'s elsewhere."""
+        return SnapshotReader(self, f)
 
-def _pread(f: Any, n: int, offset: int) -> bytes:
-    """``n`` bytes of ``f`` from ``offset`` (fewer where the file ends), without using the file's position."""
-    if n <= 0:
-        return b""
+
+class SnapshotReader(io.RawIOBase):
+    """The file as checked: ``torch.load`` reading this reads the snapshot's bytes (the zip's directory and
+    headers, ``data.pkl``, the records: what the guard and ``open_torch_zip`` checked) and only the large
+    tensors' data from the file itself (``pread`` from its descriptor), where a CRC-32 tap checks it.
+
+    Without it, ``torch.load`` would read the file again after the checks, and another process could
+    change ``data.pkl`` in between (a pickle the guard never saw). It costs about 0.5 ms on a 384 MB
+    checkpoint (214 reads, 98 of them from the file).
+    """
+
+    def __init__(self, snapshot: Snapshot, f: Any) -> None:
+        super().__init__()
+        self.view, self.size, self.fd, self.pos = snapshot.view, snapshot.size, f.fileno(), 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence]
+        if base + offset < 0:
+            raise OSError(22, "Invalid argument: a negative position")
+        self.pos = base + offset
+        return self.pos
+
+    def readinto(self, buffer: Any) -> int:
+        """Up to ``len(buffer)`` bytes from the position, piece by piece: from a snapshot segment where one
+        holds them, else from the file (a hole: tensor data). The file is as long as it was when checked."""
+        out = memoryview(buffer).cast("B")
+        n = max(0, min(len(out), self.size - self.pos))
+        done = 0
+        while done < n:
+            at = self.pos + done
+            piece = self.view.piece(at, n - done)
+            if piece is not None:
+                out[done : done + len(piece)] = piece
+                done += len(piece)
+                continue
+            upto = min(self.view.next_start(at), self.pos + n)
+            got = _preadinto(self.fd, out[done : done + upto - at], at)
+            done += got
+            if got < upto - at:
+                break  # the file is shorter now than when it was checked: torch.load names what is missing
+        self.pos += done
+        return done
+
+
+def _pread(fd: int, n: int, offset: int) -> bytes:
+    """Up to ``n`` bytes of the file ``fd`` from ``offset`` (fewer where it ends), in one call."""
     if hasattr(os, "pread"):
-        parts, got = [], 0
-        while got < n:
-            part = os.pread(f.fileno(), n - got, offset + got)
-            if not part:
-                break  # cut short meanwhile: the checks say so
-            parts.append(part)
-            got += len(part)
-        return parts[0] if len(parts) == 1 else b"".join(parts)
-    f.seek(offset)  # Windows
-    return f.read(n)
+        return os.pread(fd, n, offset)
+    os.lseek(fd, offset, os.SEEK_SET)  # Windows: nothing else reads this descriptor meanwhile
+    return os.read(fd, n)
+
+
+def _read_at(f: Any, n: int, offset: int) -> bytes:
+    """``n`` bytes of ``f`` from ``offset`` (fewer where the file ends)."""
+    parts, got = [], 0
+    while got < n:
+        part = _pread(f.fileno(), n - got, offset + got)
+        if not part:
+            break  # cut short meanwhile: the checks say so
+        parts.append(part)
+        got += len(part)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _preadinto(fd: int, view: memoryview, offset: int) -> int:
+    """Fill ``view`` from the file ``fd`` at ``offset`` until it ends; how many bytes were read."""
+    done = 0
+    while done < len(view):
+        if hasattr(os, "preadv"):  # straight into the view: no copy
+            got = os.preadv(fd, [view[done:]], offset + done)
+        else:
+            part = _pread(fd, len(view) - done, offset + done)
+            view[done : done + len(part)] = part
+            got = len(part)
+        if not got:
+            break
+        done += got
+    return done
 
 
 def _data_start(header: bytes, offset: int) -> int | None:

@@ -732,3 +732,29 @@ def test_load_checkpoint_never_maps_the_file_it_loads(tmp_path, monkeypatch):
     assert load_checkpoint(path)["epoch"] == 3 and verify_zip(path) is None
     assert mapped == []
     assert formats.check_zip(path) and mapped == [path.stat().st_ino]  # the recorder does see a mapping
+
+
+def test_torch_load_reads_the_pickle_the_guard_checked(tmp_path, monkeypatch):
+    """Between the checks and torch.load, another process rewrites data.pkl in place (here: its "epoch" key
+    becomes "EPOCH", same length). torch.load reads through the snapshot (formats.SnapshotReader), so what
+    loads is the pickle the guard checked; reading the file again would have loaded the new one."""
+    path = good_file(tmp_path)
+    with zipfile.ZipFile(path) as z:
+        info = next(i for i in z.infolist() if i.filename.endswith("/data.pkl"))
+    raw = path.read_bytes()
+    start = info.header_offset + 30 + int.from_bytes(raw[info.header_offset + 26 : info.header_offset + 28], "little")
+    start += int.from_bytes(raw[info.header_offset + 28 : info.header_offset + 30], "little")
+    at = raw.index(b"epoch", start, start + info.file_size)
+    real = checked_load._prescan
+
+    def rewritten_meanwhile(*args, **kwargs):
+        scan = real(*args, **kwargs)
+        with open(path, "r+b") as f:
+            f.seek(at)
+            f.write(b"EPOCH")
+        return scan
+
+    monkeypatch.setattr(checked_load, "_prescan", rewritten_meanwhile)
+    loaded = load_checkpoint(path)
+    assert loaded["epoch"] == 3 and "EPOCH" not in loaded
+    assert "EPOCH" in torch.load(path, weights_only=True)  # the file did change, after the checks

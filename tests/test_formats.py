@@ -346,3 +346,31 @@ def test_the_snapshot_reads_what_the_mapped_file_holds(tmp_path):
     with zipfile.ZipFile(long_extra) as z, open(long_extra, "rb") as f:
         extras = [struct.unpack("<H", os.pread(f.fileno(), 2, i.header_offset + 28))[0] for i in z.infolist()]
     assert max(extras) == 404 > formats._EXTRA_GUESS  # past what the snapshot reads of a header
+
+
+def test_the_snapshot_reader_reads_the_file_as_checked(tmp_path):
+    """SnapshotReader, what torch.load reads in load_checkpoint: on an unchanged file, any read (across
+    snapshot pieces and tensor holes, past the end, after each kind of seek) gives the file's bytes."""
+    import random
+
+    from helper.checkpoint import make_checkpoint, save_checkpoint
+    from helper.formats import Snapshot, read_directory
+    from helper.models import build_model
+
+    path = save_checkpoint(make_checkpoint(build_model({"arch": "cnn"}), epoch=1), tmp_path / "c.pt")
+    raw = path.read_bytes()
+    with open(path, "rb") as f:
+        snapshot = Snapshot.read(f, *read_directory(path, f))
+        assert sum(len(data) for _, data in snapshot.view.segments) < len(raw) // 2  # holes were left unread
+        reader = snapshot.reader(f)
+        assert reader.read() == raw and reader.read(10) == b"" and reader.tell() == len(raw)
+        rng = random.Random(3)
+        for _ in range(500):
+            at, n = rng.randrange(len(raw) + 10), rng.randrange(1, 70000)
+            reader.seek(at)
+            assert reader.read(n) == raw[at : at + n], (at, n)
+        assert reader.seek(-4, io.SEEK_END) == len(raw) - 4 and reader.read() == raw[-4:]
+        reader.seek(100)
+        assert reader.seek(5, io.SEEK_CUR) == 105 and reader.read(3) == raw[105:108]
+        with pytest.raises(OSError):
+            reader.seek(-1)
