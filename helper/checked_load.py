@@ -19,6 +19,7 @@ a flipped byte would load silently as wrong weights). Every failure, ``Recursion
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import pickle
@@ -86,6 +87,15 @@ def _snapshot(path: Path, f: Any) -> Snapshot:
     except CheckpointError as exc:
         raise _renamed(exc, path) from None
     return Snapshot.read(f, infos, start_dir)
+
+
+def _directory(path: Path, f: Any) -> tuple[list[zipfile.ZipInfo], int] | None:
+    """The zip directory of the open file ``f`` (read once per load: sniff and the snapshot share it), or
+    ``None`` where ``zipfile`` cannot read one (``sniff`` then names what the file is)."""
+    try:
+        return read_directory(path, f)
+    except CheckpointError:
+        return None
 
 
 def _refuse_unsafe(path: Path, archive: Any, allowed: frozenset[str] | None = None) -> None:
@@ -224,14 +234,20 @@ def load_verified(
     ``CheckpointError``; anything else it raises is reported as the load's own failure.
     """
     path = Path(path)
-    path = Path(path)
-    kind = sniff(path)
-    if kind != "torch-zip":
-        err = kind_error(path, kind)
-        raise _err(path, err.cause, err.fix, kind=_SNIFFED_KIND.get(kind, "not-a-checkpoint"))
     try:
-        with open(path, "rb") as f:
-            return _load(path, f, map_location, verify, accept)
+        with contextlib.ExitStack() as stack:
+            try:
+                f = stack.enter_context(open(path, "rb"))
+                directory = _directory(path, f)
+            except OSError:  # a folder, a missing file...: sniff names it
+                f, directory = None, None
+            kind = sniff(path, None if directory is None else [info.filename for info in directory[0]])
+            if kind != "torch-zip":
+                err = kind_error(path, kind)
+                raise _err(path, err.cause, err.fix, kind=_SNIFFED_KIND.get(kind, "not-a-checkpoint"))
+            if f is None or directory is None:
+                raise _err(path, "changed while it was being read", EARLIER, kind="load-failed")
+            return _load(path, f, directory, map_location, verify, accept)
     except CheckpointError:
         raise
     except (Exception, RecursionError, MemoryError) as exc:  # anything torch or Python raises on a crafted file
@@ -241,9 +257,16 @@ def load_verified(
         ) from None
 
 
-def _load(path: Path, f: Any, map_location: Any, verify: bool, accept: Callable[[Path, Any], None] | None) -> Any:
+def _load(
+    path: Path,
+    f: Any,
+    directory: tuple[list[zipfile.ZipInfo], int],
+    map_location: Any,
+    verify: bool,
+    accept: Callable[[Path, Any], None] | None,
+) -> Any:
     allowed = torch_allowed_globals()  # one allowlist per load, for the guard and the check after it
-    snapshot = _snapshot(path, f)  # one read of the directory and of every byte but the tensors'
+    snapshot = Snapshot.read(f, *directory)  # one read of every byte but the large tensors'
     scan = _prescan(path, snapshot, allowed)
     archive = _validated(path, f, snapshot, scan)
     problem = digest_problem(archive, snapshot)
@@ -256,7 +279,8 @@ def _load(path: Path, f: Any, map_location: Any, verify: bool, accept: Callable[
         )
     _refuse_unsafe(path, archive, allowed)
     members = archive.tensor_members()
-    tap = _CrcTap(map_location) if verify and not _meta(map_location) else None
+    threaded = sum(m.size for m in members if m.size >= _CrcTap.THREAD_FROM)
+    tap = _CrcTap(map_location, threaded) if verify and not _meta(map_location) else None
     checkpoint, error, problem = None, None, None
     try:
         checked = cast(IO[bytes], snapshot.reader(f))  # torch.load reads the bytes the checks read (tensors': f's)

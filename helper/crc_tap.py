@@ -41,8 +41,12 @@ class CrcTap:
     THREAD_FROM = 1 << 20
     BATCH = 16 << 20
 
-    def __init__(self, map_location: Any) -> None:
+    def __init__(self, map_location: Any, expected: int | None = None) -> None:
+        """``expected``: how many bytes the storages of ``THREAD_FROM`` bytes or more hold in all, where the
+        caller knows (the zip's members): the last ``BATCH`` bytes are then handed over storage by storage,
+        so that the thread's work left when torch.load returns is one storage, not a batch."""
         self.map_location = map_location
+        self.left = expected if expected is not None else 1 << 62
         self.seen: collections.Counter[tuple[int, int]] = collections.Counter()
         self.queue: queue.SimpleQueue[list[Any] | None] = queue.SimpleQueue()
         self.batch: list[Any] = []  # storages for the thread, handed over once they add up to BATCH bytes
@@ -75,7 +79,8 @@ class CrcTap:
                     self.worker = self.pool.submit(self._work)
                 self.batch.append(storage)  # kept alive by the batch until its CRC-32 is taken
                 self.batched += n
-                if self.batched >= self.BATCH:
+                self.left -= n
+                if self.batched >= self.BATCH or self.left < self.BATCH:
                     self.queue.put(self.batch)
                     self.batch, self.batched = [], 0
         where = self.map_location

@@ -43,8 +43,11 @@ class Probe:
     """What the recognise steps look at, each read once and only when a step asks: the path, its size, its
     first 64 bytes, and a zip's member names (``None`` for a zip whose directory cannot be read)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, names: list[str] | None = None):
+        """``names``: the zip's member names where the caller has read its directory already."""
         self.path = path
+        if names is not None:
+            self.__dict__["names"] = names  # the cached property, read already
 
     @cached_property
     def size(self) -> int:
@@ -332,9 +335,11 @@ KINDS: dict[str, Kind] = {
 }
 
 
-def sniff(path: PathLike) -> str:
-    """What ``path`` really is: the first row of ``KINDS`` whose recognise step accepts it (a key of ``KINDS``)."""
-    probe = Probe(Path(path))
+def sniff(path: PathLike, names: list[str] | None = None) -> str:
+    """What ``path`` really is: the first row of ``KINDS`` whose recognise step accepts it (a key of ``KINDS``).
+
+    ``names``: the zip's member names, where the caller has read its directory already."""
+    probe = Probe(Path(path), names)
     return next(code for code, row in KINDS.items() if row.recognise(probe))
 
 

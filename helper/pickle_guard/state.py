@@ -26,7 +26,7 @@ class Scan(HashRules, Reading):
         "data", "pos", "here", "allowed", "budget", "name", "torch_default", "max_expanded", "size", "nbytes",
         "stack", "metastack", "memo", "memo_entries", "globals", "calls", "refused", "containers", "memory",
         "alloc", "max_depth", "ops", "expanded", "hashed", "largest_key", "clashes", "proto", "storages",
-        "foreign_ids", "bytearrays",
+        "foreign_ids", "bytearrays", "max_memory",
     )  # fmt: skip
 
     def __init__(
@@ -41,6 +41,7 @@ class Scan(HashRules, Reading):
         self.data, self.pos, self.here, self.allowed, self.budget, self.name = data, start, start, allowed, budget, name
         self.torch_default = torch_default
         self.max_expanded = budget.max_expanded  # read on every item placed
+        self.max_memory = budget.max_memory  # read on every object counted
         self.size, self.nbytes = len(data), len(data) - start
         self.stack: list[Obj] = []
         self.metastack: list[list[Obj]] = []
@@ -110,8 +111,8 @@ class Scan(HashRules, Reading):
     def cost(self, nbytes: int) -> None:
         """Count ``nbytes`` of built objects against ``max_memory``."""
         self.memory += nbytes
-        if self.memory > self.budget.max_memory:
-            raise self.over("objects of about this many bytes", self.memory, self.budget.max_memory)
+        if self.memory > self.max_memory:
+            raise self.over("objects of about this many bytes", self.memory, self.max_memory)
 
     def container(self, kind: str, nbytes: int, depth: int = 1) -> Obj:
         """A new container (or call result, or storage), counted against ``max_containers``."""
@@ -199,8 +200,10 @@ class Scan(HashRules, Reading):
     # -- reading arguments
     # -- literals
     def lit(self, value: Any, nbytes: int = b.C_INT) -> Obj:
-        """A number, counted as ``nbytes`` plus its stack slot."""
-        self.cost(nbytes + b.C_SLOT)
+        """A number, counted as ``nbytes`` plus its stack slot (``cost``, inlined: the commonest object)."""
+        self.memory += nbytes + b.C_SLOT
+        if self.memory > self.max_memory:
+            raise self.over("objects of about this many bytes", self.memory, self.max_memory)
         return Obj("lit", 0, value)
 
     def lit_text(self, value: str, nbytes: int) -> Obj:
