@@ -170,7 +170,7 @@ def test_meter_counts_the_busy_core_as_the_benchmarks_own(noise):
 
 
 def fake_io(noise, others: float, quiet_rounds: int = 0):
-    def io(log, mb, rounds):
+    def io(log, mb, rounds, heap):
         log.add("io", "load_checkpoint (quiet)", sample(noise, 1.0, others))
         for _ in range(quiet_rounds):
             log.add("io", "load_checkpoint (quiet)", sample(noise, 1.0, 0.01))

@@ -59,7 +59,7 @@ class Log:
     def __init__(self) -> None:
         self.samples: list[dict] = []
         self.noisy: list[str] = []
-        self.readme: list[str] = []
+        self.readme: list[str] = []  # sentences for the figures' block (how they were measured)
 
     def add(self, section: str, label: str, sample, own_runnable: float = 1.0) -> list[str]:
         reasons = noise.noise_reasons(sample, own_runnable=own_runnable)
@@ -191,9 +191,43 @@ def training(log: Log, rounds: int = TRAIN_ROUNDS) -> None:
 # checkpoint I/O
 
 
-def io(log: Log, mb: int = IO_MB, rounds: int = IO_ROUNDS) -> dict[str, dict[str, list[float]]]:
-    """Save and load ratios, quiet and with one core busy; returns the per-round ratios."""
+def fresh_memory() -> str:
+    """Have glibc give every block of 128 KiB or more fresh from the system, as in a process that loads one
+    checkpoint; what was done, as a sentence. (128 KiB is glibc's default mmap threshold; ``mallopt`` holds it
+    there instead of letting it rise.)
+
+    By default glibc moves its mmap threshold up after the first large free, and whether a 384 MB load
+    then reuses freed heap memory (no page faults: 30-110 ms) or not (170 ms) depends on what small
+    objects the previous call left above it. Measured: ``load_verified(verify=False)`` / ``torch.load``
+    1.07 by default and 1.02-1.03 with fresh memory, with 3 ms of checks: most of the default's ratio was
+    the heap's layout. The setting lasts for the process (the io section runs after training; notebooks
+    and the loading table run in processes of their own)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        mallopt = getattr(libc, "mallopt", None)
+    except OSError:
+        mallopt = None
+    if mallopt is not None and mallopt(-3, 128 << 10) == 1:  # M_MMAP_THRESHOLD at glibc's own default, held there
+        return (
+            "memory: blocks of 128 KiB or more fresh from the system (glibc's default mmap threshold, held by "
+            "mallopt), as in a process loading once"
+        )
+    return "memory: this C library's default (no glibc mallopt here)"
+
+
+def io(log: Log, mb: int = IO_MB, rounds: int = IO_ROUNDS, heap: str = "fresh") -> dict[str, dict[str, list[float]]]:
+    """Save and load ratios, quiet and with one core busy; returns the per-round ratios.
+
+    ``heap``: "fresh" (``fresh_memory``) or "default" (glibc's own policy: figures that depend on what
+    ran before each call)."""
     import torch
+
+    memory = fresh_memory() if heap == "fresh" else "memory: the C library's default (--io-heap default)"
+    log.readme.append("Load and save ratios, " + memory)
 
     from helper.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint, verify_zip
     from helper.paths import ARTIFACTS_DIR
@@ -243,6 +277,7 @@ def io(log: Log, mb: int = IO_MB, rounds: int = IO_ROUNDS) -> dict[str, dict[str
     ratios = {}
     print(
         f"\ncheckpoint I/O, {len(raw) / 1e6:.0f} MB file, {rounds} rounds, methods rotated, os.sync() before each call"
+        f"; {memory}"
     )
     for busy in (False, True):
         t = {name: [s.seconds for s in samples] for name, samples in times[busy].items()}
@@ -338,7 +373,9 @@ def loading(log: Log) -> None:
 # README
 
 
-def readme_block(machine: dict, io_ratios: dict | None, nb_times: dict | None, loads: str) -> str:
+def readme_block(
+    machine: dict, io_ratios: dict | None, nb_times: dict | None, loads: str, notes: list[str] | tuple = ()
+) -> str:
     """This run's figures, in Markdown, for docs/benchmarks.md (the notebooks' also feed the README)."""
     lines = [
         README_START,
@@ -351,7 +388,7 @@ def readme_block(machine: dict, io_ratios: dict | None, nb_times: dict | None, l
         lines += ["| ratio (per round, 384 MB checkpoint) | quiet | one core busy |", "|---|---|---|"]
         for name in io_ratios["quiet"]:
             lines.append(f"| {name} | {summary(io_ratios['quiet'][name], 2)} | {summary(io_ratios['busy'][name], 2)} |")
-        lines.append("")
+        lines += ["", *(f"{note}." for note in notes), ""] if notes else [""]
     if nb_times:
         lines += ["| notebook | quiet s | one core busy s | busy/quiet |", "|---|---|---|---|"]
         for name, t in nb_times.items():
@@ -399,6 +436,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, help="rounds per section (default: io 10, notebooks 2, training 3)")
     parser.add_argument("--io-mb", type=int, default=IO_MB, help=f"io section: MB of tensors (default {IO_MB})")
     parser.add_argument(
+        "--io-heap",
+        choices=("fresh", "default"),
+        default="fresh",
+        help="io section: large blocks fresh from the system, as in a process loading once (default), or the "
+        "C library's own reuse policy",
+    )
+    parser.add_argument(
         "--readme",
         action="store_true",
         help="write the io and notebook figures into docs/benchmarks.md and the notebooks' "
@@ -425,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
     if "training" in sections:
         training(log, args.rounds or TRAIN_ROUNDS)
     if "io" in sections:
-        io_ratios = io(log, args.io_mb, args.rounds or IO_ROUNDS)
+        io_ratios = io(log, args.io_mb, args.rounds or IO_ROUNDS, args.io_heap)
     if "notebooks" in sections:
         nb_times = notebooks(log, args.prefixes, args.rounds or NB_ROUNDS)
     if "loading" in sections:
@@ -453,7 +497,7 @@ def main(argv: list[str] | None = None) -> int:
         if not (io_ratios or nb_times):
             print("README.md not written: --readme needs the io or notebooks section")
             return 1
-        write_readme(readme_block(machine, io_ratios, nb_times, loads))
+        write_readme(readme_block(machine, io_ratios, nb_times, loads, log.readme))
         print("docs/benchmarks.md and README.md: benchmark figures written")
     return 0
 
