@@ -758,3 +758,17 @@ def test_torch_load_reads_the_pickle_the_guard_checked(tmp_path, monkeypatch):
     loaded = load_checkpoint(path)
     assert loaded["epoch"] == 3 and "EPOCH" not in loaded
     assert "EPOCH" in torch.load(path, weights_only=True)  # the file did change, after the checks
+
+
+def test_a_file_that_cannot_be_read_is_a_checkpoint_error(tmp_path, monkeypatch):
+    """Any OSError while the file is recognised (here sniff's own read: a file that is not readable) is a
+    CheckpointError naming the file, like every other failure of load_checkpoint; it used to escape."""
+    path = good_file(tmp_path)
+
+    def unreadable(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(checked_load, "sniff", unreadable)
+    with pytest.raises(CheckpointError, match="PermissionError") as caught:
+        load_checkpoint(path)
+    assert caught.value.kind == "load-failed" and caught.value.path == path
