@@ -86,7 +86,22 @@ def _snapshot(path: Path, f: Any) -> Snapshot:
         infos, start_dir = read_directory(path, f)
     except CheckpointError as exc:
         raise _renamed(exc, path) from None
-    return Snapshot.read(f, infos, start_dir)
+    snapshot = Snapshot.read(f, infos, start_dir)
+    _unchanged(path, snapshot)
+    return snapshot
+
+
+def _unchanged(path: Path, snapshot: Snapshot) -> None:
+    """``CheckpointError`` if the file was rewritten between the directory read and the snapshot (the zip
+    directory torch.load would parse is not the one the checks use)."""
+    if snapshot.changed():
+        raise _err(
+            path,
+            "changed while it was being read (its zip directory differs between two reads: another process is "
+            "writing it)",
+            "load it again once the process writing it is done (save_checkpoint replaces a file in one rename)",
+            kind="load-failed",
+        )
 
 
 def _directory(path: Path, f: Any) -> tuple[list[zipfile.ZipInfo], int] | None:
@@ -267,6 +282,7 @@ def _load(
 ) -> Any:
     allowed = torch_allowed_globals()  # one allowlist per load, for the guard and the check after it
     snapshot = Snapshot.read(f, *directory)  # one read of every byte but the large tensors'
+    _unchanged(path, snapshot)
     scan = _prescan(path, snapshot, allowed)
     archive = _validated(path, f, snapshot, scan)
     problem = digest_problem(archive, snapshot)

@@ -263,8 +263,12 @@ class Snapshot:
             if start is None:
                 pos = end
                 continue  # not a local header: the checks name it
-            # a longer extra field than torch.save writes (start > end) is left unread: no check reads its bytes
-            pos = max(min(start + info.file_size, size), end)
+            if start >= start_dir:
+                pos = end
+                continue  # data at or past the zip directory (crafted): read it all, the checks name it
+            # a longer extra field than torch.save writes (start > end) is left unread: no check reads its bytes;
+            # the zip directory and the end records are always read (the hole stops where the directory starts)
+            pos = max(min(start + info.file_size, size, start_dir), end)
         segments.append((pos, _read_at(f, size - pos, pos)))
         return cls(Sparse(segments, size), size, infos, start_dir)
 
@@ -276,6 +280,34 @@ class Snapshot:
     def reader(self, f: Any) -> SnapshotReader:
         """A file object for ``torch.load``: the snapshot's bytes where it has them, ``f``'s elsewhere."""
         return SnapshotReader(self, f)
+
+    def changed(self) -> bool:
+        """Whether the zip directory in the snapshot differs from ``infos``, the one read before it (another
+        process rewrote the file in between). The checks use ``infos`` and ``torch.load`` parses the
+        snapshot's: they must be the same directory, or torch could look up a data.pkl no check has seen."""
+        try:
+            with zipfile.ZipFile(self.reader(None)) as z:
+                again, start_dir = z.infolist(), z.start_dir
+        except Exception:  # zipfile raises many kinds on a damaged directory
+            return True
+        return start_dir != self.start_dir or [_entry(i) for i in again] != [_entry(i) for i in self.infos]
+
+
+def _entry(info: zipfile.ZipInfo) -> tuple[Any, ...]:
+    """Every field of a directory entry that says where a member is, what it is and how it is stored."""
+    return (
+        info.orig_filename,
+        info.header_offset,
+        info.file_size,
+        info.compress_size,
+        info.CRC,
+        info.compress_type,
+        info.flag_bits,
+        info.external_attr,
+        info.internal_attr,
+        info.volume,
+        info.extra,
+    )
 
 
 class SnapshotReader(io.RawIOBase):
@@ -289,8 +321,10 @@ class SnapshotReader(io.RawIOBase):
     """
 
     def __init__(self, snapshot: Snapshot, f: Any) -> None:
+        """``f``: the open file the holes are read from; ``None``: holes read as zeros (the snapshot alone)."""
         super().__init__()
-        self.view, self.size, self.fd, self.pos = snapshot.view, snapshot.size, f.fileno(), 0
+        self.view, self.size, self.pos = snapshot.view, snapshot.size, 0
+        self.fd = None if f is None else f.fileno()
 
     def readable(self) -> bool:
         return True
@@ -322,6 +356,10 @@ class SnapshotReader(io.RawIOBase):
                 done += len(piece)
                 continue
             upto = min(self.view.next_start(at), self.pos + n)
+            if self.fd is None:
+                out[done : done + upto - at] = bytes(upto - at)
+                done += upto - at
+                continue
             got = _preadinto(self.fd, out[done : done + upto - at], at)
             done += got
             if got < upto - at:

@@ -1,5 +1,7 @@
 import argparse
+import io
 import os
+import pickle
 import random
 import struct
 import subprocess
@@ -7,6 +9,7 @@ import sys
 import threading
 import warnings
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -772,3 +775,60 @@ def test_a_file_that_cannot_be_read_is_a_checkpoint_error(tmp_path, monkeypatch)
     with pytest.raises(CheckpointError, match="PermissionError") as caught:
         load_checkpoint(path)
     assert caught.value.kind == "load-failed" and caught.value.path == path
+
+
+def _raw_zip(
+    members: list[tuple[str, bytes]], gap: bytes, point: dict[str, tuple[int, int, int]] | None = None
+) -> tuple[bytes, int]:
+    """A stored zip as torch.save lays one out, with ``gap`` (bytes no entry names) before its directory;
+    ``point`` gives a member's directory entry another (local-header offset, CRC-32, size). Returns the bytes
+    and where the directory starts."""
+    out, offsets = bytearray(), {}
+    for name, data in members:
+        offsets[name] = len(out)
+        out += struct.pack("<IHHHHHIII", 0x04034B50, 20, 0, 0, 0, 0x21, zlib.crc32(data), len(data), len(data))
+        out += struct.pack("<HH", len(name), 0) + name.encode() + data
+    out += gap
+    start, directory = len(out), bytearray()
+    for name, data in members:
+        offset, crc, size = (point or {}).get(name, (offsets[name], zlib.crc32(data), len(data)))
+        directory += struct.pack("<IHHHHHHIII", 0x02014B50, 20, 20, 0, 0, 0, 0x21, crc, size, size)
+        directory += struct.pack("<HHHHHII", len(name), 0, 0, 0, 0, 0, offset) + name.encode()
+    out += directory + struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, len(members), len(members), len(directory), start, 0)
+    return bytes(out), start
+
+
+def test_a_zip_directory_rewritten_during_the_load_is_refused(tmp_path, monkeypatch):
+    """Found by an attack review: another process rewrites the zip directory between the checks' read of it
+    and the snapshot torch.load parses. V2's directory points data.pkl at a second pickle in a gap that V1's
+    never names; were the checks to keep V1's directory, torch would unpickle a pickle the guard never saw."""
+    buffer = io.BytesIO()
+    torch.save({"w": torch.ones(2048)}, buffer)
+    with zipfile.ZipFile(io.BytesIO(buffer.getvalue())) as z:
+        members = [(i.filename, z.read(i)) for i in z.infolist()]
+    unseen = pickle.dumps({"never_scanned": 1}, protocol=2)
+    name = "archive/data.pkl"
+    local = struct.pack("<IHHHHHIII", 0x04034B50, 20, 0, 0, 0, 0x21, zlib.crc32(unseen), len(unseen), len(unseen))
+    gap = local + struct.pack("<HH", len(name), 0) + name.encode() + unseen
+    v1, start = _raw_zip(members, gap)
+    point = {name: (start - len(gap), zlib.crc32(unseen), len(unseen))}
+    v2, start2 = _raw_zip(members, gap, point)
+    assert start2 == start and len(v1) == len(v2)
+    path = tmp_path / "raced.pt"
+    path.write_bytes(v2)
+    assert torch.load(path, weights_only=True) == {"never_scanned": 1}  # V2 alone: torch reads the unseen pickle
+    path.write_bytes(v1)
+    assert torch.equal(checked_load.load_verified(path)["w"], torch.ones(2048))  # V1 alone passes every check
+    real = checked_load.read_directory
+
+    def rewritten_meanwhile(*args, **kwargs):
+        directory = real(*args, **kwargs)
+        with open(path, "r+b") as f:
+            f.seek(start)
+            f.write(v2[start:])
+        return directory
+
+    monkeypatch.setattr(checked_load, "read_directory", rewritten_meanwhile)
+    with pytest.raises(CheckpointError, match="changed while it was being read") as caught:
+        checked_load.load_verified(path)
+    assert caught.value.kind == "load-failed"
