@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import os
 import pickle
+import sys
 import zipfile
 import zlib
 from collections.abc import Callable
@@ -227,6 +228,13 @@ def _prescan(path: Path, snapshot: Snapshot, allowed: frozenset[str]) -> PickleS
     return None if report.foreign_ids else survey_of(report)  # a foreign id: open_torch_zip names it
 
 
+def _swapped(archive: Any) -> bool:
+    """Whether torch.load swaps the tensors' bytes (a file written on a machine of the other byte order) before
+    the CRC-32 tap sees them: the tap cannot judge those, the file is read instead."""
+    order = archive.records.get("byteorder")
+    return order is not None and order != sys.byteorder
+
+
 def _meta(map_location: Any) -> bool:
     return isinstance(map_location, (str, torch.device)) and torch.device(map_location).type == "meta"
 
@@ -306,8 +314,18 @@ def _load(
     finally:
         if tap is not None:
             tap.finish()
-    if verify and (tap is None or error is not None or not tap.agrees(members)):
-        problem = crc_problem(_fd_path(f, path), members)  # which member, read from the file (the rare path)
+    if verify and (tap is None or error is not None or tap.failed or _swapped(archive)):
+        problem = crc_problem(_fd_path(f, path), members)  # nothing the tap can judge: read the file (rare)
+    elif verify and tap is not None and not tap.agrees(members):  # torch.load's bytes are not the zip's: refused
+        problem = crc_problem(_fd_path(f, path), members)  # which member, if the file itself is damaged
+        if problem is None:  # the file is sound now: it changed while torch.load read it
+            raise _err(
+                path,
+                "changed while it was being read (the tensor bytes torch.load read fail their CRC-32 check, "
+                "the file's own bytes pass it now: another process wrote it meanwhile)",
+                "load it again once the process writing it is done (save_checkpoint replaces a file in one rename)",
+                kind="load-failed",
+            )
     if problem is not None:
         raise _err(
             path,

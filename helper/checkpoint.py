@@ -173,10 +173,12 @@ def load_checkpoint(path: PathLike, *, map_location: Any = "cpu", verify: bool =
     ``save_checkpoint`` writes is compared with the members (a renamed or swapped
     member is refused), and ``helper.pickle_guard.scan_pickle`` checks every
     opcode against its budget (depth, containers, memo, memory, allocations) and
-    call rules. With ``verify=True`` (the default) the CRC-32 of every tensor's
-    bytes is checked: on the CPU over the bytes ``torch.load`` returned (no
-    second read), elsewhere by a thread that reads the file while ``torch.load``
-    runs; a mismatch discards what was loaded. ``map_location`` defaults to the CPU.
+    call rules; ``torch.load`` then reads the bytes these checks read (the
+    tensors' data aside). With ``verify=True`` (the default) the CRC-32 of every
+    tensor's bytes is checked over the bytes ``torch.load`` read, before they
+    are moved to ``map_location`` (no second read); a mismatch refuses what was
+    loaded, even where the file reads correctly afterwards (it changed
+    meanwhile). ``map_location`` defaults to the CPU.
     Every failure, ``RecursionError`` and ``MemoryError`` included, raises
     ``CheckpointError`` naming the file, the cause and a fix; its ``kind`` says
     which: ``missing``, ``not-a-checkpoint`` (another format, a folder, a dict

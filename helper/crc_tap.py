@@ -47,6 +47,7 @@ class CrcTap:
         so that the thread's work left when torch.load returns is one storage, not a batch."""
         self.map_location = map_location
         self.left = expected if expected is not None else 1 << 62
+        self.failed = False  # the thread raised (its CRC-32s are missing)
         self.seen: collections.Counter[tuple[int, int]] = collections.Counter()
         self.queue: queue.SimpleQueue[list[Any] | None] = queue.SimpleQueue()
         self.batch: list[Any] = []  # storages for the thread, handed over once they add up to BATCH bytes
@@ -104,8 +105,8 @@ class CrcTap:
             self.queue.put(None)
             try:
                 self.seen += self.worker.result()
-            except Exception:  # the thread failed: what it saw is missing, so agrees() is False and the file is read
-                pass
+            except Exception:  # the thread failed: what it saw is missing; the caller reads the file instead
+                self.failed = True
             finally:
                 if self.pool is not None:
                     self.pool.shutdown()

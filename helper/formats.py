@@ -119,17 +119,21 @@ def _corrupt(path: Path, problem: str) -> CheckpointError:
     )
 
 
-def _central_directory(view: memoryview, size: int) -> int:
-    """Offset of the central directory from the end records (torch.save writes zip64 ones), checked for agreement."""
+def _central_directory(view: memoryview, size: int) -> tuple[int, int]:
+    """Offset of the central directory and its number of entries, from the end records (torch.save writes
+    zip64 ones), checked for agreement and for a single disk (torch's zip reader refuses more)."""
     if size < 22 or bytes(view[size - 22 : size - 18]) != b"PK\x05\x06":
         raise ValueError("the end-of-archive record is not where torch.save puts it (no zip comment)")
     disk, cd_disk, here, total, cd_size, cd_offset, comment = struct.unpack("<HHHHIIH", view[size - 18 : size])
     end = size - 22
     if size >= 98 and bytes(view[size - 42 : size - 38]) == b"PK\x06\x07":  # zip64 locator and end record
         end = size - 98
-        (where,) = struct.unpack("<Q", view[size - 34 : size - 26])
+        on_disk, where, disks = struct.unpack("<IQI", view[size - 38 : size - 22])
         if where != end or bytes(view[end : end + 4]) != b"PK\x06\x06":
             raise ValueError("the zip64 end record is not where its locator says")
+        disk64, cd_disk64 = struct.unpack("<II", view[end + 16 : end + 24])
+        if (on_disk, disks, disk64, cd_disk64) != (0, 1, 0, 0):
+            raise ValueError("the zip64 end records name more than one disk (torch.save writes one)")
         here64, total64, size64, offset64 = struct.unpack("<QQQQ", view[end + 24 : end + 56])
         if (
             (here64, total64) != (here, total)
@@ -141,7 +145,7 @@ def _central_directory(view: memoryview, size: int) -> int:
         here, total, cd_size, cd_offset = here64, total64, size64, offset64
     if disk or cd_disk or comment or here != total or cd_offset + cd_size != end:
         raise ValueError("the end-of-archive record disagrees with the central directory")
-    return cd_offset
+    return cd_offset, total
 
 
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")  # miniz folds ASCII only
@@ -433,12 +437,19 @@ def _read_zip(
             view = memoryview(stack.enter_context(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)))
             size = len(view)
         try:
-            cd_offset = _central_directory(view, size)
+            cd_offset, entries = _central_directory(view, size)
             if cd_offset != start_dir:
                 raise ValueError("the central directory is not where the end record says")
+            if entries != len(infos):  # torch's zip reader would see only the first `entries`
+                raise ValueError(f"the end record counts {entries} members, the central directory holds {len(infos)}")
+            ordered = sorted(infos, key=lambda i: i.header_offset)
+            if ordered and ordered[0].header_offset != 0:  # torch.load takes a file not starting PK\3\4 as legacy
+                raise ValueError(
+                    f"{ordered[0].header_offset} bytes come before the first member (torch.save writes none)"
+                )
             members: dict[str, Member] = {}
             ends = 0
-            for info in sorted(infos, key=lambda i: i.header_offset):
+            for info in ordered:
                 members[info.filename] = member = _member(view, info, cd_offset, ends, members)
                 ends = member.start + member.size
             twins = case_twins(members)

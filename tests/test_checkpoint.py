@@ -778,12 +778,17 @@ def test_a_file_that_cannot_be_read_is_a_checkpoint_error(tmp_path, monkeypatch)
 
 
 def _raw_zip(
-    members: list[tuple[str, bytes]], gap: bytes, point: dict[str, tuple[int, int, int]] | None = None
+    members: list[tuple[str, bytes]],
+    gap: bytes,
+    point: dict[str, tuple[int, int, int]] | None = None,
+    lead: bytes = b"",
+    count: int | None = None,
 ) -> tuple[bytes, int]:
     """A stored zip as torch.save lays one out, with ``gap`` (bytes no entry names) before its directory;
-    ``point`` gives a member's directory entry another (local-header offset, CRC-32, size). Returns the bytes
-    and where the directory starts."""
-    out, offsets = bytearray(), {}
+    ``point`` gives a member's directory entry another (local-header offset, CRC-32, size); ``lead``: bytes
+    before the first member; ``count``: the end record's member count. Returns the bytes and where the
+    directory starts."""
+    out, offsets = bytearray(lead), {}
     for name, data in members:
         offsets[name] = len(out)
         out += struct.pack("<IHHHHHIII", 0x04034B50, 20, 0, 0, 0, 0x21, zlib.crc32(data), len(data), len(data))
@@ -794,7 +799,8 @@ def _raw_zip(
         offset, crc, size = (point or {}).get(name, (offsets[name], zlib.crc32(data), len(data)))
         directory += struct.pack("<IHHHHHHIII", 0x02014B50, 20, 20, 0, 0, 0, 0x21, crc, size, size)
         directory += struct.pack("<HHHHHII", len(name), 0, 0, 0, 0, 0, offset) + name.encode()
-    out += directory + struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, len(members), len(members), len(directory), start, 0)
+    n = len(members) if count is None else count
+    out += directory + struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, n, n, len(directory), start, 0)
     return bytes(out), start
 
 
@@ -832,3 +838,67 @@ def test_a_zip_directory_rewritten_during_the_load_is_refused(tmp_path, monkeypa
     with pytest.raises(CheckpointError, match="changed while it was being read") as caught:
         checked_load.load_verified(path)
     assert caught.value.kind == "load-failed"
+
+
+def _saved_members() -> list[tuple[str, bytes]]:
+    buffer = io.BytesIO()
+    torch.save({"w": torch.ones(2048)}, buffer)
+    with zipfile.ZipFile(io.BytesIO(buffer.getvalue())) as z:
+        return [(i.filename, z.read(i)) for i in z.infolist()]
+
+
+def test_what_torch_reads_of_the_end_records_and_the_first_bytes_is_checked(tmp_path):
+    """Found by a second attack review: torch.load takes a file whose first bytes are not a zip header for a
+    legacy one (bytes before the first member were never checked: a writer flipping 4 bytes got a legacy
+    pickle unpickled); torch's zip reader reads only as many members as the end record counts, and refuses
+    several disks. Each is refused before anything is unpickled, by load_checkpoint and verify_zip."""
+    members = _saved_members()
+    good, _ = _raw_zip(members, b"")
+    cases = {
+        "lead.pt": (_raw_zip(members, b"", lead=b"PK\x03\x04" + bytes(60))[0], "bytes come before the first member"),
+        "count.pt": (_raw_zip(members, b"", count=len(members) - 1)[0], "the end record counts"),
+    }
+    buffer = io.BytesIO()
+    torch.save({"w": torch.ones(2048)}, buffer)
+    disks = bytearray(buffer.getvalue())
+    assert disks[-42:-38] == b"PK\x06\x07"  # torch.save writes zip64 end records
+    disks[-26:-22] = struct.pack("<I", 0)  # the locator's number of disks: 0 instead of 1
+    cases["disks.pt"] = (bytes(disks), "more than one disk")
+    (tmp_path / "good.pt").write_bytes(good)
+    assert torch.equal(checked_load.load_verified(tmp_path / "good.pt")["w"], torch.ones(2048))
+    for name, (data, cause) in cases.items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        with pytest.raises(CheckpointError, match=cause):
+            checked_load.load_verified(path)
+        assert cause in verify_zip(path), name
+
+
+def test_tensor_bytes_changed_while_torch_load_reads_them_are_refused(tmp_path, monkeypatch):
+    """Found by a second attack review: when the bytes torch.load read failed their CRC-32 but the file
+    passed when read again (a writer flipped a byte and put it back), the load was accepted with the wrong
+    weights. The tap's verdict on torch.load's own bytes now stands: refused, though the file is sound."""
+    path = save_checkpoint(make_checkpoint(build_model({"arch": "mlp"}), epoch=1), tmp_path / "raced.pt")
+    archive = open_torch_zip(path)
+    member = max(archive.tensor_members(), key=lambda m: m.size)
+    real = torch.load
+
+    def flipped_meanwhile(*args, **kwargs):
+        with open(path, "r+b") as f:
+            f.seek(member.start + 100)
+            byte = f.read(1)
+            f.seek(member.start + 100)
+            f.write(bytes([byte[0] ^ 0x40]))
+        try:
+            return real(*args, **kwargs)
+        finally:
+            with open(path, "r+b") as f:
+                f.seek(member.start + 100)
+                f.write(byte)
+
+    monkeypatch.setattr(torch, "load", flipped_meanwhile)
+    with pytest.raises(CheckpointError, match="changed while it was being read") as caught:
+        load_checkpoint(path)
+    assert caught.value.kind == "load-failed"
+    monkeypatch.setattr(torch, "load", real)
+    assert verify_zip(path) is None and load_checkpoint(path)["epoch"] == 1  # the file itself is sound
