@@ -10,9 +10,12 @@ into a SIGBUS), checks data.pkl's opcodes there with ``helper.pickle_guard`` (ex
 rules, a budget on depth, containers, memo, memory and allocations) before any other parser reads it,
 validates the archive on the same bytes (structure, records, storage sizes: the guard's walk gives
 them, ``survey_of``, so data.pkl is walked once), compares the digest record
-(``helper.digest_record``), and loads with ``weights_only=True`` from the same open file
-while the CRC-32 of every storage is taken as torch.load reads it (``torch.load`` never checks them, so
-a flipped byte would load silently as wrong weights). Every failure, ``RecursionError`` and
+(``helper.digest_record``), and loads with ``weights_only=True`` through ``formats.SnapshotReader``:
+torch.load reads the very bytes the checks read (the zip directory is read twice and must agree, so a
+writer cannot slip a pickle in between), and only the large tensors' data from the file, whose CRC-32
+is taken as torch.load reads each storage (``torch.load`` never checks them, so a flipped byte would
+load silently as wrong weights; bytes that fail are refused even where the file reads correctly
+afterwards). Every failure, ``RecursionError`` and
 ``MemoryError`` included, is a ``CheckpointError`` naming the file, the cause and the fix, with a
 ``kind`` code. ``helper.checkpoint.load_checkpoint`` adds the checks of the checkpoint dict itself.
 """
