@@ -84,20 +84,18 @@ def verify_zip(path: PathLike) -> str | None:
     return None
 
 
-def _snapshot(path: Path, f: Any) -> Snapshot:
-    """The bytes every check before ``torch.load`` reads, read once from the open file ``f`` (``Snapshot``)."""
-    try:
-        infos, start_dir = read_directory(path, f)
-    except CheckpointError as exc:
-        raise _renamed(exc, path) from None
-    snapshot = Snapshot.read(f, infos, start_dir)
-    _unchanged(path, snapshot)
-    return snapshot
+def _snapshot(path: Path, f: Any, directory: tuple[list[zipfile.ZipInfo], int] | None = None) -> Snapshot:
+    """The bytes every check before ``torch.load`` reads, read once from the open file ``f`` (``Snapshot``).
 
-
-def _unchanged(path: Path, snapshot: Snapshot) -> None:
-    """``CheckpointError`` if the file was rewritten between the directory read and the snapshot (the zip
-    directory torch.load would parse is not the one the checks use)."""
+    ``directory``: the zip directory of ``f`` if the caller has read it (``_directory``). ``CheckpointError``
+    if the file was rewritten between that read and the snapshot: the directory torch.load would parse
+    (the snapshot's) must be the one the checks use."""
+    if directory is None:
+        try:
+            directory = read_directory(path, f)
+        except CheckpointError as exc:
+            raise _renamed(exc, path) from None
+    snapshot = Snapshot.read(f, *directory)
     if snapshot.changed():
         raise _err(
             path,
@@ -106,6 +104,7 @@ def _unchanged(path: Path, snapshot: Snapshot) -> None:
             "load it again once the process writing it is done (save_checkpoint replaces a file in one rename)",
             kind="load-failed",
         )
+    return snapshot
 
 
 def _directory(path: Path, f: Any) -> tuple[list[zipfile.ZipInfo], int] | None:
@@ -292,8 +291,7 @@ def _load(
     accept: Callable[[Path, Any], None] | None,
 ) -> Any:
     allowed = torch_allowed_globals()  # one allowlist per load, for the guard and the check after it
-    snapshot = Snapshot.read(f, *directory)  # one read of every byte but the large tensors'
-    _unchanged(path, snapshot)
+    snapshot = _snapshot(path, f, directory)  # one read of every byte but the large tensors'
     scan = _prescan(path, snapshot, allowed)
     archive = _validated(path, f, snapshot, scan)
     problem = digest_problem(archive, snapshot)

@@ -196,13 +196,11 @@ class Sparse:
         start, stop, _ = key.indices(self.size)
         if stop <= start:
             return b""
-        i = bisect.bisect_right(self.starts, start) - 1
-        if i >= 0:
-            first, data = self.segments[i]
-            if stop <= first + len(data):
-                return memoryview(data)[start - first : stop - first]
+        whole = self.piece(start, stop - start)
+        if whole is not None and len(whole) == stop - start:
+            return whole
         out = bytearray(stop - start)
-        for first, data in self.segments[max(i, 0) :]:
+        for first, data in self.segments[max(bisect.bisect_right(self.starts, start) - 1, 0) :]:
             if first >= stop:
                 break
             lo, hi = max(start, first), min(stop, first + len(data))
@@ -372,34 +370,21 @@ class SnapshotReader(io.RawIOBase):
         return done
 
 
-def _pread(fd: int, n: int, offset: int) -> bytes:
-    """Up to ``n`` bytes of the file ``fd`` from ``offset`` (fewer where it ends), in one call."""
-    if hasattr(os, "pread"):
-        return os.pread(fd, n, offset)
-    os.lseek(fd, offset, os.SEEK_SET)  # Windows: nothing else reads this descriptor meanwhile
-    return os.read(fd, n)
-
-
 def _read_at(f: Any, n: int, offset: int) -> bytes:
-    """``n`` bytes of ``f`` from ``offset`` (fewer where the file ends)."""
-    parts, got = [], 0
-    while got < n:
-        part = _pread(f.fileno(), n - got, offset + got)
-        if not part:
-            break  # cut short meanwhile: the checks say so
-        parts.append(part)
-        got += len(part)
-    return parts[0] if len(parts) == 1 else b"".join(parts)
+    """``n`` bytes of ``f`` from ``offset`` (fewer where the file ends, cut short meanwhile: the checks say so)."""
+    buffer = bytearray(max(n, 0))
+    return bytes(buffer[: _preadinto(f.fileno(), memoryview(buffer), offset)])
 
 
 def _preadinto(fd: int, view: memoryview, offset: int) -> int:
     """Fill ``view`` from the file ``fd`` at ``offset`` until it ends; how many bytes were read."""
     done = 0
     while done < len(view):
-        if hasattr(os, "preadv"):  # straight into the view: no copy
+        if hasattr(os, "preadv"):  # straight into the view, without the file position
             got = os.preadv(fd, [view[done:]], offset + done)
-        else:
-            part = _pread(fd, len(view) - done, offset + done)
+        else:  # Windows: nothing else reads this descriptor meanwhile
+            os.lseek(fd, offset + done, os.SEEK_SET)
+            part = os.read(fd, len(view) - done)
             view[done : done + len(part)] = part
             got = len(part)
         if not got:
